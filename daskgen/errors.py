@@ -1,0 +1,32 @@
+"""The few exception types a user sees.
+
+Every error that is the user's to fix (bad input, bad options, an output that
+already exists) derives from :class:`DaskgenError` and carries the exit code the
+command line returns for it. The CLI prints ``str(error)`` on one line.
+"""
+
+from __future__ import annotations
+
+
+class DaskgenError(Exception):
+    """Base class of the errors daskgen reports to users on one line."""
+
+    exit_code = 1
+
+
+class InputError(DaskgenError, ValueError):
+    """Input data, a job file or an option is wrong; names the file, column or class at fault."""
+
+    exit_code = 2
+
+
+class OutputExistsError(DaskgenError, FileExistsError):
+    """The output path holds something daskgen may not replace without ``overwrite``."""
+
+    exit_code = 2
+
+
+class ModelError(DaskgenError):
+    """A model store is missing, incomplete, corrupted or from an incompatible version."""
+
+    exit_code = 2

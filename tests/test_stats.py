@@ -1,0 +1,118 @@
+"""chunk_stats / merge / finalize against numpy float64, on plain arrays (no Dask)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskgen.model import finalize
+from daskgen.stats import ClassStats, chunk_stats, merge
+
+
+def reference(X, y):
+    classes = np.unique(y)
+    return (
+        classes,
+        np.array([(y == c).sum() for c in classes]),
+        np.array([X[y == c].mean(axis=0) for c in classes]),
+        np.array([np.cov(X[y == c].T) for c in classes]),
+    )
+
+
+def rel(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def test_chunk_stats_matches_numpy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 7)) @ rng.normal(size=(7, 7))
+    y = rng.choice([-3, 5, 11], size=3000)
+    s = chunk_stats(X, y)
+    classes, counts, means, covs = reference(X, y)
+    np.testing.assert_array_equal(s.classes, classes)
+    np.testing.assert_array_equal(s.counts, counts)
+    assert rel(s.means, means) < 1e-13
+    p = finalize(s)
+    assert rel(p["covariances"], covs) < 1e-12
+    np.testing.assert_allclose(p["priors"], counts / 3000)
+    assert np.array_equal(p["covariances"], np.transpose(p["covariances"], (0, 2, 1)))
+
+
+def test_large_offset_is_exact_where_naive_sum_of_squares_fails():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20000, 5)) * 0.5 + 1e6
+    y = rng.integers(0, 3, size=20000)
+    parts = [chunk_stats(X[i : i + 1500], y[i : i + 1500]) for i in range(0, 20000, 1500)]
+    cov = finalize(merge(parts))["covariances"]
+    _, counts, means, ref = reference(X, y)
+    assert rel(cov, ref) < 1e-9
+    # The textbook one-pass formula (sum of x x^T minus n mean mean^T) loses it all:
+    naive = np.array([(X[y == k].T @ X[y == k] - counts[k] * np.outer(means[k], means[k])) / (counts[k] - 1) for k in range(3)])
+    assert rel(naive, ref) > 1e-3
+
+
+def test_string_labels_and_missing_classes_in_chunks():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(600, 3))
+    y = np.array(["cat", "dog", "emu"])[rng.integers(0, 3, 600)]
+    y[:200] = "cat"  # the first chunk holds one class only
+    merged = merge([chunk_stats(X[:200], y[:200]), chunk_stats(X[200:], y[200:])])
+    _, counts, _, covs = reference(X, y)
+    assert merged.classes.tolist() == ["cat", "dog", "emu"]
+    np.testing.assert_array_equal(merged.counts, counts)
+    assert rel(finalize(merged)["covariances"], covs) < 1e-12
+
+
+def test_diagonal_statistics():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 4)) + 100
+    y = rng.integers(0, 2, 500)
+    s = merge([chunk_stats(X[:123], y[:123], diagonal=True), chunk_stats(X[123:], y[123:], diagonal=True)])
+    _, _, _, covs = reference(X, y)
+    np.testing.assert_allclose(finalize(s, covariance="diag")["covariances"], np.diagonal(covs, axis1=1, axis2=2), rtol=1e-11)
+    full = finalize(chunk_stats(X, y), covariance="diag")["covariances"]
+    np.testing.assert_allclose(full, np.diagonal(covs, axis1=1, axis2=2), rtol=1e-11)
+
+
+def test_empty_chunks_merge_to_nothing():
+    empty = chunk_stats(np.empty((0, 3)), np.empty(0, dtype=int))
+    s = chunk_stats(np.arange(12.0).reshape(4, 3), np.array([1, 1, 2, 2]))
+    m = merge([empty, s, empty])
+    np.testing.assert_array_equal(m.counts, [2, 2])
+    np.testing.assert_allclose(m.scatter, s.scatter)
+    assert isinstance(m, ClassStats)
+
+
+@st.composite
+def splits(draw):
+    n = draw(st.integers(min_value=2, max_value=300))
+    cuts = sorted(set(draw(st.lists(st.integers(min_value=1, max_value=n - 1), max_size=12))))
+    return n, [0, *cuts, n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(splits(), st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from([2, 3, 8]))
+def test_any_chunking_and_tree_shape_gives_the_same_statistics(split, seed, split_every):
+    n, bounds = split
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)) * rng.uniform(0.1, 10) + rng.uniform(-1e3, 1e3)
+    y = rng.integers(0, 3, n)
+    parts = [chunk_stats(X[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+    while len(parts) > 1:  # the same tree shape reduce.tree_reduce builds
+        parts = [merge(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    whole = chunk_stats(X, y)
+    np.testing.assert_array_equal(parts[0].counts, whole.counts)
+    scale = np.abs(whole.means).max() + 1
+    assert np.abs(parts[0].means - whole.means).max() <= 1e-12 * scale
+    assert np.abs(parts[0].scatter - whole.scatter).max() <= 1e-12 * np.abs(whole.scatter).max() * max(1, n / 10)
+
+
+def test_merge_refuses_mixed_label_types():
+    a = chunk_stats(np.ones((2, 2)), np.array([1, 1]))
+    b = chunk_stats(np.ones((2, 2)), np.array(["x", "x"]))
+    with pytest.raises(TypeError):
+        merge([a, b])
