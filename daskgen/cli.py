@@ -1,0 +1,180 @@
+"""The ``daskgen`` command line: parse options, call the Python API, map errors to exit codes.
+
+Exit codes: 0 done; 2 bad input, options or an output that may not be replaced
+(one line on stderr, no traceback); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import DaskgenError
+
+
+def _human_bytes(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise click.BadParameter(f"not a size: {text!r} (e.g. 64MB)") from None
+
+
+def cluster_options(func: Callable) -> Callable:
+    """Options shared by every command that runs on a cluster."""
+    options = [
+        click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", help="Address of a running Dask scheduler (tcp://host:8786)."),
+        click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Scheduler file of a running Dask cluster."),
+        click.option("--workers", type=click.IntRange(min=1), help="Start a local cluster of N worker processes (default: one worker, a thread per core)."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1), help="Threads per local worker."),
+        click.option("--memory-limit", help="Memory limit per local worker, e.g. 2GiB (default: auto)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or dashboard link."),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def _cluster_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: kw.pop(k) for k in ("scheduler", "scheduler_file", "workers", "threads_per_worker", "memory_limit", "quiet")}
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn daskgen's user errors into one line on stderr and their exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DaskgenError as exc:
+            click.echo(f"daskgen: error: {_one_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("daskgen: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="daskgen")
+def main() -> None:
+    """Learn per-class Gaussian distributions of image data on Dask and generate new data."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "-o", help="Model store to write (a Zarr group). Default with --update: the updated model.")
+@click.option("--update", "update_path", help="Fold INPUTS into this stored model's statistics.")
+@click.option("--label-column", default="label", show_default=True, help="Name of the label column (CSV/Parquet) or labels array (Zarr).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Input format (default: from the file names).")
+@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per read task.")
+@click.option("--image-shape", help="Image shape HxW (default: from Zarr, or square when D is a perfect square).")
+@click.option("--scale", default="auto", show_default=True, help="Multiply pixels by this; auto: 1/255 for integer pixels, 1 for floats.")
+@click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True)
+@click.option("--reg-covar", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Added to each covariance's diagonal.")
+@click.option("--shrinkage", type=click.Choice(["none", "oas"]), default="none", show_default=True, help="Oracle Approximating Shrinkage of each covariance.")
+@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model at --out.")
+@cluster_options
+@handle_errors
+def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage, split_every, storage, overwrite, **kw):
+    """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs)."""
+    from .cluster import connect
+    from .errors import InputError, OutputExistsError
+    from .fitting import fit as fit_model
+    from .io.store import output_exists, read_model
+
+    cluster = _cluster_kwargs(kw)
+    so = _storage_options(storage)
+    if not out and not update_path:
+        raise InputError("--out is required (or --update MODEL to fold new data into MODEL)")
+    out = out or update_path
+    replacing_update = update_path is not None and out == update_path
+    if output_exists(out, so) and not (overwrite or replacing_update):
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    previous = read_model(update_path, so) if update_path else None
+    start = time.perf_counter()
+    with connect(**cluster):
+        model = fit_model(
+            list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
+            image_shape=image_shape, scale=scale, fmt=fmt, covariance=covariance,
+            reg_covar=reg_covar, shrinkage=shrinkage, split_every=split_every,
+            update=previous, storage_options=so, progress=not cluster["quiet"],
+        )
+    model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
+    took = time.perf_counter() - start
+    rows = int(model.counts.sum())
+    _say(cluster["quiet"], f"daskgen: fitted {model.n_classes} classes, {rows:,} rows, D={model.n_features} "
+         f"in {took:.1f}s ({rows / took:,.0f} rows/s) -> {out}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option("--out", "-o", required=True, help="Samples store to write (a Zarr group).")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed (default: a new one, recorded; a resumed store keeps its own).")
+@click.option("--class", "label", help="Sample this class only (default: classes drawn from the prior p(y)).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per output chunk and task.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), default="float32", show_default=True,
+              help="float32/float64: model units; uint8: clipped and rounded to pixel units.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
+@cluster_options
+@handle_errors
+def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrite, **kw):
+    """Generate N samples of MODEL into a Zarr store; rerunning resumes an interrupted run."""
+    from .cluster import connect
+    from .generate import generate
+    from .io.store import read_model
+
+    cluster = _cluster_kwargs(kw)
+    so = _storage_options(storage)
+    model = read_model(model_path, so)
+    start = time.perf_counter()
+    with connect(**cluster):
+        result = generate(model, n, out, seed=seed, chunk_size=chunk_size, dtype=dtype, label=label,
+                          overwrite=overwrite, storage_options=so, progress=not cluster["quiet"])
+    took = time.perf_counter() - start
+    made = min(n, result.chunks_written * chunk_size)
+    what = "resumed: " if result.resumed else ""
+    _say(cluster["quiet"], f"daskgen: {what}wrote {result.chunks_written} of {result.n_chunks} chunks "
+         f"({made:,} samples, seed {result.seed}) in {took:.1f}s ({made / took:,.0f} samples/s) -> {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

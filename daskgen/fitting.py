@@ -1,0 +1,101 @@
+"""The fit: inputs -> statistics (tree reduction on Dask) -> model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InputError
+from .io.readers import open_inputs
+from .model import GaussianClassModel
+from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
+from .stats import merge
+
+
+def fit(
+    inputs: list[str] | str,
+    *,
+    label_column: str = "label",
+    blocksize: int | None = None,
+    image_shape: str | tuple | None = None,
+    scale: str | float | None = "auto",
+    fmt: str | None = None,
+    covariance: str = "full",
+    reg_covar: float = 0.0,
+    shrinkage: str = "none",
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    update: GaussianClassModel | None = None,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> GaussianClassModel:
+    """Fit one Gaussian per class to labelled rows read from ``inputs``.
+
+    Parameters
+    ----------
+    inputs : path, URL, glob or directory, or a list of them
+        CSV or Parquet files with a label column, or Zarr groups with ``images``
+        (N, H, W) or (N, D) and ``labels`` (N,).
+    covariance : {"full", "diag"}
+    reg_covar : float
+        Added to every covariance's diagonal (model units squared).
+    shrinkage : {"none", "oas"}
+        Oracle Approximating Shrinkage of each class covariance.
+    split_every : int
+        Fan-in of the tree reduction.
+    update : GaussianClassModel, optional
+        A fitted model whose statistics the new data is folded into; the result
+        equals a fit on both data sets at once. Its scale, image shape and
+        features are kept and must match the new inputs.
+
+    Runs on the active ``distributed.Client`` if there is one, else on Dask's local
+    scheduler.
+    """
+    if split_every is None or int(split_every) < 2:
+        raise InputError(f"split_every must be at least 2, got {split_every}")
+    if update is not None and (scale is None or str(scale) == "auto"):
+        scale = update.scale
+    dataset = open_inputs(
+        inputs,
+        label_column=label_column,
+        blocksize=blocksize,
+        image_shape=image_shape if image_shape is not None else (update.image_shape if update else None),
+        scale=scale,
+        fmt=fmt,
+        storage_options=storage_options,
+    )
+    if update is not None:
+        _check_compatible(update, dataset)
+    diagonal = covariance == "diag" and (update is None or update.stats.diagonal)
+    stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
+    previous: list[dict[str, Any]] = []
+    if update is not None:
+        try:
+            stats = merge([update.stats, stats]) if stats.n_rows else update.stats
+        except TypeError:
+            raise InputError("the new data's labels are of another type than the model's classes") from None
+        previous = list(update.inputs)
+    if stats.n_rows == 0:
+        raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
+    return GaussianClassModel.from_stats(
+        stats,
+        covariance=covariance,
+        reg_covar=reg_covar,
+        shrinkage=shrinkage,
+        image_shape=dataset.image_shape,
+        scale=dataset.scale,
+        label_column=label_column,
+        feature_names=dataset.feature_names,
+        config={"split_every": int(split_every), "blocksize": blocksize, "format": dataset.blocks[0].fmt if dataset.blocks else fmt},
+        inputs=previous + dataset.files,
+    )
+
+
+def _check_compatible(model: GaussianClassModel, dataset) -> None:
+    if dataset.n_features != model.n_features:
+        raise InputError(
+            f"the new data has {dataset.n_features} features, the model {model.n_features}"
+        )
+    if model.feature_names and dataset.feature_names != list(model.feature_names):
+        names = [(a, b) for a, b in zip(dataset.feature_names, model.feature_names) if a != b]
+        raise InputError(f"the new data's feature columns differ from the model's (first: {names[0][0]!r} vs {names[0][1]!r})")
+    if abs(dataset.scale - model.scale) > 1e-15 * model.scale:
+        raise InputError(f"the new data's scale {dataset.scale:g} differs from the model's {model.scale:g}")

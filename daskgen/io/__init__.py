@@ -1,0 +1,1 @@
+"""Reading datasets and writing daskgen's stores (model, samples)."""

@@ -1,0 +1,589 @@
+"""Open CSV, Parquet or Zarr inputs (local paths or fsspec URLs) as blocks of rows.
+
+``open_inputs`` looks at the inputs once, on the client: it expands globs and
+directories, checks that every file has the same columns and a label column,
+sniffs types, and cuts the data into :class:`Block` descriptions (small and
+picklable). ``read_block`` runs on a worker: it reads one block and returns
+``(X, y)`` as numpy arrays, raising :class:`~daskgen.errors.InputError` that names
+the file and column at fault. Readers know nothing of statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from ..errors import InputError
+
+FORMATS = ("csv", "parquet", "zarr")
+DEFAULT_BLOCKSIZE = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of reading work: a byte range of a CSV, a Parquet row group, or Zarr rows."""
+
+    fmt: str
+    url: str  # fsspec URL (or local path)
+    start: int  # byte offset (csv), row group (parquet), first row (zarr)
+    stop: int  # byte end (csv), row group + 1 (parquet), row end (zarr)
+    first: bool = False  # csv: this block holds the header line
+    options: tuple = ()  # hashable reading options, shared per source
+
+
+@dataclass
+class Dataset:
+    """What ``open_inputs`` found: the blocks to read and how to interpret them."""
+
+    blocks: list[Block]
+    feature_names: list[str]
+    label_column: str
+    image_shape: tuple[int, ...] | None
+    scale: float
+    integer_pixels: bool
+    files: list[dict[str, Any]] = field(default_factory=list)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+
+# ---------------------------------------------------------------------------- helpers
+def as_labels(values) -> np.ndarray:
+    """Labels as a plain numpy array: numbers stay numbers, text becomes a ``str`` array
+    (Zarr 3 returns numpy's variable-width StringDType, which sorts and pickles less well)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "OUST":
+        return np.array(values.tolist(), dtype=str)
+    return values
+
+
+
+def _fs(url: str, storage_options: dict | None):
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def _unstrip(fs, path: str) -> str:
+    return fs.unstrip_protocol(path) if not _is_local(fs) else path
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _guess_format(path: str) -> str | None:
+    p = path.rstrip("/").lower()
+    for suffix in (".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst"):
+        if p.endswith(suffix):
+            return None  # compressed CSV cannot be split into byte ranges; refused below
+    if p.endswith(".csv") or p.endswith(".txt"):
+        return "csv"
+    if p.endswith(".parquet") or p.endswith(".pq"):
+        return "parquet"
+    if p.endswith(".zarr"):
+        return "zarr"
+    return None
+
+
+def _file_info(fs, path: str) -> dict[str, Any]:
+    info = fs.info(path)
+    return {
+        "path": _unstrip(fs, path),
+        "size": int(info.get("size") or 0),
+        "mtime": str(info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""),
+        "etag": str(info.get("ETag") or info.get("etag") or "").strip('"'),
+    }
+
+
+def expand_inputs(inputs: list[str] | str, storage_options: dict | None = None, fmt: str | None = None):
+    """Expand files, globs and directories into ``[(format, fs, path)]``, sorted per input."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found = []
+    for raw in map(str, inputs):
+        fs, path = _fs(raw, storage_options)
+        if any(ch in path for ch in "*?["):
+            matches = sorted(fs.glob(path))
+            if not matches:
+                raise InputError(f"{raw}: no file matches this pattern")
+        elif not fs.exists(path):
+            raise InputError(f"{raw}: no such file or directory")
+        elif fs.isdir(path) and not (fs.exists(path.rstrip("/") + "/zarr.json") or fmt == "zarr"):
+            matches = sorted(
+                p for p in fs.find(path, maxdepth=1, withdirs=True) if _guess_format(p) and p != path
+            )
+            if not matches:
+                raise InputError(f"{raw}: directory holds no .csv, .parquet or .zarr input")
+        else:
+            matches = [path]
+        for p in matches:
+            kind = fmt or ("zarr" if fs.isdir(p) else _guess_format(p))
+            if kind is None:
+                raise InputError(
+                    f"{_unstrip(fs, p)}: unknown input format (expected .csv, .parquet or .zarr; "
+                    "compressed CSV is not supported, or pass --format)"
+                )
+            found.append((kind, fs, p))
+    if not found:
+        raise InputError("no input given")
+    return found
+
+
+def parse_image_shape(text: str | tuple | None) -> tuple[int, ...] | None:
+    if text is None or isinstance(text, tuple):
+        return text
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"image shape must look like 28x28, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise InputError(f"image shape must be positive, got {text!r}")
+    return shape
+
+
+def parse_scale(scale: str | float | None) -> float | None:
+    """``'auto'``/None -> None (decide from the data), else a positive float."""
+    if scale is None or str(scale).lower() == "auto":
+        return None
+    try:
+        value = float(scale)
+    except ValueError:
+        raise InputError(f"scale must be 'auto' or a number, got {scale!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"scale must be a positive number, got {scale!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- CSV
+def _csv_header(fs, path: str) -> list[str]:
+    with fs.open(path, "rb") as f:
+        first = f.readline()
+    name = _unstrip(fs, path)
+    if not first.strip():
+        raise InputError(f"{name}: the file is empty (no header line)")
+    try:
+        return next(csv.reader([first.decode("utf-8").rstrip("\r\n")]))
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: not a UTF-8 text CSV file") from None
+
+
+def _sniff_label_type(fs, path: str, label_column: str, feature_names: list[str]) -> tuple[str, bool]:
+    """Label kind ('int', 'float' or 'str') and whether the pixels look like integers."""
+    import pyarrow.csv as pacsv
+
+    with fs.open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if len(head) == 1 << 20:
+        head = head[: head.rfind(b"\n") + 1]
+    try:
+        table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(use_threads=False))
+    except Exception as exc:  # reported precisely by read_block later
+        raise InputError(f"{_unstrip(fs, path)}: cannot parse CSV: {_first_line(exc)}") from None
+    import pyarrow.types as pat
+
+    ltype = table.schema.field(label_column).type
+    if pat.is_integer(ltype) or pat.is_null(ltype):
+        kind = "int"
+    elif pat.is_floating(ltype):
+        kind = "float"
+    else:
+        kind = "str"
+    integer = all(
+        pat.is_integer(table.schema.field(c).type) or pat.is_null(table.schema.field(c).type)
+        for c in feature_names
+    )
+    return kind, integer and table.num_rows > 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _open_csv(entries, label_column, blocksize, storage_options):
+    header = None
+    blocks, files = [], []
+    label_kind, integer = "int", True
+    sniffed = False
+    for _, fs, path in entries:
+        name = _unstrip(fs, path)
+        cols = _csv_header(fs, path)
+        if label_column not in cols:
+            raise InputError(
+                f"{name}: no label column {label_column!r} (columns: {_preview(cols)}); "
+                "pass --label-column"
+            )
+        if len(set(cols)) != len(cols):
+            dup = sorted({c for c in cols if cols.count(c) > 1})
+            raise InputError(f"{name}: duplicate column names {dup[:5]}")
+        if header is None:
+            header = cols
+        elif cols != header:
+            raise InputError(
+                f"{name}: columns differ from {files[0]['path']} "
+                f"({len(cols)} vs {len(header)} columns; first difference at "
+                f"{_first_diff(cols, header)})"
+            )
+        info = _file_info(fs, path)
+        files.append(info)
+        size = info["size"]
+        if not sniffed and size > 0:
+            features = [c for c in header if c != label_column]
+            label_kind, integer = _sniff_label_type(fs, path, label_column, features)
+            sniffed = True
+        url = _unstrip(fs, path)
+        for off in range(0, max(size, 1), blocksize):
+            blocks.append(Block("csv", url, off, min(off + blocksize, size), first=off == 0))
+    features = [c for c in header if c != label_column]
+    options = (tuple(header), label_column, label_kind)
+    blocks = [Block(b.fmt, b.url, b.start, b.stop, b.first, options) for b in blocks]
+    return blocks, files, features, integer
+
+
+def _first_diff(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"column {i}: {x!r} vs {y!r}"
+    return f"column {min(len(a), len(b))}"
+
+
+def _preview(cols: list[str], n: int = 4) -> str:
+    shown = ", ".join(cols[:n])
+    return shown + (f", … ({len(cols)} in all)" if len(cols) > n else "")
+
+
+def _read_csv_block(block: Block, storage_options: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from fsspec.utils import read_block as fs_read_block
+
+    header, label_column, label_kind = block.options
+    fs, path = _fs(block.url, storage_options)
+    with fs.open(path, "rb") as f:
+        data = fs_read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
+    if block.first:  # drop the header line of this file
+        nl = data.find(b"\n")
+        data = b"" if nl < 0 else data[nl + 1 :]
+    D = len(header) - 1
+    if not data.strip():
+        return np.empty((0, D)), np.empty(0, dtype=_label_dtype(label_kind))
+    label_type = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[label_kind]
+    try:
+        # One task parses one block on one thread (Dask runs blocks in parallel), into
+        # a single chunk per column so the conversion to numpy copies nothing twice.
+        # Feature types are inferred (integers parse faster than floats) and checked below.
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=len(data) + 1),
+            convert_options=pacsv.ConvertOptions(
+                column_types={label_column: label_type}, strings_can_be_null=label_kind == "str"
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise InputError(_explain_csv_error(block, header, exc)) from None
+    return _table_to_xy(table, header, label_column, _where(block))
+
+
+def _label_dtype(kind: str):
+    return {"int": np.int64, "float": np.float64, "str": object}[kind]
+
+
+def _explain_csv_error(block: Block, header: list[str], exc: Exception) -> str:
+    import re
+
+    msg = _first_line(exc)
+    where = f"{block.url} (bytes {block.start}-{block.stop})"
+    m = re.search(r"CSV column #(\d+): CSV conversion error to (\w+): invalid value '([^']*)'", msg)
+    if m:
+        col = header[int(m.group(1))]
+        what = "label" if m.group(2) != "double" else "feature"
+        return f"{where}: column {col!r}: non-numeric {what} value {m.group(3)!r}"
+    m = re.search(r"Expected (\d+) columns, got (\d+)", msg)
+    if m:
+        return f"{where}: a row has {m.group(2)} fields, expected {m.group(1)} (truncated or malformed row)"
+    return f"{where}: cannot parse CSV: {msg}"
+
+
+def _table_to_xy(table, header: list[str], label_column: str, where: str):
+    """(X, y) from an Arrow table: X (n, D) float64 C-contiguous, y (n,) labels."""
+    import pyarrow.types as pat
+
+    labels = table.column(label_column)
+    if labels.null_count:
+        raise InputError(f"{where}: column {label_column!r}: {labels.null_count} missing label(s)")
+    y = labels.to_numpy()
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise InputError(f"{where}: column {label_column!r}: NaN or infinite label")
+    if y.dtype.kind == "O":
+        y = y.astype(str)
+    features = [c for c in header if c != label_column]
+    # Filled column by column into a (D, n) buffer (contiguous writes), then transposed.
+    Xt = np.empty((len(features), table.num_rows), dtype=np.float64)
+    for j, c in enumerate(features):
+        col = table.column(c)
+        if not (pat.is_integer(col.type) or pat.is_floating(col.type) or pat.is_null(col.type) or pat.is_boolean(col.type)):
+            raise InputError(f"{where}: column {c!r}: non-numeric feature value {_first_bad(col)!r}")
+        Xt[j] = col.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(Xt.T), y
+
+
+def _first_bad(col) -> str:
+    for value in col.to_pylist():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(col[0])
+
+
+# ---------------------------------------------------------------------------- Parquet
+def _open_parquet(entries, label_column, blocksize, storage_options):
+    import pyarrow.parquet as pq
+    import pyarrow.types as pat
+
+    header = None
+    blocks, files = [], []
+    integer = True
+    for _, fs, path in entries:
+        name = _unstrip(fs, path)
+        try:
+            with fs.open(path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+                schema = pq.ParquetFile(f).schema_arrow
+        except Exception as exc:
+            raise InputError(f"{name}: not a readable Parquet file: {_first_line(exc)}") from None
+        cols = [c for c in schema.names if not c.startswith("__index_level_")]
+        if label_column not in cols:
+            raise InputError(
+                f"{name}: no label column {label_column!r} (columns: {_preview(cols)}); pass --label-column"
+            )
+        for c in cols:
+            t = schema.field(c).type
+            if c != label_column and not (pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t)):
+                raise InputError(f"{name}: column {c!r} is not numeric (type {t})")
+            if c != label_column and not pat.is_integer(t):
+                integer = False
+        if header is None:
+            header = cols
+        elif cols != header:
+            raise InputError(
+                f"{name}: columns differ from {files[0]['path']} (first difference at {_first_diff(cols, header)})"
+            )
+        files.append(_file_info(fs, path))
+        url = _unstrip(fs, path)
+        for rg in range(meta.num_row_groups):
+            blocks.append(Block("parquet", url, rg, rg + 1, options=(tuple(header), label_column)))
+    features = [c for c in header if c != label_column]
+    return blocks, files, features, integer
+
+
+def _read_parquet_block(block: Block, storage_options: dict | None):
+    import pyarrow.parquet as pq
+
+    header, label_column = block.options
+    fs, path = _fs(block.url, storage_options)
+    with fs.open(path, "rb") as f:
+        table = pq.ParquetFile(f).read_row_group(block.start, columns=list(header))
+    where = f"{block.url} (row group {block.start})"
+    X, y = _table_to_xy(table, list(header), label_column, where)
+    return X, y
+
+
+# ---------------------------------------------------------------------------- Zarr
+def open_zarr_group(url: str, storage_options: dict | None = None, mode: str = "r"):
+    """Open a Zarr v3 group from a local path or an fsspec URL."""
+    import zarr
+
+    fs, path = _fs(url, storage_options)
+    if _is_local(fs):
+        return zarr.open_group(path, mode=mode)
+    return zarr.open_group(url, mode=mode, storage_options=storage_options or {})
+
+
+def _open_zarr(entries, label_column, blocksize, storage_options):
+    blocks, files = [], []
+    features, image_shape, integer, stored_scale = None, None, True, None
+    for _, fs, path in entries:
+        url = _unstrip(fs, path)
+        try:
+            group = open_zarr_group(url, storage_options)
+        except Exception as exc:
+            raise InputError(f"{url}: not a Zarr group: {_first_line(exc)}") from None
+        attrs = dict(group.attrs)
+        meta = attrs.get("daskgen", {})
+        if meta.get("kind") == "samples" and not meta.get("complete", False):
+            raise InputError(f"{url}: this samples store is incomplete; rerun `daskgen sample` to finish it")
+        names = set(group.array_keys())
+        for need in ("images", label_column if label_column in names else "labels"):
+            if need not in names:
+                raise InputError(f"{url}: no array {need!r} in the group (arrays: {sorted(names)})")
+        images = group["images"]
+        labels = group[label_column if label_column in names else "labels"]
+        if images.ndim not in (2, 3):
+            raise InputError(f"{url}: 'images' must have shape (N, H, W) or (N, D), got {images.shape}")
+        if labels.ndim != 1:
+            raise InputError(f"{url}: 'labels' must have shape (N,), got {labels.shape}")
+        if images.shape[0] != labels.shape[0]:
+            raise InputError(
+                f"{url}: 'images' has {images.shape[0]} rows but 'labels' has {labels.shape[0]}"
+            )
+        shape = tuple(images.shape[1:])
+        D = int(np.prod(shape))
+        if features is None:
+            features, image_shape = [f"pixel{i}" for i in range(D)], (shape if len(shape) == 2 else None)
+        elif D != len(features):
+            raise InputError(f"{url}: images have {D} features, earlier inputs {len(features)}")
+        if images.dtype.kind not in "iub":
+            integer = False
+        if meta.get("scale") and stored_scale is None:
+            stored_scale = float(meta["scale"])  # e.g. 1/16 for the digits' 0..16 pixels
+        if images.dtype.kind not in "iufb":
+            raise InputError(f"{url}: 'images' has non-numeric dtype {images.dtype}")
+        N = images.shape[0]
+        rows_per_chunk = images.chunks[0]
+        row_bytes = max(D * 8, 1)
+        step = max(rows_per_chunk, (max(blocksize // row_bytes, 1) // rows_per_chunk) * rows_per_chunk)
+        label_name = label_column if label_column in names else "labels"
+        for a in range(0, N, step):
+            blocks.append(Block("zarr", url, a, min(a + step, N), options=(label_name,)))
+        files.append({"path": url, "size": int(N), "mtime": "", "etag": _zarr_token(group)})
+    return blocks, files, features, integer, image_shape, stored_scale
+
+
+def _zarr_token(group) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in ("images", "labels"):
+        if key in group:
+            arr = group[key]
+            h.update(repr((arr.shape, str(arr.dtype), arr.chunks)).encode())
+    h.update(repr(sorted(dict(group.attrs).get("daskgen", {}).items())).encode())
+    return h.hexdigest()[:16]
+
+
+def _read_zarr_block(block: Block, storage_options: dict | None):
+    (label_name,) = block.options
+    group = open_zarr_group(block.url, storage_options)
+    images = group["images"][block.start : block.stop]
+    y = as_labels(group[label_name][block.start : block.stop])
+    X = np.asarray(images, dtype=np.float64).reshape(len(y), -1)
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise InputError(f"{block.url} (rows {block.start}-{block.stop}): 'labels' has NaN or infinite values")
+    return X, y
+
+
+# ---------------------------------------------------------------------------- public
+def open_inputs(
+    inputs: list[str] | str,
+    label_column: str = "label",
+    blocksize: int | None = None,
+    image_shape: str | tuple | None = None,
+    scale: str | float | None = "auto",
+    fmt: str | None = None,
+    storage_options: dict | None = None,
+) -> Dataset:
+    """Look at the inputs and plan the blocks to read. Reads only headers and metadata."""
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    blocksize = int(blocksize or DEFAULT_BLOCKSIZE)
+    if blocksize <= 0:
+        raise InputError(f"blocksize must be positive, got {blocksize}")
+    entries = expand_inputs(inputs, storage_options, fmt)
+    kinds = {k for k, _, _ in entries}
+    if len(kinds) > 1:
+        raise InputError(f"inputs mix formats ({', '.join(sorted(kinds))}); fit one format at a time")
+    (kind,) = kinds
+    inferred_shape, stored_scale = None, None
+    if kind == "csv":
+        blocks, files, features, integer = _open_csv(entries, label_column, blocksize, storage_options)
+    elif kind == "parquet":
+        blocks, files, features, integer = _open_parquet(entries, label_column, blocksize, storage_options)
+    else:
+        blocks, files, features, integer, inferred_shape, stored_scale = _open_zarr(
+            entries, label_column, blocksize, storage_options
+        )
+    if not features:
+        raise InputError(f"{files[0]['path']}: no feature columns besides {label_column!r}")
+    D = len(features)
+    shape = parse_image_shape(image_shape)
+    if shape is not None:
+        if int(np.prod(shape)) != D:
+            raise InputError(f"image shape {shape} has {int(np.prod(shape))} pixels, the data {D} features")
+    elif inferred_shape is not None:
+        shape = inferred_shape
+    elif math.isqrt(D) ** 2 == D and D > 1:
+        shape = (math.isqrt(D), math.isqrt(D))
+    fixed = parse_scale(scale)
+    if fixed is None and stored_scale is not None:
+        fixed = stored_scale
+    return Dataset(
+        blocks=blocks,
+        feature_names=list(features),
+        label_column=label_column,
+        image_shape=shape,
+        scale=fixed if fixed is not None else (1 / 255 if integer else 1.0),
+        integer_pixels=integer and fixed is None,
+        files=files,
+        storage_options=dict(storage_options or {}),
+    )
+
+
+def read_block(
+    block: Block,
+    scale: float = 1.0,
+    check_pixel_range: bool = False,
+    storage_options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one block: ``X`` (n, D) float64 in model units (pixels * scale), ``y`` (n,) labels.
+
+    Raises InputError naming the file and column for non-finite values and, when
+    ``check_pixel_range`` (``--scale auto`` on integer images), values outside 0..255.
+    """
+    reader = {"csv": _read_csv_block, "parquet": _read_parquet_block, "zarr": _read_zarr_block}[block.fmt]
+    try:
+        X, y = reader(block, storage_options)
+    except InputError:
+        raise
+    except (FileNotFoundError, PermissionError, OSError) as exc:
+        raise InputError(f"{block.url}: cannot read: {_first_line(exc)}") from None
+    if X.size:
+        bad = ~np.isfinite(X)
+        if bad.any():
+            _, col = np.argwhere(bad)[0]
+            raise InputError(
+                f"{_where(block)}: feature {_feature(block, col)} has a missing, NaN or infinite value"
+            )
+        if check_pixel_range:
+            lo, hi = X.min(), X.max()
+            if lo < 0 or hi > 255:
+                col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
+                raise InputError(
+                    f"{_where(block)}: feature {_feature(block, col)} has value "
+                    f"{lo if lo < 0 else hi:g} outside 0..255 for 8-bit pixels; pass --scale"
+                )
+        if scale != 1.0:
+            X *= scale
+    return X, y
+
+
+def _where(block: Block) -> str:
+    unit = {"csv": "bytes", "parquet": "row group", "zarr": "rows"}[block.fmt]
+    span = f"{block.start}" if block.fmt == "parquet" else f"{block.start}-{block.stop}"
+    return f"{block.url} ({unit} {span})"
+
+
+def _feature(block: Block, col: int) -> str:
+    if block.fmt in ("csv", "parquet"):
+        header, label_column = block.options[0], block.options[1]
+        return repr([c for c in header if c != label_column][col])
+    return f"pixel{col}"

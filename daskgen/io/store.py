@@ -1,0 +1,187 @@
+"""daskgen's on-disk layouts (Zarr v3) and how they are published safely.
+
+Model store — a group with arrays ``classes`` (K,), ``counts`` (K,), ``priors`` (K,),
+``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw centered
+statistics, same shape as covariances) and attributes under ``daskgen``. On a local
+disk the group is written under a temporary name beside the target and renamed
+into place; on object storage (no rename) ``complete: true`` is written last and a
+store without it is refused by :func:`read_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import ModelError, OutputExistsError
+from ..stats import ClassStats
+from .readers import _fs, _is_local, as_labels, open_zarr_group
+
+MODEL_FORMAT = 1
+
+
+def output_exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = _fs(url, storage_options)
+    return fs.exists(path)
+
+
+def is_local(url: str, storage_options: dict | None = None) -> bool:
+    return _is_local(_fs(url, storage_options)[0])
+
+
+def label_array(values: np.ndarray) -> np.ndarray:
+    """Labels in a dtype Zarr v3 stores: int64, float64 or variable-length strings."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        return values.astype(np.float64)
+    return values.astype(str)
+
+
+def read_labels(arr) -> np.ndarray:
+    return as_labels(arr[...])
+
+
+def _write_model_group(model, url: str, storage_options: dict | None) -> None:
+    import zarr
+
+    fs, path = _fs(url, storage_options)
+    group = (
+        zarr.open_group(path, mode="w")
+        if _is_local(fs)
+        else zarr.open_group(url, mode="w", storage_options=storage_options or {})
+    )
+    arrays = {
+        "classes": label_array(model.classes),
+        "counts": np.asarray(model.counts, dtype=np.int64),
+        "priors": np.asarray(model.priors, dtype=np.float64),
+        "means": np.asarray(model.means, dtype=np.float64),
+        "covariances": np.asarray(model.covariances, dtype=np.float64),
+        "scatter": np.asarray(model.stats.scatter, dtype=np.float64),
+    }
+    for name, data in arrays.items():
+        chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
+        dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
+        arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None)
+        arr[...] = data
+    meta = {
+        "kind": "model",
+        "format": MODEL_FORMAT,
+        "version": __version__,
+        "image_shape": list(model.image_shape) if model.image_shape else None,
+        "scale": float(model.scale),
+        "label_column": model.label_column,
+        "feature_names": list(model.feature_names) if model.feature_names else None,
+        "covariance_type": model.covariance_type,
+        "config": model.config,
+        "inputs": model.inputs,
+        "data_range": [_jsonable(model.stats.minimum), _jsonable(model.stats.maximum)],
+        "fingerprint": model.fingerprint,
+        "complete": False,
+    }
+    group.attrs["daskgen"] = meta
+    meta["complete"] = True  # written last: a store without it is refused
+    group.attrs["daskgen"] = meta
+
+
+def _jsonable(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def write_model(model, url: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
+    """Publish ``model`` at ``url``; refuse an existing path unless ``overwrite``."""
+    fs, path = _fs(url, storage_options)
+    exists = fs.exists(path)
+    if exists and not overwrite:
+        raise OutputExistsError(f"{url} already exists; pass --overwrite to replace it")
+    if not _is_local(fs):
+        if exists:
+            fs.rm(path, recursive=True)
+        _write_model_group(model, url, storage_options)
+        return
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path.rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_model_group(model, tmp, None)
+        if exists:
+            trash = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, trash)
+            os.rename(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_model(url: str, storage_options: dict | None = None):
+    """Load a model store written by :func:`write_model`."""
+    from ..model import GaussianClassModel
+
+    fs, path = _fs(url, storage_options)
+    if not fs.exists(path):
+        raise ModelError(f"{url}: no such model store")
+    try:
+        group = open_zarr_group(url, storage_options)
+        meta = dict(group.attrs).get("daskgen")
+    except Exception as exc:
+        raise ModelError(f"{url}: not a daskgen model store ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != "model":
+        raise ModelError(f"{url}: not a daskgen model store")
+    if meta.get("format") != MODEL_FORMAT:
+        raise ModelError(
+            f"{url}: model store format {meta.get('format')!r} (daskgen {meta.get('version')}) "
+            f"is not supported by daskgen {__version__} (format {MODEL_FORMAT}); refit the model"
+        )
+    if not meta.get("complete"):
+        raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
+    try:
+        a = {k: np.asarray(group[k][...]) for k in ("counts", "priors", "means", "covariances", "scatter")}
+        classes = read_labels(group["classes"])
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
+    full = (K, D, D)
+    if (
+        K < 1
+        or classes.shape != (K,)
+        or a["counts"].shape != (K,)
+        or a["priors"].shape != (K,)
+        or a["covariances"].shape not in (full, (K, D))
+        or a["scatter"].shape not in (full, (K, D))
+        or not all(np.isfinite(a[k]).all() for k in ("priors", "means", "covariances", "scatter"))
+    ):
+        raise ModelError(f"{url}: corrupted model store (array shapes or values are inconsistent)")
+    lo, hi = meta.get("data_range") or [None, None]
+    stats = ClassStats(
+        classes, a["counts"], a["means"], a["scatter"],
+        np.nan if lo is None else lo, np.nan if hi is None else hi,
+    )
+    shape = meta.get("image_shape")
+    return GaussianClassModel(
+        classes=classes,
+        counts=a["counts"],
+        priors=a["priors"],
+        means=a["means"],
+        covariances=a["covariances"],
+        stats=stats,
+        image_shape=tuple(shape) if shape else None,
+        scale=float(meta.get("scale", 1.0)),
+        label_column=meta.get("label_column", "label"),
+        feature_names=meta.get("feature_names"),
+        config=meta.get("config", {}),
+        inputs=meta.get("inputs", []),
+    )
+
+
+def model_attrs(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+    return dict(open_zarr_group(url, storage_options).attrs).get("daskgen", {})

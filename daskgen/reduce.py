@@ -1,0 +1,64 @@
+"""Dask wiring of the fit: read -> chunk-stats -> tree combine, with readable task names.
+
+The graph is built from plain functions (``read_block``, ``chunk_stats``, ``merge``)
+with explicit keys, so the dashboard's task stream and progress read ``read``,
+``chunk-stats`` and ``combine``. ``merge`` runs on at most ``split_every`` inputs per
+task, so no task gathers every block's statistics at once.
+"""
+
+from __future__ import annotations
+
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+
+from .io.readers import Dataset, read_block
+from .stats import ClassStats, chunk_stats, merge
+
+DEFAULT_SPLIT_EVERY = 8
+
+
+def _block_stats(xy, diagonal: bool) -> ClassStats:
+    X, y = xy
+    return chunk_stats(X, y, diagonal=diagonal)
+
+
+def tree_reduce(parts: list, split_every: int, token: str) -> Delayed:
+    """Combine ``parts`` (Delayed ClassStats) by a tree of ``merge`` tasks, ``split_every`` wide."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    level, depth = list(parts), 0
+    if len(level) == 1:
+        return delayed(merge, pure=True)(level, dask_key_name=f"combine-{token}-0-0")
+    while len(level) > 1:
+        level = [
+            delayed(merge, pure=True)(level[i : i + split_every], dask_key_name=f"combine-{token}-{depth}-{j}")
+            for j, i in enumerate(range(0, len(level), split_every))
+        ]
+        depth += 1
+    return level[0]
+
+
+def stats_graph(
+    dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY
+) -> Delayed:
+    """A Delayed ClassStats over every block of ``dataset``."""
+    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, diagonal)
+    parts = []
+    for i, block in enumerate(dataset.blocks):
+        xy = delayed(read_block, pure=True)(
+            block,
+            dataset.scale,
+            dataset.integer_pixels,
+            dataset.storage_options or None,
+            dask_key_name=f"read-{token}-{i}",
+        )
+        parts.append(delayed(_block_stats, pure=True)(xy, diagonal, dask_key_name=f"chunk-stats-{token}-{i}"))
+    return tree_reduce(parts, split_every, token)
+
+
+def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> ClassStats:
+    """Run the statistics graph on the current Dask scheduler (a distributed Client if one is active)."""
+    from .cluster import compute
+
+    return compute(stats_graph(dataset, diagonal, split_every), stage="fit", progress=progress)
+

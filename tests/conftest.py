@@ -1,0 +1,87 @@
+"""Shared fixtures: real datasets on disk, and one real multi-process Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Fashion-MNIST train: images (60000, 28, 28) uint8, labels (60000,) uint8."""
+    from daskgen.datasets import load_idx_pair
+
+    images = FASHION_DIR / "train-images-idx3-ubyte.gz"
+    if not images.exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    return load_idx_pair(str(images), str(FASHION_DIR / "train-labels-idx1-ubyte.gz"))
+
+
+@pytest.fixture(scope="session")
+def fashion_zarr(fashion, tmp_path_factory):
+    from daskgen.datasets import write_zarr_dataset
+
+    path = tmp_path_factory.mktemp("fashion") / "train.zarr"
+    write_zarr_dataset(str(path), fashion[0], fashion[1], chunk_rows=7000)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def fashion_csv(fashion, tmp_path_factory):
+    """The first 12,000 Fashion-MNIST rows in the tutorial's Kaggle CSV layout."""
+    from daskgen.datasets import write_csv_dataset
+
+    path = tmp_path_factory.mktemp("fashion-csv") / "train.csv"
+    write_csv_dataset(str(path), fashion[0][:12000], fashion[1][:12000])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's handwritten digits: X (1797, 64) float64 in 0..16, y (1797,) int."""
+    from daskgen.datasets import load_digits_dataset
+
+    images, labels = load_digits_dataset()
+    return images.reshape(len(images), -1).astype(np.float64), labels
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A real LocalCluster: 2 worker processes on 127.0.0.1, shared by the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0", memory_limit="3GiB",
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster):
+    """A client of the shared cluster, set as default for the test's duration."""
+    from distributed import Client
+
+    with Client(cluster, set_as_default=True) as c:
+        yield c
+
+
+@pytest.fixture
+def sync_scheduler():
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+@pytest.fixture
+def chdir(tmp_path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
