@@ -1,0 +1,256 @@
+"""Distributed generation into a Zarr samples store: seeded per chunk, resumable.
+
+Output chunk ``i`` holds rows ``[i * chunk_size, (i + 1) * chunk_size)``. Its random
+stream is derived from ``(seed, i)`` only (``SeedSequence(seed, spawn_key=(i,))``)
+and the generation kernel runs with BLAS pinned to one thread, so the bytes of a
+chunk do not depend on the number of workers, threads, task order or retries.
+
+A chunk is written (``images`` then ``labels``), then marked in the ``done`` array.
+A rerun writes only chunks not marked, after removing partial files a killed
+writer left; when every chunk is marked the store's ``complete`` attribute is set.
+An existing store made from another model, seed, n, chunk size, dtype or class is
+refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import delayed
+
+from ._version import __version__
+from .errors import InputError, OutputExistsError
+from .io.readers import _fs, _is_local, open_zarr_group
+from .io.store import label_array
+from .model import GaussianClassModel, Sampler
+
+DTYPES = ("float32", "float64", "uint8")
+DEFAULT_CHUNK_SIZE = 10_000
+#: Attributes that identify a samples store: a rerun with other values is refused.
+IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class")
+
+
+@dataclass
+class GenerateResult:
+    out: str
+    n: int
+    seed: int
+    n_chunks: int
+    chunks_written: int
+    resumed: bool
+
+    @property
+    def chunks_skipped(self) -> int:
+        return self.n_chunks - self.chunks_written
+
+
+_pinned: Any = None
+
+
+def _pin_blas_threads() -> None:
+    """Pin BLAS to one thread for the rest of this process (worker) — never restored,
+    so concurrent tasks cannot flip each other's thread count mid-product."""
+    global _pinned
+    if _pinned is None:
+        from threadpoolctl import threadpool_limits
+
+        _pinned = threadpool_limits(limits=1, user_api="blas")
+
+
+def chunk_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of output chunk ``index``: a function of (seed, index) only."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sampler: Sampler
+    classes: np.ndarray
+    class_index: int | None
+    dtype: str
+    scale: float
+    clip: tuple[float, float]
+    shape: tuple[int, ...]
+
+
+def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels."""
+    _pin_blas_threads()
+    rng = chunk_rng(seed, index)
+    idx = plan.sampler.draw_classes(rows, rng, plan.class_index)
+    X = plan.sampler.draw(idx, rng)
+    if plan.dtype == "uint8":
+        X /= plan.scale
+        np.clip(X, plan.clip[0], plan.clip[1], out=X)
+        X = np.rint(X).astype(np.uint8)
+    else:
+        X = X.astype(plan.dtype, copy=False)
+    return X.reshape((rows,) + plan.shape), label_array(plan.classes[idx])
+
+
+def _write_chunk(url: str, storage_options: dict | None, index: int, start: int, data) -> int:
+    X, y = data
+    group = open_zarr_group(url, storage_options, mode="r+")
+    group["images"][start : start + len(y)] = X
+    group["labels"][start : start + len(y)] = y
+    group["done"][index] = 1  # only after the data is written
+    return index
+
+
+def _remove_partials(url: str, storage_options: dict | None) -> int:
+    """Delete ``*.partial`` files a killed local writer left behind."""
+    fs, path = _fs(url, storage_options)
+    if not _is_local(fs):
+        return 0
+    removed = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                os.remove(os.path.join(root, name))
+                removed += 1
+    return removed
+
+
+def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, label_values):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    fs, path = _fs(url, storage_options)
+    group = (
+        zarr.open_group(path, mode="w")
+        if _is_local(fs)
+        else zarr.open_group(url, mode="w", storage_options=storage_options or {})
+    )
+    dims = ("sample", "y", "x") if len(shape) == 2 else ("sample", "feature")
+    group.create_array(
+        "images", shape=(n,) + shape, dtype=dtype, chunks=(chunk_size,) + shape,
+        compressors=ZstdCodec(level=1), dimension_names=dims, fill_value=0,
+    )
+    labels = label_array(label_values)
+    group.create_array(
+        "labels", shape=(n,), dtype=labels.dtype if labels.dtype.kind != "U" else str,
+        chunks=(chunk_size,), compressors=ZstdCodec(level=1), dimension_names=("sample",),
+    )
+    n_chunks = -(-n // chunk_size)
+    group.create_array("done", shape=(n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, dimension_names=("chunk",))
+    group.attrs["daskgen"] = {"kind": "samples", **identity, "version": __version__, "complete": False}
+    return group
+
+
+def _existing_identity(url, storage_options) -> dict | None:
+    try:
+        meta = dict(open_zarr_group(url, storage_options).attrs).get("daskgen")
+    except Exception:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("kind") == "samples" else None
+
+
+def generate(
+    model: GaussianClassModel,
+    n: int,
+    out: str,
+    *,
+    seed: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dtype: str = "float32",
+    label: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> GenerateResult:
+    """Generate ``n`` samples of ``model`` into the Zarr samples store ``out``.
+
+    Classes come from the model's prior p(y) (or are all ``label``). ``images`` has
+    shape (n, H, W) (or (n, D)) in ``dtype``: ``float32``/``float64`` in model units,
+    ``uint8`` clipped to the training data's range and rounded to pixel units;
+    ``labels`` (n,) holds class values. With ``seed=None`` a new seed is drawn and
+    recorded, except when resuming a store, whose seed is reused.
+
+    Runs on the active ``distributed.Client`` if there is one, else on Dask's local
+    scheduler. Re-running resumes: only chunks not yet marked done are written.
+    """
+    from .cluster import compute
+
+    n, chunk_size = int(n), int(chunk_size)
+    if n < 1:
+        raise InputError(f"n must be at least 1, got {n}")
+    if chunk_size < 1:
+        raise InputError(f"chunk size must be at least 1, got {chunk_size}")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    class_index = None if label is None else model.class_index(label)
+    fs, path = _fs(out, storage_options)
+    existing = _existing_identity(out, storage_options) if fs.exists(path) else None
+    if seed is None:
+        seed = int(existing["seed"]) if existing else int(np.random.SeedSequence().entropy % 2**63)
+    identity = {
+        "model_fingerprint": model.fingerprint,
+        "seed": int(seed),
+        "n": n,
+        "dtype": dtype,
+        "chunk_size": chunk_size,
+        "class": None if class_index is None else str(model.classes[class_index]),
+    }
+    resumed = False
+    if fs.exists(path):
+        if existing is not None and all(existing.get(k) == identity[k] for k in IDENTITY) and not overwrite:
+            resumed = True
+        elif not overwrite:
+            if existing is None:
+                raise OutputExistsError(f"{out} already exists and is not a daskgen samples store; pass --overwrite to replace it")
+            diff = ", ".join(f"{k} {existing.get(k)!r} -> {identity[k]!r}" for k in IDENTITY if existing.get(k) != identity[k])
+            raise OutputExistsError(f"{out} holds samples made with other settings ({diff}); pass --overwrite to replace them")
+        else:
+            fs.rm(path, recursive=True)
+    shape = tuple(model.image_shape) if model.image_shape else (model.n_features,)
+    n_chunks = -(-n // chunk_size)
+    if resumed:
+        _remove_partials(out, storage_options)
+        group = open_zarr_group(out, storage_options, mode="r+")
+        done = np.asarray(group["done"][...], dtype=bool)
+    else:
+        group = _create_store(out, storage_options, identity, n, shape, chunk_size, dtype, model.classes)
+        done = np.zeros(n_chunks, dtype=bool)
+    todo = np.flatnonzero(~done)
+    if len(todo):
+        lo, hi = model.data_range
+        clip = (
+            max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
+            min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
+        )
+        plan = _Plan(Sampler(model, dtype), model.classes, class_index, dtype, float(model.scale), clip, shape)
+        token = tokenize(identity, out)
+        plan_key = _share(plan, f"sampler-{token}")
+        writes = []
+        for i in todo.tolist():
+            start = i * chunk_size
+            rows = min(chunk_size, n - start)
+            data = delayed(generate_chunk, pure=True)(plan_key, seed, i, rows, dask_key_name=f"generate-{token}-{i}")
+            writes.append(
+                delayed(_write_chunk, pure=True)(out, storage_options or None, i, start, data, dask_key_name=f"write-{token}-{i}")
+            )
+        compute(writes, stage="generate", progress=progress)
+        group = open_zarr_group(out, storage_options, mode="r+")
+        done = np.asarray(group["done"][...], dtype=bool)
+        if not done.all():  # pragma: no cover - a write task returned without marking
+            raise RuntimeError(f"{out}: {int((~done).sum())} chunks were not written")
+    meta = dict(group.attrs["daskgen"])
+    if not meta.get("complete"):
+        meta["complete"] = True
+        group.attrs["daskgen"] = meta
+    return GenerateResult(out, n, int(seed), n_chunks, len(todo), resumed)
+
+
+def _share(obj: Any, key: str):
+    """Ship a large read-only object to the workers once (scatter on a distributed
+    client), rather than embedding it in every task."""
+    from .cluster import _default_client
+
+    client = _default_client()
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    return delayed(obj, name=key)
