@@ -117,6 +117,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .cluster import connect
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
+    from .fitting import prepare
     from .io.store import output_exists, read_model
 
     cluster = _cluster_kwargs(kw)
@@ -129,13 +130,12 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
     previous = read_model(update_path, so) if update_path else None
     start = time.perf_counter()
+    # Inputs are checked (headers, metadata) before a cluster is started.
+    dataset = prepare(list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
+                      image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
     with connect(**cluster):
-        model = fit_model(
-            list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
-            image_shape=image_shape, scale=scale, fmt=fmt, covariance=covariance,
-            reg_covar=reg_covar, shrinkage=shrinkage, split_every=split_every,
-            update=previous, storage_options=so, progress=not cluster["quiet"],
-        )
+        model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                          split_every=split_every, update=previous, progress=not cluster["quiet"])
     model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())

@@ -24,7 +24,14 @@ log = logging.getLogger("daskgen")
 _PROGRESS_INTERVAL = 0.1
 
 
-def _default_client():
+def active_client() -> Any:
+    """The distributed Client that ``dask.compute`` would use now, or None.
+
+    None when there is no client, or when ``dask.config`` names another scheduler
+    (e.g. ``scheduler="synchronous"`` in a ``dask.config.set`` block).
+    """
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
     try:
         from distributed import default_client
 
@@ -35,8 +42,8 @@ def _default_client():
 
 def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
     """Compute ``obj``; on a distributed client, inside span ``stage`` and with progress."""
-    client = _default_client()
-    if client is None or dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+    client = active_client()
+    if client is None:
         return dask.compute(obj)[0]
     from distributed import progress as show_progress
     from distributed import span

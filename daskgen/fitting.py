@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import InputError
-from .io.readers import open_inputs
+from .io.readers import Dataset, open_inputs
 from .model import GaussianClassModel
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 from .stats import merge
@@ -31,7 +31,7 @@ def fit(
 
     Parameters
     ----------
-    inputs : path, URL, glob or directory, or a list of them
+    inputs : path, URL, glob or directory, a list of them, or a Dataset from :func:`prepare`
         CSV or Parquet files with a label column, or Zarr groups with ``images``
         (N, H, W) or (N, D) and ``labels`` (N,).
     covariance : {"full", "diag"}
@@ -51,19 +51,13 @@ def fit(
     """
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
-    if update is not None and (scale is None or str(scale) == "auto"):
-        scale = update.scale
-    dataset = open_inputs(
-        inputs,
-        label_column=label_column,
-        blocksize=blocksize,
-        image_shape=image_shape if image_shape is not None else (update.image_shape if update else None),
-        scale=scale,
-        fmt=fmt,
-        storage_options=storage_options,
+    dataset = (
+        inputs
+        if isinstance(inputs, Dataset)
+        else prepare(inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape,
+                     scale=scale, fmt=fmt, update=update, storage_options=storage_options)
     )
-    if update is not None:
-        _check_compatible(update, dataset)
+    label_column = dataset.label_column
     diagonal = covariance == "diag" and (update is None or update.stats.diagonal)
     stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
     previous: list[dict[str, Any]] = []
@@ -84,9 +78,42 @@ def fit(
         scale=dataset.scale,
         label_column=label_column,
         feature_names=dataset.feature_names,
-        config={"split_every": int(split_every), "blocksize": blocksize, "format": dataset.blocks[0].fmt if dataset.blocks else fmt},
+        config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt},
         inputs=previous + dataset.files,
     )
+
+
+def prepare(
+    inputs: list[str] | str,
+    *,
+    label_column: str = "label",
+    blocksize: int | None = None,
+    image_shape: str | tuple | None = None,
+    scale: str | float | None = "auto",
+    fmt: str | None = None,
+    update: GaussianClassModel | None = None,
+    storage_options: dict | None = None,
+) -> Dataset:
+    """Open and validate the inputs (headers and metadata only, no cluster needed).
+
+    Returns the :class:`~daskgen.io.readers.Dataset` that :func:`fit` accepts in place
+    of ``inputs``; with ``update``, the new data must match the model's features and
+    takes its scale and image shape.
+    """
+    if update is not None and (scale is None or str(scale) == "auto"):
+        scale = update.scale
+    dataset = open_inputs(
+        inputs,
+        label_column=label_column,
+        blocksize=blocksize,
+        image_shape=image_shape if image_shape is not None else (update.image_shape if update else None),
+        scale=scale,
+        fmt=fmt,
+        storage_options=storage_options,
+    )
+    if update is not None:
+        _check_compatible(update, dataset)
+    return dataset
 
 
 def _check_compatible(model: GaussianClassModel, dataset) -> None:

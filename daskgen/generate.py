@@ -115,7 +115,7 @@ def _remove_partials(url: str, storage_options: dict | None) -> int:
     return removed
 
 
-def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, label_values):
+def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, label_values, scale):
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -137,7 +137,11 @@ def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, l
     )
     n_chunks = -(-n // chunk_size)
     group.create_array("done", shape=(n_chunks,), dtype="uint8", chunks=(1,), fill_value=0, dimension_names=("chunk",))
-    group.attrs["daskgen"] = {"kind": "samples", **identity, "version": __version__, "complete": False}
+    group.attrs["daskgen"] = {
+        "kind": "samples", **identity, "version": __version__, "complete": False,
+        # pixel units -> model units, so `daskgen fit` reads a uint8 store on the model's scale
+        "scale": scale if dtype == "uint8" else 1.0,
+    }
     return group
 
 
@@ -213,7 +217,7 @@ def generate(
         group = open_zarr_group(out, storage_options, mode="r+")
         done = np.asarray(group["done"][...], dtype=bool)
     else:
-        group = _create_store(out, storage_options, identity, n, shape, chunk_size, dtype, model.classes)
+        group = _create_store(out, storage_options, identity, n, shape, chunk_size, dtype, model.classes, float(model.scale))
         done = np.zeros(n_chunks, dtype=bool)
     todo = np.flatnonzero(~done)
     if len(todo):
@@ -248,9 +252,9 @@ def generate(
 def _share(obj: Any, key: str):
     """Ship a large read-only object to the workers once (scatter on a distributed
     client), rather than embedding it in every task."""
-    from .cluster import _default_client
+    from .cluster import active_client
 
-    client = _default_client()
+    client = active_client()
     if client is not None:
         return client.scatter(obj, broadcast=True, hash=False)
     return delayed(obj, name=key)

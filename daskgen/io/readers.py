@@ -50,6 +50,8 @@ class Dataset:
     integer_pixels: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    fmt: str = "csv"
+    blocksize: int = DEFAULT_BLOCKSIZE
 
     @property
     def n_features(self) -> int:
@@ -176,8 +178,9 @@ def _csv_header(fs, path: str) -> list[str]:
         raise InputError(f"{name}: not a UTF-8 text CSV file") from None
 
 
-def _sniff_label_type(fs, path: str, label_column: str, feature_names: list[str]) -> tuple[str, bool]:
+def _sniff_label_type(fs, path: str, label_column: str, header: list[str]) -> tuple[str, bool]:
     """Label kind ('int', 'float' or 'str') and whether the pixels look like integers."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     with fs.open(path, "rb") as f:
@@ -186,8 +189,8 @@ def _sniff_label_type(fs, path: str, label_column: str, feature_names: list[str]
         head = head[: head.rfind(b"\n") + 1]
     try:
         table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(use_threads=False))
-    except Exception as exc:  # reported precisely by read_block later
-        raise InputError(f"{_unstrip(fs, path)}: cannot parse CSV: {_first_line(exc)}") from None
+    except pa.ArrowInvalid as exc:
+        raise InputError(_explain_csv_error(f"{_unstrip(fs, path)} (first MiB)", header, exc)) from None
     import pyarrow.types as pat
 
     ltype = table.schema.field(label_column).type
@@ -199,7 +202,8 @@ def _sniff_label_type(fs, path: str, label_column: str, feature_names: list[str]
         kind = "str"
     integer = all(
         pat.is_integer(table.schema.field(c).type) or pat.is_null(table.schema.field(c).type)
-        for c in feature_names
+        for c in header
+        if c != label_column
     )
     return kind, integer and table.num_rows > 0
 
@@ -237,8 +241,7 @@ def _open_csv(entries, label_column, blocksize, storage_options):
         files.append(info)
         size = info["size"]
         if not sniffed and size > 0:
-            features = [c for c in header if c != label_column]
-            label_kind, integer = _sniff_label_type(fs, path, label_column, features)
+            label_kind, integer = _sniff_label_type(fs, path, label_column, header)
             sniffed = True
         url = _unstrip(fs, path)
         for off in range(0, max(size, 1), blocksize):
@@ -289,7 +292,7 @@ def _read_csv_block(block: Block, storage_options: dict | None) -> tuple[np.ndar
             ),
         )
     except pa.ArrowInvalid as exc:
-        raise InputError(_explain_csv_error(block, header, exc)) from None
+        raise InputError(_explain_csv_error(_where(block), header, exc)) from None
     return _table_to_xy(table, header, label_column, _where(block))
 
 
@@ -297,11 +300,11 @@ def _label_dtype(kind: str):
     return {"int": np.int64, "float": np.float64, "str": object}[kind]
 
 
-def _explain_csv_error(block: Block, header: list[str], exc: Exception) -> str:
+def _explain_csv_error(where: str, header: list[str], exc: Exception) -> str:
+    """One line naming the file (and byte range) and the column of a pyarrow CSV error."""
     import re
 
     msg = _first_line(exc)
-    where = f"{block.url} (bytes {block.start}-{block.stop})"
     m = re.search(r"CSV column #(\d+): CSV conversion error to (\w+): invalid value '([^']*)'", msg)
     if m:
         col = header[int(m.group(1))]
@@ -535,6 +538,8 @@ def open_inputs(
         integer_pixels=integer and fixed is None,
         files=files,
         storage_options=dict(storage_options or {}),
+        fmt=kind,
+        blocksize=blocksize,
     )
 
 
