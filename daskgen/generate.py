@@ -22,6 +22,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
+from ._blas import one_blas_thread
 from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
@@ -48,19 +49,6 @@ class GenerateResult:
         return self.n_chunks - self.chunks_written
 
 
-_pinned: Any = None
-
-
-def _pin_blas_threads() -> None:
-    """Pin BLAS to one thread for the rest of this process (worker) — never restored,
-    so concurrent tasks cannot flip each other's thread count mid-product."""
-    global _pinned
-    if _pinned is None:
-        from threadpoolctl import threadpool_limits
-
-        _pinned = threadpool_limits(limits=1, user_api="blas")
-
-
 def chunk_rng(seed: int, index: int) -> np.random.Generator:
     """The random stream of output chunk ``index``: a function of (seed, index) only."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
@@ -79,10 +67,10 @@ class _Plan:
 
 def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels."""
-    _pin_blas_threads()
     rng = chunk_rng(seed, index)
     idx = plan.sampler.draw_classes(rows, rng, plan.class_index)
-    X = plan.sampler.draw(idx, rng)
+    with one_blas_thread():  # the same bits whatever the worker's thread count
+        X = plan.sampler.draw(idx, rng)
     if plan.dtype == "uint8":
         X /= plan.scale
         np.clip(X, plan.clip[0], plan.clip[1], out=X)

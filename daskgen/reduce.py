@@ -11,15 +11,17 @@ from __future__ import annotations
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
+from ._blas import one_blas_thread
 from .io.readers import Dataset, read_block
 from .stats import ClassStats, chunk_stats, merge
 
 DEFAULT_SPLIT_EVERY = 8
 
 
-def _block_stats(xy, diagonal: bool) -> ClassStats:
+def _block_stats(xy, diagonal: bool, scale: float) -> ClassStats:
     X, y = xy
-    return chunk_stats(X, y, diagonal=diagonal)
+    with one_blas_thread():  # Dask runs a task per core already
+        return chunk_stats(X, y, diagonal=diagonal, scale=scale)
 
 
 def tree_reduce(parts: list, split_every: int, token: str) -> Delayed:
@@ -47,12 +49,11 @@ def stats_graph(
     for i, block in enumerate(dataset.blocks):
         xy = delayed(read_block, pure=True)(
             block,
-            dataset.scale,
             dataset.integer_pixels,
             dataset.storage_options or None,
             dask_key_name=f"read-{token}-{i}",
         )
-        parts.append(delayed(_block_stats, pure=True)(xy, diagonal, dask_key_name=f"chunk-stats-{token}-{i}"))
+        parts.append(delayed(_block_stats, pure=True)(xy, diagonal, dataset.scale, dask_key_name=f"chunk-stats-{token}-{i}"))
     return tree_reduce(parts, split_every, token)
 
 

@@ -78,49 +78,59 @@ def _centered_scatter(C: np.ndarray) -> np.ndarray:
     if C.shape[0] == 0:
         return np.zeros((C.shape[1], C.shape[1]))
     # C.T is Fortran-contiguous (D, n): syrk with trans=0 computes C.T @ C without a copy.
-    upper = dsyrk(1.0, C.T, trans=0, lower=0)
-    # syrk fills the upper triangle only; mirror it so the result is exactly symmetric.
-    return np.triu(upper) + np.triu(upper, 1).T
+    # It fills the upper triangle (the lower one stays 0); mirror it so the result is
+    # exactly symmetric.
+    S = dsyrk(1.0, C.T, trans=0, lower=0)
+    lower = np.tril_indices(S.shape[0], -1)
+    S[lower] = S.T[lower]
+    return S
 
 
-def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False) -> ClassStats:
-    """Statistics of one block of rows.
+def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: float = 1.0) -> ClassStats:
+    """Statistics of one block of rows, of ``X * scale``.
 
     Parameters
     ----------
     X : ndarray of shape (n, D)
-        Feature values (converted to float64).
+        Feature values, any real dtype and memory layout (uint8 pixels stay uint8
+        until each class slice is converted to float64: 8x less memory traffic).
     y : ndarray of shape (n,)
         Class label of each row.
     diagonal : bool
         Keep only per-feature sums of squares instead of the full scatter.
+    scale : float
+        Statistics are of ``X * scale``: means scale by ``scale``, scatter by ``scale**2``.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype.kind not in "iufb":
+        raise ValueError(f"chunk_stats needs numbers, got dtype {X.dtype}")
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
         raise ValueError(f"chunk_stats needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     K, D = len(classes), X.shape[1]
-    means = np.zeros((K, D))
-    scatter = np.zeros((K, D) if diagonal else (K, D, D))
-    # Rows sorted by class once, then one BLAS call per contiguous class slice.
-    order = np.argsort(inverse, kind="stable")
-    Xs = X[order] if K > 1 else np.ascontiguousarray(X)
-    stops = np.cumsum(counts)
-    start = 0
-    for k, stop in enumerate(stops):
-        block = Xs[start:stop]
-        start = stop
-        m = block.mean(axis=0)
-        C = block - m
-        # Second pass: remove the rounding error of the first mean (matters at large offsets).
-        correction = C.mean(axis=0)
-        m += correction
-        C -= correction
-        means[k] = m
-        scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else _centered_scatter(C)
     lo = float(X.min()) if X.size else np.nan
     hi = float(X.max()) if X.size else np.nan
+    means = np.zeros((K, D))
+    scatter = np.zeros((K, D) if diagonal else (K, D, D))
+    # Rows sorted by class in their stored dtype, each class slice converted into one
+    # new float64 buffer, centered in place, and one BLAS call per class.
+    Xs = X[np.argsort(inverse, kind="stable")]
+    start = 0
+    for k, stop in enumerate(np.cumsum(counts)):
+        C = Xs[start:stop].astype(np.float64, order="C")
+        start = stop
+        m = C.mean(axis=0)
+        C -= m
+        # Second pass: remove the rounding error of the first mean (matters at large offsets).
+        correction = C.mean(axis=0)
+        C -= correction
+        means[k] = m + correction
+        scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else _centered_scatter(C)
+    if scale != 1.0:
+        means *= scale
+        scatter *= scale * scale
+        lo, hi = lo * scale, hi * scale
     return ClassStats(classes, counts.astype(np.int64), means, scatter, lo, hi)
 
 

@@ -264,7 +264,7 @@ def _preview(cols: list[str], n: int = 4) -> str:
     return shown + (f", … ({len(cols)} in all)" if len(cols) > n else "")
 
 
-def _read_csv_block(block: Block, storage_options: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     from fsspec.utils import read_block as fs_read_block
@@ -278,7 +278,7 @@ def _read_csv_block(block: Block, storage_options: dict | None) -> tuple[np.ndar
         data = b"" if nl < 0 else data[nl + 1 :]
     D = len(header) - 1
     if not data.strip():
-        return np.empty((0, D)), np.empty(0, dtype=_label_dtype(label_kind))
+        return np.empty((0, D), dtype=np.uint8 if pixels else np.float64), np.empty(0, dtype=_label_dtype(label_kind))
     label_type = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[label_kind]
     try:
         # One task parses one block on one thread (Dask runs blocks in parallel), into
@@ -293,7 +293,7 @@ def _read_csv_block(block: Block, storage_options: dict | None) -> tuple[np.ndar
         )
     except pa.ArrowInvalid as exc:
         raise InputError(_explain_csv_error(_where(block), header, exc)) from None
-    return _table_to_xy(table, header, label_column, _where(block))
+    return _table_to_xy(table, header, label_column, _where(block), pixels)
 
 
 def _label_dtype(kind: str):
@@ -316,8 +316,14 @@ def _explain_csv_error(where: str, header: list[str], exc: Exception) -> str:
     return f"{where}: cannot parse CSV: {msg}"
 
 
-def _table_to_xy(table, header: list[str], label_column: str, where: str):
-    """(X, y) from an Arrow table: X (n, D) float64 C-contiguous, y (n,) labels."""
+def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels: bool = False):
+    """(X, y) from an Arrow table: X (n, D), y (n,) labels.
+
+    X is a Fortran-ordered view (filled column by column, contiguous writes) of
+    ``uint8`` when ``pixels`` (8-bit images: every value checked to lie in 0..255)
+    or of float64 otherwise; ``chunk_stats`` converts rows to float64 per class.
+    """
+    import pyarrow.compute as pc
     import pyarrow.types as pat
 
     labels = table.column(label_column)
@@ -329,14 +335,23 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str):
     if y.dtype.kind == "O":
         y = y.astype(str)
     features = [c for c in header if c != label_column]
-    # Filled column by column into a (D, n) buffer (contiguous writes), then transposed.
-    Xt = np.empty((len(features), table.num_rows), dtype=np.float64)
+    Xt = np.empty((len(features), table.num_rows), dtype=np.uint8 if pixels else np.float64)
     for j, c in enumerate(features):
         col = table.column(c)
         if not (pat.is_integer(col.type) or pat.is_floating(col.type) or pat.is_null(col.type) or pat.is_boolean(col.type)):
             raise InputError(f"{where}: column {c!r}: non-numeric feature value {_first_bad(col)!r}")
+        if col.null_count:
+            raise InputError(f"{where}: feature {c!r} has a missing, NaN or infinite value")
+        if pixels:
+            if not pat.is_integer(col.type):
+                raise InputError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
+            lo, hi = (v.as_py() for v in pc.min_max(col).values())
+            if lo is not None and (lo < 0 or hi > 255):
+                raise InputError(
+                    f"{where}: feature {c!r} has value {lo if lo < 0 else hi} outside 0..255 for 8-bit pixels; pass --scale"
+                )
         Xt[j] = col.to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(Xt.T), y
+    return Xt.T, y
 
 
 def _first_bad(col) -> str:
@@ -389,7 +404,7 @@ def _open_parquet(entries, label_column, blocksize, storage_options):
     return blocks, files, features, integer
 
 
-def _read_parquet_block(block: Block, storage_options: dict | None):
+def _read_parquet_block(block: Block, storage_options: dict | None, pixels: bool):
     import pyarrow.parquet as pq
 
     header, label_column = block.options
@@ -397,8 +412,7 @@ def _read_parquet_block(block: Block, storage_options: dict | None):
     with fs.open(path, "rb") as f:
         table = pq.ParquetFile(f).read_row_group(block.start, columns=list(header))
     where = f"{block.url} (row group {block.start})"
-    X, y = _table_to_xy(table, list(header), label_column, where)
-    return X, y
+    return _table_to_xy(table, list(header), label_column, where, pixels)
 
 
 # ---------------------------------------------------------------------------- Zarr
@@ -474,12 +488,21 @@ def _zarr_token(group) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_zarr_block(block: Block, storage_options: dict | None):
+def _read_zarr_block(block: Block, storage_options: dict | None, pixels: bool):
     (label_name,) = block.options
     group = open_zarr_group(block.url, storage_options)
     images = group["images"][block.start : block.stop]
     y = as_labels(group[label_name][block.start : block.stop])
-    X = np.asarray(images, dtype=np.float64).reshape(len(y), -1)
+    X = np.asarray(images).reshape(len(y), -1)
+    if pixels and X.dtype != np.uint8 and X.size:
+        lo, hi = X.min(), X.max()
+        if lo < 0 or hi > 255:
+            col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
+            raise InputError(
+                f"{_where(block)}: feature pixel{col} has value {lo if lo < 0 else hi} outside 0..255 "
+                "for 8-bit pixels; pass --scale"
+            )
+        X = X.astype(np.uint8)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise InputError(f"{block.url} (rows {block.start}-{block.stop}): 'labels' has NaN or infinite values")
     return X, y
@@ -545,39 +568,31 @@ def open_inputs(
 
 def read_block(
     block: Block,
-    scale: float = 1.0,
     check_pixel_range: bool = False,
     storage_options: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read one block: ``X`` (n, D) float64 in model units (pixels * scale), ``y`` (n,) labels.
+    """Read one block: ``X`` (n, D) in pixel units, ``y`` (n,) labels.
 
-    Raises InputError naming the file and column for non-finite values and, when
-    ``check_pixel_range`` (``--scale auto`` on integer images), values outside 0..255.
+    With ``check_pixel_range`` (``--scale auto`` on integer images) X is uint8 and
+    every value was checked to lie in 0..255; otherwise X holds the stored numbers
+    (float64 for CSV and Parquet, the stored dtype for Zarr) and was checked to be
+    finite. The conversion to float64 and the scale are applied by ``chunk_stats``,
+    which keeps the bytes moved per block small. Errors name the file and column.
     """
     reader = {"csv": _read_csv_block, "parquet": _read_parquet_block, "zarr": _read_zarr_block}[block.fmt]
     try:
-        X, y = reader(block, storage_options)
+        X, y = reader(block, storage_options, check_pixel_range)
     except InputError:
         raise
     except (FileNotFoundError, PermissionError, OSError) as exc:
         raise InputError(f"{block.url}: cannot read: {_first_line(exc)}") from None
-    if X.size:
+    if X.size and X.dtype.kind == "f":
         bad = ~np.isfinite(X)
         if bad.any():
             _, col = np.argwhere(bad)[0]
             raise InputError(
                 f"{_where(block)}: feature {_feature(block, col)} has a missing, NaN or infinite value"
             )
-        if check_pixel_range:
-            lo, hi = X.min(), X.max()
-            if lo < 0 or hi > 255:
-                col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
-                raise InputError(
-                    f"{_where(block)}: feature {_feature(block, col)} has value "
-                    f"{lo if lo < 0 else hi:g} outside 0..255 for 8-bit pixels; pass --scale"
-                )
-        if scale != 1.0:
-            X *= scale
     return X, y
 
 

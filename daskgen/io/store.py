@@ -50,6 +50,7 @@ def read_labels(arr) -> np.ndarray:
 
 def _write_model_group(model, url: str, storage_options: dict | None) -> None:
     import zarr
+    from zarr.codecs import ZstdCodec
 
     fs, path = _fs(url, storage_options)
     group = (
@@ -68,7 +69,10 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
         dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
-        arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None)
+        # zstd level 1: the float64 statistics barely compress at higher levels, which
+        # cost several times the write time of a whole fit.
+        arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None,
+                                 compressors=ZstdCodec(level=1))
         arr[...] = data
     meta = {
         "kind": "model",
