@@ -176,5 +176,99 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
          f"({made:,} samples, seed {result.seed}) in {took:.1f}s ({made / took:,.0f} samples/s) -> {out}")
 
 
+@main.command()
+@click.argument("job_file", metavar="[JOB.yaml]", required=False)
+@click.option("--out", "-o", help="Output folder (default: the job's 'out', else ./daskgen-run).")
+@click.option("--n", "n", type=click.IntRange(min=1), help="Number of samples (default: the job's, else 10,000).")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed of the samples (default: the job's, else 0).")
+@click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per output chunk and task.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), help="Samples dtype (see 'daskgen sample').")
+@click.option("--covariance", type=click.Choice(["full", "diag"]))
+@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal.")
+@click.option("--shrinkage", type=click.Choice(["none", "oas"]), help="Oracle Approximating Shrinkage of each covariance.")
+@click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
+@click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
+@cluster_options
+@handle_errors
+def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, report_html, overwrite, **kw):
+    """Fit, sample, draw the figures and write run-report.json, as a job file says.
+
+    Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
+    else the handwritten digits bundled with daskgen. Flags override the job file.
+    A rerun skips a fit that is up to date and resumes sampling.
+    """
+    from .job import load_job, run_job
+
+    cluster = _cluster_kwargs(kw)
+    quiet = cluster.pop("quiet")
+    overrides = {
+        "out": out,
+        "report": report_html,
+        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage},
+        "sample": {"n": n, "seed": seed, "chunk_size": chunk_size, "dtype": dtype},
+        "cluster": cluster,
+    }
+    job = load_job(job_file, overrides=overrides)
+    _say(quiet, f"daskgen: job {job.origin} -> {job.out}")
+    report = run_job(job, overwrite=overwrite, quiet=quiet, log=functools.partial(_say, quiet))
+    _say(quiet, f"daskgen: done in {report['timings']['total']:.1f}s -> {job.out}")
+
+
+@main.command()
+@click.argument("name", metavar="NAME")
+@click.option("--out", "-o", required=True, help="Zarr group or CSV file to write.")
+@click.option("--format", "fmt", type=click.Choice(["zarr", "csv"]), help="Output layout (default: csv for a .csv --out, else zarr).")
+@click.option("--source", help="fashion-mnist/mnist: folder of IDX files; idx: IMAGES,LABELS; csv: the CSV file.")
+@click.option("--split", type=click.Choice(["train", "test", "t10k", "all"]), default="train", show_default=True,
+              help="MNIST/Fashion-MNIST split (all: train then test).")
+@click.option("--download", is_flag=True, help="Download MNIST/Fashion-MNIST (checksums verified) into --source or the cache.")
+@click.option("--label-column", default="label", show_default=True, help="Label column of a CSV source and of a CSV output.")
+@click.option("--image-shape", help="HxW for flat pixels (default: square when the pixel count is).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Samples per Zarr chunk.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line.")
+@handle_errors
+def data(name, out, fmt, source, split, download, label_column, image_shape, chunk_rows, overwrite, quiet):
+    """Write dataset NAME (digits, fashion-mnist, mnist, idx, csv) in a layout 'daskgen fit' reads."""
+    from .datasets import DIGITS_SCALE, convert
+
+    fmt = fmt or ("csv" if out.lower().endswith(".csv") else "zarr")
+    start = time.perf_counter()
+    s = convert(
+        name, out, fmt=fmt, source=source, split=split, overwrite=overwrite, chunk_rows=chunk_rows,
+        download=download, label_column=label_column, image_shape=image_shape,
+        progress=lambda text: _say(quiet, f"daskgen: {text}"),
+    )
+    shape = "x".join(map(str, s["image_shape"]))
+    line = (f"daskgen: wrote {s['name']}: {s['n']:,} images of {shape} {s['dtype']}, {len(s['classes'])} classes "
+            f"({min(s['counts']):,}..{max(s['counts']):,} per class) in {time.perf_counter() - start:.1f}s -> {s['path']}")
+    if s["name"] == "digits":
+        line += ("; pixels are 0..16: scale 1/16 is recorded in the store" if fmt == "zarr"
+                 else f"; pixels are 0..16: fit with --scale {DIGITS_SCALE:g}")
+    _say(quiet, line)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--samples", "samples_path", metavar="SAMPLES", help="Samples store to show (default: fresh draws from MODEL).")
+@click.option("--out", "-o", required=True, help="Folder for the PNG figures.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of draws from the model.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line.")
+@handle_errors
+def plot(model_path, samples_path, out, seed, quiet):
+    """Draw MODEL's figures: class means beside samples, a 10x4 sample grid, covariance spectra and priors."""
+    import os
+
+    from .io.store import read_model
+    from .plot import load_samples, plot_all
+
+    model = read_model(model_path)
+    samples = load_samples(samples_path, n=40) if samples_path else None
+    start = time.perf_counter()
+    files = plot_all(model, out, samples=samples, seed=seed)
+    names = ", ".join(os.path.basename(p) for p in files.values())
+    _say(quiet, f"daskgen: wrote {names} in {time.perf_counter() - start:.1f}s -> {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
