@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,21 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
         return client.gather(future)
 
 
+def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_address):
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=processes,
+        memory_limit=memory_limit or "auto",
+        # worker processes talk TCP on loopback only; a threaded worker lives in
+        # this process and uses the in-process transport (no port at all)
+        **({"host": "127.0.0.1"} if processes else {}),
+        dashboard_address=dashboard_address,
+    )
+
+
 def dashboard_link(client: Any, local: bool = False) -> str:
     """The dashboard URL; for a cluster started here, on 127.0.0.1 where it listens."""
     link = client.dashboard_link
@@ -94,7 +110,7 @@ def connect(
     zarr release the GIL, so threads share data without copies and start in a
     fraction of a second), or ``workers`` worker processes when asked.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if scheduler or scheduler_file:
@@ -105,16 +121,11 @@ def connect(
         processes = workers is not None
         n_workers = workers or 1
         threads = threads_per_worker or max(1, cores // n_workers)
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=processes,
-            memory_limit=memory_limit or "auto",
-            # worker processes talk TCP on loopback only; a threaded worker lives in
-            # this process and uses the in-process transport (no port at all)
-            **({"host": "127.0.0.1"} if processes else {}),
-            dashboard_address=dashboard_address,
-        )
+        with warnings.catch_warnings():
+            # "Port 8787 is already in use ... hosting on port N instead": the link we
+            # print names the port actually used.
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            cluster = _local_cluster(n_workers, threads, processes, memory_limit, dashboard_address)
         client = Client(cluster, set_as_default=True)
     if not quiet:
         print(f"daskgen: dashboard {dashboard_link(client, local=cluster is not None)}", file=sys.stderr)
