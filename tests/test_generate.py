@@ -69,6 +69,15 @@ def test_one_class_and_uint8(digits_model, tmp_path, sync_scheduler):
     assert back.scale == digits_model.scale and back.classes.tolist() == [7]
 
 
+def test_xarray_reads_the_samples_store_with_named_dimensions(digits_model, tmp_path, sync_scheduler):
+    xr = pytest.importorskip("xarray")
+    generate(digits_model, 500, str(tmp_path / "x.zarr"), seed=2, chunk_size=200)
+    ds = xr.open_zarr(str(tmp_path / "x.zarr"), consolidated=False)
+    assert ds["images"].dims == ("sample", "y", "x") and ds["labels"].dims == ("sample",)
+    assert ds["images"].shape == (500, 8, 8) and ds.attrs["daskgen"]["seed"] == 2
+    np.testing.assert_array_equal(ds["labels"].values, read(tmp_path / "x.zarr")[1])
+
+
 def test_float64_keeps_the_spread_of_offset_data(tmp_path, sync_scheduler):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 3)) * 0.01 + 1e6
