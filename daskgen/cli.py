@@ -197,7 +197,8 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
     else the handwritten digits bundled with daskgen. Flags override the job file.
     A rerun skips a fit that is up to date and resumes sampling.
     """
-    from .job import load_job, run_job
+    from .job import load_job
+    from .run import run_job
 
     cluster = _cluster_kwargs(kw)
     quiet = cluster.pop("quiet")

@@ -1,4 +1,4 @@
-"""Job files and the whole run: data -> fit -> sample -> figures -> run report.
+"""Job files: the YAML schema, defaults, validation and resolution of paths.
 
 A job file is YAML. Every key is optional except the input (``inputs`` or
 ``dataset``); command-line flags override it::
@@ -26,7 +26,7 @@ whole file before any work starts and raises :class:`~daskgen.errors.InputError`
 with one line naming the file and the key at fault (an unknown key, a wrong type or
 value, a missing input).
 
-:func:`run_job` writes under ``out``: ``data/NAME.zarr`` (for ``dataset``),
+The run itself (:func:`daskgen.run.run_job`) writes under ``out``: ``data/NAME.zarr`` (for ``dataset``),
 ``model.zarr``, ``samples.zarr``, ``figures/*.png`` and ``run-report.json``. A rerun
 skips a fit whose stored model was made from the same input files (path, size,
 modification time) with the same options, resumes sampling (see
@@ -37,24 +37,19 @@ old model are then refused unless ``overwrite``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import glob
-import hashlib
-import json
 import math
 import os
-import platform
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .errors import InputError, ModelError, OutputExistsError
+from .errors import InputError
 
-__all__ = ["DEFAULTS", "Job", "default_job", "load_job", "run_job"]
+__all__ = ["DEFAULTS", "Job", "default_job", "load_job"]
 
 #: Values of every key a job file may leave out.
 DEFAULTS: dict[str, Any] = {
@@ -77,7 +72,6 @@ _DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "idx", "csv")
 #: The tutorial's convention: a Kaggle digit-recognizer CSV in the working folder.
 TUTORIAL_CSV = os.path.join("data", "train.csv")
 #: Samples read back for the figures (the 10 x 4 grid).
-_PLOT_SAMPLES = 40
 REPORT_FILE = "run-report.json"
 
 
@@ -110,10 +104,10 @@ class Job:
     def paths(self) -> dict[str, str]:
         """Where the run writes its outputs."""
         return {
-            "model": os.path.join(self.out, "model.zarr"),
-            "samples": os.path.join(self.out, "samples.zarr"),
-            "figures": os.path.join(self.out, "figures"),
-            "report": os.path.join(self.out, REPORT_FILE),
+            "model": _join(self.out, "model.zarr"),
+            "samples": _join(self.out, "samples.zarr"),
+            "figures": _join(self.out, "figures"),
+            "report": _join(self.out, REPORT_FILE),
         }
 
 
@@ -401,6 +395,11 @@ def _is_url(p: str) -> bool:
     return "://" in p or p.startswith(("s3:", "gs:", "gcs:", "az:", "abfs:"))
 
 
+def _join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local folder or an fsspec URL."""
+    return "/".join([base.rstrip("/"), *parts]) if _is_url(base) else os.path.join(base, *parts)
+
+
 def _resolve(p: str, base: str) -> str:
     """A local path made absolute against ``base``; URLs unchanged."""
     if _is_url(p):
@@ -431,7 +430,7 @@ def _inputs(v: Any, base: str) -> list[str]:
 def _out(v: Any, base: str) -> str:
     p = _string(v)
     if _is_url(p):
-        raise _Bad(f"must be a local folder, got {p!r}")
+        return p.rstrip("/")  # object storage: what a cluster's pods share
     p = _resolve(p, base)
     if os.path.exists(p) and not os.path.isdir(p):
         raise _Bad(f"{p} exists and is not a folder")
@@ -519,372 +518,3 @@ _SECTION_CHECKS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "memory_limit": _memory,
     },
 }
-
-
-# ---------------------------------------------------------------------------- running
-def run_job(
-    job: Job,
-    *,
-    overwrite: bool = False,
-    quiet: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run ``job``: (convert the dataset,) fit, sample, draw, and write ``run-report.json``.
-
-    Finished stages are not redone (see the module docstring); ``overwrite`` redoes
-    everything. ``quiet`` turns off the cluster's progress bars and dashboard line;
-    ``log`` receives one line per stage. Returns the report, also written to
-    ``OUT/run-report.json`` — with ``status: failed`` and the error when a stage
-    fails (the error is raised again).
-    """
-    from .cluster import connect
-
-    say = log or (lambda text: None)
-    t0 = time.perf_counter()
-    paths = job.paths
-    stages: dict[str, dict[str, Any]] = {}
-    report: dict[str, Any] = {
-        "daskgen_run_report": 1,
-        "status": "running",
-        "started": _now(),
-        "versions": _versions(),
-        "config": job.to_dict(),
-        "stages": stages,
-    }
-    os.makedirs(job.out, exist_ok=True)
-    try:
-        inputs = list(job.inputs)
-        if job.dataset:
-            inputs, stages["data"] = _data_stage(job, overwrite, say)
-        with connect(**job.cluster, quiet=quiet) as client:
-            report["cluster"] = _cluster_info(client)
-            with _performance_report(job.report):
-                model, stages["fit"] = _fit_stage(job, inputs, overwrite, quiet, say)
-                report.update(_model_info(model))
-                result, stages["sample"] = _sample_stage(job, model, stages["fit"], overwrite, quiet, say)
-                report["config"]["sample"]["seed"] = result.seed
-        stages["plot"] = _plot_stage(job, model, result.seed, say)
-    except BaseException as exc:
-        report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=_one_line(exc))
-        report.update(_summary(job, stages, time.perf_counter() - t0))
-        try:
-            _write_json(paths["report"], report)
-        except OSError:  # pragma: no cover - the error being raised matters more
-            pass
-        raise
-    report["status"] = "done"
-    report.update(_summary(job, stages, time.perf_counter() - t0))
-    _write_json(paths["report"], report)
-    say(f"daskgen: report -> {paths['report']}")
-    return report
-
-
-def _data_stage(job: Job, overwrite: bool, say: Callable[[str], None]) -> tuple[list[str], dict[str, Any]]:
-    """Convert the job's named dataset into ``OUT/data/NAME.zarr`` unless that is already there."""
-    from .datasets import convert
-
-    cfg = job.dataset or {}
-    name, split = cfg["name"], cfg["split"]
-    target = os.path.join(job.out, "data", f"{name}.zarr" if split == "train" else f"{name}-{split}.zarr")
-    t = time.perf_counter()
-    if not overwrite and _dataset_matches(target, cfg):
-        say(f"daskgen: data: {target} is up to date")
-        return [target], {"status": "skipped: up to date", "skipped": True, "path": target, "seconds": time.perf_counter() - t}
-    summary = convert(
-        name, target, fmt="zarr", source=cfg.get("source"), split=split, overwrite=True,
-        download=bool(cfg.get("download")), progress=lambda text: say(f"daskgen: data: {text}"),
-        label_column=job.label_column,
-    )
-    took = time.perf_counter() - t
-    say(f"daskgen: data: wrote {name} ({summary['n']:,} images, {len(summary['classes'])} classes, "
-        f"scale {_fraction(summary['scale'])}) in {took:.1f}s -> {target}")
-    return [target], {"status": "done", "skipped": False, "path": target, "n": summary["n"], "seconds": took}
-
-
-def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
-    """Whether ``target`` is a complete dataset store converted from what ``cfg`` names."""
-    from .io.readers import open_zarr_group
-
-    if not os.path.isdir(target):
-        return False
-    try:
-        group = open_zarr_group(target)
-        meta = dict(group.attrs).get("daskgen") or {}
-        names = set(group.array_keys())
-    except Exception:
-        return False
-    if meta.get("kind") != "dataset" or meta.get("source") != cfg["name"] or meta.get("split") != cfg["split"]:
-        return False
-    if cfg.get("source") and cfg["name"] in ("idx", "csv") and meta.get("origin") != cfg["source"]:
-        return False
-    if cfg.get("source") and cfg["name"] in ("mnist", "fashion-mnist") and os.path.normpath(str(meta.get("origin"))) != cfg["source"]:
-        return False
-    return {"images", "labels"} <= names
-
-
-def _fit_options(job: Job) -> dict[str, Any]:
-    from dask.utils import parse_bytes
-
-    shape = job.image_shape
-    return {
-        "label_column": job.label_column,
-        "blocksize": int(parse_bytes(job.blocksize)),
-        "image_shape": tuple(shape) if isinstance(shape, list) else shape,
-        "scale": job.scale,
-        "fmt": job.format,
-        "covariance": job.fit["covariance"],
-        "reg_covar": float(job.fit["reg_covar"]),
-        "shrinkage": job.fit["shrinkage"],
-        "split_every": int(job.fit["split_every"]),
-    }
-
-
-def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
-    """Why a stored ``model`` is not the fit the job asks for (None: it is up to date).
-
-    Compares the input files as the reader sees them now (path, size, modification
-    time, or a Zarr group's layout) and the options that change the model. The tree's
-    fan-in and the block size do not: they change how, not what, is computed.
-    """
-    from .io.readers import open_inputs
-
-    dataset = open_inputs(
-        inputs, label_column=options["label_column"], blocksize=options["blocksize"],
-        image_shape=options["image_shape"], scale=options["scale"], fmt=options["fmt"],
-    )
-    if _canonical(model.inputs) != _canonical(dataset.files):
-        return "its inputs changed"
-    want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"]}
-    have = {
-        "covariance": model.covariance_type,
-        "reg_covar": float(model.config.get("reg_covar", 0.0)),
-        "shrinkage": model.config.get("shrinkage", "none"),
-    }
-    have.update(label_column=model.label_column, scale=model.scale, image_shape=tuple(model.image_shape or ()))
-    want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))
-    changed = [k for k in want if (not math.isclose(have[k], want[k], rel_tol=1e-12) if k == "scale" else have[k] != want[k])]
-    if changed:
-        return "options changed (" + ", ".join(f"{k} {have[k]!r} -> {want[k]!r}" for k in changed) + ")"
-    return None
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
-    from .fitting import fit
-    from .io.store import output_exists, read_model, write_model
-
-    path = job.paths["model"]
-    options = _fit_options(job)
-    t = time.perf_counter()
-    reason = "--overwrite" if overwrite else None
-    existed = output_exists(path)
-    if existed and not overwrite:
-        try:
-            old = read_model(path)
-        except ModelError as exc:
-            reason = f"the stored model is unusable: {exc}"
-        else:
-            reason = _stale(old, options, inputs)
-            if reason is None:
-                took = time.perf_counter() - t
-                say(f"daskgen: fit: skipped: up to date ({path})")
-                return old, {"status": "skipped: up to date", "skipped": True, "seconds": took, "rows": 0, "rows_per_s": None}
-            say(f"daskgen: fit: refitting: {reason}")
-    model = fit(inputs, progress=not quiet, **options)
-    write_model(model, path, overwrite=True)
-    took = time.perf_counter() - t
-    rows = int(model.counts.sum())
-    rate = rows / took if took > 0 else None
-    say(f"daskgen: fit: {model.n_classes} classes, {rows:,} rows, D={model.n_features} in {took:.1f}s "
-        f"({rows / took:,.0f} rows/s) -> {path}")
-    status = f"refitted: {reason}" if existed else "done"
-    return model, {"status": status, "skipped": False, "refitted": existed, "seconds": took, "rows": rows, "rows_per_s": rate}
-
-
-def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):
-    from .generate import generate
-
-    path = job.paths["samples"]
-    s = job.sample
-    t = time.perf_counter()
-    try:
-        result = generate(
-            model, s["n"], path, seed=s["seed"], chunk_size=s["chunk_size"], dtype=s["dtype"],
-            label=s["class"], overwrite=overwrite, progress=not quiet,
-        )
-    except OutputExistsError as exc:
-        if fit_stage.get("refitted"):
-            raise OutputExistsError(
-                f"{path} holds samples of the previous model, and the model was refitted "
-                f"({fit_stage['status'].removeprefix('refitted: ')}); pass --overwrite to replace the samples"
-            ) from None
-        if _samples_model(path) not in (None, model.fingerprint):
-            raise OutputExistsError(
-                f"{path} holds samples of another model than {job.paths['model']}; "
-                "pass --overwrite to replace the samples"
-            ) from None
-        raise OutputExistsError(f"{exc} (or run the job with the settings the samples were made with)") from None
-    took = time.perf_counter() - t
-    n_chunks, written = result.n_chunks, result.chunks_written
-    made = s["n"] if written == n_chunks else min(s["n"], written * s["chunk_size"])
-    if result.resumed and written == 0:
-        status = "skipped: complete"
-    elif result.resumed:
-        status = "resumed"
-    else:
-        status = "done"
-    rate = made / took if made and took > 0 else None
-    what = "resumed: " if result.resumed else ""
-    say(f"daskgen: sample: {what}wrote {written} of {n_chunks} chunks ({made:,} samples, seed {result.seed}) "
-        f"in {took:.1f}s -> {path}")
-    stage = {
-        "status": status, "skipped": result.resumed and written == 0, "resumed": result.resumed,
-        "seconds": took, "n": s["n"], "seed": result.seed, "chunks": n_chunks, "chunks_written": written,
-        "samples_written": made, "samples_per_s": rate,
-    }
-    return result, stage
-
-
-def _samples_model(path: str) -> str | None:
-    """The model fingerprint a samples store records (None if it is not one)."""
-    from .io.readers import open_zarr_group
-
-    try:
-        meta = dict(open_zarr_group(path).attrs).get("daskgen") or {}
-    except Exception:
-        return None
-    return meta.get("model_fingerprint") if meta.get("kind") == "samples" else None
-
-
-def _plot_stage(job: Job, model, seed: int, say) -> dict[str, Any]:
-    from .plot import load_samples, plot_all
-
-    if not job.plot:
-        return {"status": "skipped: plot is false", "skipped": True, "seconds": 0.0, "files": {}}
-    t = time.perf_counter()
-    samples = load_samples(job.paths["samples"], n=_PLOT_SAMPLES)
-    files = plot_all(model, job.paths["figures"], samples=samples, seed=seed)
-    took = time.perf_counter() - t
-    say(f"daskgen: plot: {len(files)} figures in {took:.1f}s -> {job.paths['figures']}")
-    return {"status": "done", "skipped": False, "seconds": took, "files": files}
-
-
-def _performance_report(filename: str | None):
-    """``distributed.performance_report`` around the cluster work, when a file is asked for."""
-    if not filename:
-        return contextlib.nullcontext()
-    from distributed import performance_report
-
-    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
-    return performance_report(filename=filename)
-
-
-def _cluster_info(client) -> dict[str, Any]:
-    from .cluster import dashboard_link
-
-    try:
-        nthreads = client.nthreads()
-    except Exception:  # pragma: no cover - a scheduler that went away
-        nthreads = {}
-    try:
-        link = dashboard_link(client, local=client.cluster is not None)
-    except Exception:  # pragma: no cover - no dashboard
-        link = None
-    return {
-        "scheduler": getattr(client.scheduler, "address", None),
-        "dashboard": link,
-        "workers": len(nthreads),
-        "threads": int(sum(nthreads.values())),
-        "local": client.cluster is not None,
-    }
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ._version import __version__
-
-    out = {"daskgen": __version__}
-    for name in ("dask", "distributed", "zarr", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:  # pragma: no cover
-            out[name] = "unknown"
-    out["python"] = platform.python_version()
-    return out
-
-
-def _fraction(x: float) -> str:
-    f = Fraction(x).limit_denominator(1000)
-    return f"1/{f.denominator}" if f.numerator == 1 and f.denominator > 1 and math.isclose(float(f), x) else f"{x:g}"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _model_info(model) -> dict[str, Any]:
-    """The report's account of the model: its input fingerprint, classes and counts."""
-    classes = model.classes.tolist()
-    counts = [int(c) for c in model.counts]
-    return {
-        "inputs": {"files": model.inputs, "sha256": hashlib.sha256(_canonical(model.inputs).encode()).hexdigest()},
-        "model": {
-            "fingerprint": model.fingerprint,
-            "classes": classes,
-            "counts": counts,
-            "class_counts": {str(c): n for c, n in zip(classes, counts)},
-            "rows": int(sum(counts)),
-            "n_features": model.n_features,
-            "image_shape": list(model.image_shape) if model.image_shape else None,
-            "scale": model.scale,
-            "covariance": model.covariance_type,
-        },
-    }
-
-
-def _summary(job: Job, stages: dict[str, Any], total: float) -> dict[str, Any]:
-    """Timings, throughput and outputs of the stages that ran."""
-
-    def seconds(name: str) -> float | None:
-        return stages[name]["seconds"] if name in stages else None
-
-    outputs: dict[str, Any] = {}
-    if "data" in stages:
-        outputs["data"] = stages["data"]["path"]
-    if "fit" in stages:
-        outputs["model"] = job.paths["model"]
-    if "sample" in stages:
-        outputs["samples"] = job.paths["samples"]
-    if "plot" in stages:
-        outputs["figures"] = stages["plot"]["files"]
-    if job.report and "fit" in stages:
-        outputs["performance_report"] = job.report
-    outputs["report"] = job.paths["report"]
-    return {
-        "finished": _now(),
-        "timings": {
-            "data": seconds("data"), "read+fit": seconds("fit"), "sample": seconds("sample"),
-            "plot": seconds("plot"), "total": total,
-        },
-        "throughput": {
-            "rows_per_s": stages.get("fit", {}).get("rows_per_s"),
-            "samples_per_s": stages.get("sample", {}).get("samples_per_s"),
-        },
-        "outputs": outputs,
-    }
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
