@@ -8,7 +8,7 @@ from .errors import InputError
 from .io.readers import Dataset, open_inputs
 from .model import GaussianClassModel
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
-from .stats import merge
+from .stats import ClassStats, merge
 
 
 def fit(
@@ -44,7 +44,9 @@ def fit(
     update : GaussianClassModel, optional
         A fitted model whose statistics the new data is folded into; the result
         equals a fit on both data sets at once. Its scale, image shape and
-        features are kept and must match the new inputs.
+        features are kept and must match the new inputs. Inputs the model's
+        manifest (``model.inputs``) lists unchanged are skipped, so a growing
+        folder can be updated every night and only new files are read.
 
     Runs on the active ``distributed.Client`` if there is one, else on Dask's local
     scheduler.
@@ -59,7 +61,11 @@ def fit(
     )
     label_column = dataset.label_column
     diagonal = covariance == "diag" and (update is None or update.stats.diagonal)
-    stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
+    stats = (
+        compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
+        if dataset.blocks
+        else ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
+    )
     previous: list[dict[str, Any]] = []
     if update is not None:
         try:
@@ -113,6 +119,7 @@ def prepare(
     )
     if update is not None:
         _check_compatible(update, dataset)
+        dataset = dataset.unseen(update.inputs)  # fold each input in once
     return dataset
 
 

@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "blocksize": "32MiB",
     "image_shape": None,
     "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": 0.0, "shrinkage": "none", "split_every": 8},
+    "fit": {"covariance": "full", "reg_covar": 0.0, "shrinkage": "none", "split_every": 8, "incremental": False},
     "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
     "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
     "plot": True,
@@ -502,6 +502,7 @@ _SECTION_CHECKS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "reg_covar": _reg_covar,
         "shrinkage": _shrinkage,
         "split_every": _integer(2),
+        "incremental": _boolean,
     },
     "sample": {
         "n": _integer(1),

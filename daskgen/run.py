@@ -144,6 +144,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "reg_covar": float(job.fit["reg_covar"]),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
+        "incremental": bool(job.fit.get("incremental", False)),
     }
 
 
@@ -161,6 +162,9 @@ def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
         image_shape=options["image_shape"], scale=options["scale"], fmt=options["fmt"],
     )
     if _canonical(model.inputs) != _canonical(dataset.files):
+        known = {_canonical(f) for f in dataset.files}
+        if options.get("incremental") and all(_canonical(f) in known for f in model.inputs):
+            return _NEW_INPUTS
         return "its inputs changed"
     want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"]}
     have = {
@@ -174,6 +178,10 @@ def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
     if changed:
         return "options changed (" + ", ".join(f"{k} {have[k]!r} -> {want[k]!r}" for k in changed) + ")"
     return None
+
+
+#: What _stale says when the stored model's inputs are all unchanged and new ones appeared.
+_NEW_INPUTS = "new inputs appeared"
 
 
 def _canonical(obj: Any) -> str:
@@ -200,16 +208,24 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
                 took = time.perf_counter() - t
                 say(f"daskgen: fit: skipped: up to date ({path})")
                 return old, {"status": "skipped: up to date", "skipped": True, "seconds": took, "rows": 0, "rows_per_s": None}
-            say(f"daskgen: fit: refitting: {reason}")
-    model = fit(inputs, progress=not quiet, **options)
+            if reason != _NEW_INPUTS:
+                say(f"daskgen: fit: refitting: {reason}")
+    incremental = reason == _NEW_INPUTS
+    fit_options = {k: v for k, v in options.items() if k != "incremental"}
+    if incremental:  # fold only the files the model has not seen (its manifest says which)
+        model = fit(inputs, progress=not quiet, update=old, **fit_options)
+        say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
+    else:
+        model = fit(inputs, progress=not quiet, **fit_options)
     write_model(model, path, overwrite=True)
     took = time.perf_counter() - t
-    rows = int(model.counts.sum())
+    rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)
     rate = rows / took if took > 0 else None
-    say(f"daskgen: fit: {model.n_classes} classes, {rows:,} rows, D={model.n_features} in {took:.1f}s "
+    say(f"daskgen: fit: {model.n_classes} classes, {rows:,} rows read, D={model.n_features} in {took:.1f}s "
         f"({rows / took:,.0f} rows/s) -> {path}")
-    status = f"refitted: {reason}" if existed else "done"
-    return model, {"status": status, "skipped": False, "refitted": existed, "seconds": took, "rows": rows, "rows_per_s": rate}
+    status = "updated: new inputs folded in" if incremental else (f"refitted: {reason}" if existed else "done")
+    return model, {"status": status, "skipped": False, "refitted": existed and not incremental, "seconds": took,
+                   "rows": rows, "rows_per_s": rate, "updated_from": old.fingerprint if incremental else None}
 
 
 def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):
@@ -218,10 +234,15 @@ def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, q
     path = job.paths["samples"]
     s = job.sample
     t = time.perf_counter()
+    # An incremental fit exists to refresh a scheduled job's outputs: the samples of
+    # the model it just replaced are this job's own derived data, so they are redrawn.
+    redraw = fit_stage.get("updated_from") is not None and _samples_model(path) == fit_stage["updated_from"]
+    if redraw:
+        say("daskgen: sample: the model was updated with new inputs; redrawing the samples")
     try:
         result = generate(
             model, s["n"], path, seed=s["seed"], chunk_size=s["chunk_size"], dtype=s["dtype"],
-            label=s["class"], overwrite=overwrite, progress=not quiet,
+            label=s["class"], overwrite=overwrite or redraw, progress=not quiet,
         )
     except OutputExistsError as exc:
         if fit_stage.get("refitted"):

@@ -154,3 +154,27 @@ def test_sample_refusals(tmp_path):
     assert_one_line_error(run("sample", tmp_path / "m.zarr", "--n", 10, "--out", tmp_path / "user.zarr"), "not a daskgen samples store")
     assert (tmp_path / "user.zarr" / "precious.txt").read_text() == "keep me"
     assert_one_line_error(run("sample", tmp_path / "nothing.zarr", "--n", 10, "--out", tmp_path / "x.zarr"), "no such model store")
+
+
+def test_update_folds_only_unseen_inputs_and_refuses_changed_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(900, 3)) * 5 + 1e3, rng.integers(0, 3, 900)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_csv(folder / "day1.csv", X[:300], y[:300])
+    model = tmp_path / "m.zarr"
+    assert run("fit", folder, "--out", model).exit_code == 0
+    write_csv(folder / "day2.csv", X[300:600], y[300:600])
+    write_csv(folder / "day3.csv", X[600:], y[600:])
+    assert run("fit", folder, "--update", model).exit_code == 0  # day1 is not read again
+    up = daskgen.load_model(str(model))
+    assert [f["path"].rsplit("/", 1)[1] for f in up.inputs] == ["day1.csv", "day2.csv", "day3.csv"]
+    assert up.counts.sum() == 900
+    assert run("fit", folder, "--out", tmp_path / "all.zarr").exit_code == 0
+    full = daskgen.load_model(str(tmp_path / "all.zarr"))
+    np.testing.assert_allclose(up.covariances, full.covariances, rtol=1e-11, atol=1e-12)
+    assert run("fit", folder, "--update", model).exit_code == 0  # nothing new: the same model
+    assert daskgen.load_model(str(model)).fingerprint == up.fingerprint
+    write_csv(folder / "day2.csv", X[300:500], y[300:500])  # a file that was folded in changed
+    assert_one_line_error(run("fit", folder, "--update", model), "day2.csv", "changed since it was folded")
+    assert daskgen.load_model(str(model)).fingerprint == up.fingerprint

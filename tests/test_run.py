@@ -293,7 +293,7 @@ def test_job_values_and_relative_paths(tmp_path):
     assert loaded.out == str(tmp_path / "project" / "runs" / "j")
     assert loaded.report == str(tmp_path / "project" / "jobs" / "perf.html")
     assert loaded.scale == 1 / 16 and loaded.image_shape == [8, 8]
-    assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8}
+    assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8, "incremental": False}
     assert loaded.sample == {"n": 1000, "seed": None, "chunk_size": 10_000, "dtype": "float32", "class": 3}
     assert loaded.cluster["workers"] == 2 and loaded.cluster["memory_limit"] == "1GiB"
     # flags override the file; their paths are relative to the current folder
@@ -345,7 +345,7 @@ def test_flags_override_the_job_file(tmp_path, monkeypatch):
     out = tmp_path / "flags"
     report = read_report(out)
     assert report["config"]["sample"] == {"n": 250, "seed": 7, "chunk_size": 100, "dtype": "uint8", "class": None}
-    assert report["config"]["fit"] == {"covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas", "split_every": 8}
+    assert report["config"]["fit"] == {"covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas", "split_every": 8, "incremental": False}
     assert report["cluster"]["threads"] == report["cluster"]["workers"] == 1
     assert report["stages"]["plot"]["skipped"] and not (out / "figures").exists()  # plot: false in the job
     model = daskgen.load_model(str(out / "model.zarr"))
@@ -367,3 +367,33 @@ def test_missing_job_file_and_bad_out(tmp_path):
     (tmp_path / "file").write_text("x")
     result = runner.invoke(main, ["run", "--out", str(tmp_path / "file")])
     assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+def test_incremental_job_over_a_growing_folder(tmp_path):
+    """A nightly job with fit.incremental reads only the new files and equals a fit on all."""
+    import daskgen
+    from daskgen.job import load_job
+    from daskgen.run import run_job
+
+    images, labels = daskgen.datasets.load_digits_dataset()
+    X = images.reshape(len(images), -1)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    daskgen.datasets.write_csv_dataset(str(folder / "a.csv"), X[:900], labels[:900])
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        "inputs: incoming\nout: out\nscale: 1/16\nimage_shape: 8x8\n"
+        "fit: {incremental: true}\nsample: {n: 300, seed: 1, chunk_size: 100}\nplot: false\n"
+    )
+    first = run_job(load_job(str(job_file)), quiet=True)
+    assert first["stages"]["fit"]["status"] == "done"
+    daskgen.datasets.write_csv_dataset(str(folder / "b.csv"), X[900:], labels[900:])
+    second = run_job(load_job(str(job_file)), quiet=True)
+    assert second["stages"]["fit"]["status"] == "updated: new inputs folded in"
+    assert second["stages"]["fit"]["rows"] == len(X) - 900
+    assert second["stages"]["sample"]["chunks_written"] == 3  # samples of the old model redrawn
+    model = daskgen.load_model(str(tmp_path / "out" / "model.zarr"))
+    full = daskgen.fit(str(folder), scale=1 / 16)
+    np.testing.assert_allclose(model.covariances, full.covariances, rtol=1e-11, atol=1e-13)
+    third = run_job(load_job(str(job_file)), quiet=True)
+    assert third["stages"]["fit"]["skipped"] and third["stages"]["sample"]["skipped"]

@@ -14,7 +14,7 @@ import csv
 import io
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -56,6 +56,28 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def unseen(self, manifest: list[dict[str, Any]]) -> Dataset:
+        """This dataset without the files ``manifest`` lists (already folded into a model).
+
+        A file is recognised by its path; one whose size, modification time or etag
+        differ from the manifest's changed after it was folded in, which an update
+        cannot undo: that is an InputError.
+        """
+        seen = {f["path"]: f for f in manifest}
+        keep, skip = [], set()
+        for f in self.files:
+            old = seen.get(f["path"])
+            if old is None:
+                keep.append(f)
+            elif all(old.get(k) == f.get(k) for k in ("size", "mtime", "etag")):
+                skip.add(f["path"])
+            else:
+                raise InputError(
+                    f"{f['path']} changed since it was folded into the model "
+                    f"(size {old.get('size')} -> {f.get('size')}); fit all the data again without --update"
+                )
+        return replace(self, files=keep, blocks=[b for b in self.blocks if b.url not in skip])
 
 
 # ---------------------------------------------------------------------------- helpers
