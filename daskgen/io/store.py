@@ -105,9 +105,19 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
     if exists and not overwrite:
         raise OutputExistsError(f"{url} already exists; pass --overwrite to replace it")
     if not _is_local(fs):
-        if exists:
-            fs.rm(path, recursive=True)
-        _write_model_group(model, url, storage_options)
+        if not exists:
+            _write_model_group(model, url, storage_options)
+            return
+        # Object storage has no rename: the new model is first written whole beside the
+        # old one, so an interruption never loses both; then it is copied into place with
+        # the group's zarr.json (which carries `complete`) last.
+        tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+        _write_model_group(model, fs.unstrip_protocol(tmp), storage_options)
+        fs.rm(path, recursive=True)
+        files = sorted(fs.find(tmp), key=lambda f: f.rstrip("/") == f"{tmp}/zarr.json")
+        for f in files:
+            fs.copy(f, path.rstrip("/") + f[len(tmp):])
+        fs.rm(tmp, recursive=True)
         return
     path = os.path.abspath(path)
     parent, name = os.path.split(path.rstrip(os.sep))
