@@ -159,7 +159,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrite, **kw):
     """Generate N samples of MODEL into a Zarr store; rerunning resumes an interrupted run."""
     from .cluster import connect
-    from .generate import generate
+    from .generation import generate
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)

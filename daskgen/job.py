@@ -30,7 +30,7 @@ The run itself (:func:`daskgen.run.run_job`) writes under ``out``: ``data/NAME.z
 ``model.zarr``, ``samples.zarr``, ``figures/*.png`` and ``run-report.json``. A rerun
 skips a fit whose stored model was made from the same input files (path, size,
 modification time) with the same options, resumes sampling (see
-:func:`daskgen.generate.generate`) and redraws the figures. A model whose inputs
+:func:`daskgen.generate`) and redraws the figures. A model whose inputs
 changed is refitted and replaced (it is derived from the job); the samples of the
 old model are then refused unless ``overwrite``.
 """

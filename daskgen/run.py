@@ -4,7 +4,7 @@
 ``model.zarr``, ``samples.zarr``, ``figures/*.png`` and ``run-report.json``. A rerun
 skips a fit whose stored model was made from the same input files (path, size,
 modification time) with the same options, resumes sampling (see
-:func:`daskgen.generate.generate`) and redraws the figures. A model whose inputs
+:func:`daskgen.generate`) and redraws the figures. A model whose inputs
 changed is refitted and replaced (it is derived from the job); the samples of the
 old model are then refused unless ``overwrite``.
 """
@@ -229,7 +229,7 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
 
 
 def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):
-    from .generate import generate
+    from .generation import generate
 
     path = job.paths["samples"]
     s = job.sample

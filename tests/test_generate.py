@@ -15,7 +15,7 @@ import zarr
 from scipy import stats as sps
 
 import daskgen
-from daskgen.generate import generate
+from daskgen.generation import generate
 from daskgen.model import GaussianClassModel
 from daskgen.stats import chunk_stats
 
