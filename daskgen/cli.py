@@ -60,8 +60,46 @@ def handle_errors(func: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("daskgen: interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:
+            message = _cluster_failure(exc)
+            if message is None:
+                raise
+            click.echo(f"daskgen: error: {message}", err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+#: What to change when a task of this kind keeps killing its workers (most likely memory).
+_REMEDY = {
+    "generate": "pass a smaller --chunk-size or give workers more memory",
+    "write": "pass a smaller --chunk-size or give workers more memory",
+    "read": "pass a smaller --blocksize or give workers more memory",
+    "chunk-stats": "pass a smaller --blocksize, --covariance diag, or give workers more memory",
+    "combine": "pass a smaller --split-every, --covariance diag, or give workers more memory",
+}
+
+
+def _cluster_failure(exc: BaseException) -> str | None:
+    """One line for the cluster failures a user can act on, else None: a task that every
+    worker it ran on died running (distributed's KilledWorker), or the scheduler lost."""
+    try:
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    from dask.utils import key_split
+
+    if isinstance(exc, KilledWorker):
+        stage = key_split(exc.task)
+        address = getattr(exc.last_worker, "address", exc.last_worker)
+        return (f"a {stage} task ({exc.task!r}) killed {exc.allowed_failures + 1} workers in turn, the last {address} "
+                f"(most likely out of memory; see the workers' logs); "
+                f"{_REMEDY.get(stage, 'give workers more memory')} (--memory-limit)")
+    if isinstance(exc, FutureCancelledError) and exc.reason == "scheduler-connection-lost":
+        return (f"lost the connection to the Dask scheduler (during {key_split(exc.key)} tasks); start it again and "
+                "rerun the same command: sampling resumes from the chunks already written")
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ refused unless ``overwrite``.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,7 +226,12 @@ def generate(
             writes.append(
                 delayed(_write_chunk, pure=True)(out, storage_options or None, i, start, data, dask_key_name=f"write-{token}-{i}")
             )
-        compute(writes, stage="generate", progress=progress)
+        with warnings.catch_warnings():
+            # the sampler is in the graph once, on purpose (see _share)
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            compute(writes, stage="generate", progress=progress)
+        # a worker killed mid-write leaves zarr's temporary file; its chunk was rewritten
+        _remove_partials(out, storage_options)
         group = open_zarr_group(out, storage_options, mode="r+")
         done = np.asarray(group["done"][...], dtype=bool)
         if not done.all():  # pragma: no cover - a write task returned without marking
@@ -238,11 +244,7 @@ def generate(
 
 
 def _share(obj: Any, key: str):
-    """Ship a large read-only object to the workers once (scatter on a distributed
-    client), rather than embedding it in every task."""
-    from .cluster import active_client
-
-    client = active_client()
-    if client is not None:
-        return client.scatter(obj, broadcast=True, hash=False)
-    return delayed(obj, name=key)
+    """A large read-only object as one task of the graph, rather than embedded in every
+    task. Not scattered: scattered data lives only on workers, and once every worker
+    holding it has died the run fails; a graph task is recomputed elsewhere."""
+    return delayed(obj, name=key, pure=False)

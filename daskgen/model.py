@@ -73,6 +73,14 @@ def finalize(
             covs = covs.copy()
             idx = np.arange(D)
             covs[:, idx, idx] += reg_covar
+    axes = tuple(range(1, covs.ndim))
+    finite = np.isfinite(stats.means).all(axis=1) & np.isfinite(covs).all(axis=axes)
+    if not finite.all():
+        bad = stats.classes[~finite].tolist()
+        raise InputError(
+            f"class {bad[0]!r}: the mean or covariance overflows float64 (data range "
+            f"{stats.minimum:g}..{stats.maximum:g}); rescale the data (e.g. --scale)"
+        )
     return {"priors": priors, "means": stats.means.copy(), "covariances": covs}
 
 

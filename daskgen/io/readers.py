@@ -198,6 +198,8 @@ def _csv_header(fs, path: str) -> list[str]:
         return next(csv.reader([first.decode("utf-8").rstrip("\r\n")]))
     except UnicodeDecodeError:
         raise InputError(f"{name}: not a UTF-8 text CSV file") from None
+    except csv.Error as exc:  # e.g. a carriage return alone inside the header line
+        raise InputError(f"{name}: cannot parse the header line: {exc}") from None
 
 
 def _sniff_label_type(fs, path: str, label_column: str, header: list[str]) -> tuple[str, bool]:

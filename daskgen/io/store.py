@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from typing import Any
 
@@ -122,11 +123,13 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
     path = os.path.abspath(path)
     parent, name = os.path.split(path.rstrip(os.sep))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_stale_temporaries(parent, name)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    tmp = os.path.join(parent, f".{name}.tmp-{owner}-{uuid.uuid4().hex[:8]}")
     try:
         _write_model_group(model, tmp, None)
         if exists:
-            trash = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            trash = os.path.join(parent, f".{name}.old-{owner}-{uuid.uuid4().hex[:8]}")
             os.rename(path, trash)
             os.rename(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)
@@ -135,6 +138,33 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temporaries(parent: str, name: str) -> None:
+    """Delete what writers on this host that were killed before they could clean up left
+    beside ``name`` (a SIGKILLed fit would otherwise leave a store-sized folder per kill):
+    their ``.NAME.tmp-HOST-PID-*`` folders, and their ``.NAME.old-HOST-PID-*`` folders
+    while ``NAME`` exists (without it, the old one is the only copy of the model)."""
+    host = socket.gethostname()
+    published = os.path.exists(os.path.join(parent, name))
+    for entry in os.listdir(parent):
+        for kind in ("tmp", "old"):
+            prefix = f".{name}.{kind}-"
+            if not entry.startswith(prefix) or (kind == "old" and not published):
+                continue
+            owner = entry[len(prefix):].rsplit("-", 2)
+            if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_model(url: str, storage_options: dict | None = None):
