@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
 
 
 @dataclass
@@ -74,16 +73,13 @@ class ClassStats:
 
 
 def _centered_scatter(C: np.ndarray) -> np.ndarray:
-    """``C.T @ C`` for a C-contiguous (n, D) float64 block, via BLAS syrk (half the flops of gemm)."""
-    if C.shape[0] == 0:
-        return np.zeros((C.shape[1], C.shape[1]))
-    # C.T is Fortran-contiguous (D, n): syrk with trans=0 computes C.T @ C without a copy.
-    # It fills the upper triangle (the lower one stays 0); mirror it so the result is
-    # exactly symmetric.
-    S = dsyrk(1.0, C.T, trans=0, lower=0)
-    lower = np.tril_indices(S.shape[0], -1)
-    S[lower] = S.T[lower]
-    return S
+    """``C.T @ C`` for a C-contiguous (n, D) float64 block.
+
+    NumPy recognises ``A.T @ A`` and calls BLAS syrk (half the flops of gemm), mirrors
+    the triangle (exactly symmetric), and releases the GIL — which scipy's f2py BLAS
+    wrappers do not, serialising a threaded worker's tasks.
+    """
+    return C.T @ C
 
 
 def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: float = 1.0) -> ClassStats:
@@ -117,15 +113,18 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     # new float64 buffer, centered in place, and one BLAS call per class.
     Xs = X[np.argsort(inverse, kind="stable")]
     start = 0
+    exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
     for k, stop in enumerate(np.cumsum(counts)):
-        C = Xs[start:stop].astype(np.float64, order="C")
+        rows = Xs[start:stop]
         start = stop
-        m = C.mean(axis=0)
-        C -= m
-        # Second pass: remove the rounding error of the first mean (matters at large offsets).
-        correction = C.mean(axis=0)
-        C -= correction
-        means[k] = m + correction
+        m = rows.mean(axis=0, dtype=np.float64)
+        C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
+        if not exact_sums:
+            # Second pass: remove the rounding error of the first mean (large offsets).
+            correction = C.mean(axis=0)
+            C -= correction
+            m += correction
+        means[k] = m
         scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else _centered_scatter(C)
     if scale != 1.0:
         means *= scale

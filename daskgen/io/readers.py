@@ -297,11 +297,12 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
     fs, path = _fs(block.url, storage_options)
     with fs.open(path, "rb") as f:
         data = fs_read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
+    buf = pa.py_buffer(data)  # zero-copy views from here on
     if block.first:  # drop the header line of this file
         nl = data.find(b"\n")
-        data = b"" if nl < 0 else data[nl + 1 :]
+        buf = buf.slice(nl + 1) if nl >= 0 else buf.slice(len(data))
     D = len(header) - 1
-    if not data.strip():
+    if buf.size == 0 or (buf.size < 4096 and buf.to_pybytes().isspace()):
         return np.empty((0, D), dtype=np.uint8 if pixels else np.float64), np.empty(0, dtype=_label_dtype(label_kind))
     label_type = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[label_kind]
     try:
@@ -309,8 +310,8 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
         # a single chunk per column so the conversion to numpy copies nothing twice.
         # Feature types are inferred (integers parse faster than floats) and checked below.
         table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=len(data) + 1),
+            pa.BufferReader(buf),
+            read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=buf.size + 1),
             convert_options=pacsv.ConvertOptions(
                 column_types={label_column: label_type}, strings_can_be_null=label_kind == "str"
             ),
