@@ -26,13 +26,7 @@ whole file before any work starts and raises :class:`~daskgen.errors.InputError`
 with one line naming the file and the key at fault (an unknown key, a wrong type or
 value, a missing input).
 
-The run itself (:func:`daskgen.run.run_job`) writes under ``out``: ``data/NAME.zarr`` (for ``dataset``),
-``model.zarr``, ``samples.zarr``, ``figures/*.png`` and ``run-report.json``. A rerun
-skips a fit whose stored model was made from the same input files (path, size,
-modification time) with the same options, resumes sampling (see
-:func:`daskgen.generate`) and redraws the figures. A model whose inputs
-changed is refitted and replaced (it is derived from the job); the samples of the
-old model are then refused unless ``overwrite``.
+What a run does with a job, and how it resumes, is :mod:`daskgen.run`'s part.
 """
 
 from __future__ import annotations
