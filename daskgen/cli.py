@@ -143,15 +143,29 @@ def main() -> None:
 @click.option("--image-shape", help="Image shape HxW (default: from Zarr, or square when D is a perfect square).")
 @click.option("--scale", default="auto", show_default=True, help="Multiply pixels by this; auto: 1/255 for integer pixels, 1 for floats.")
 @click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Added to each covariance's diagonal.")
+@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal (default: 0 for one Gaussian per class, 1e-6 for mixtures).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), default="none", show_default=True, help="Oracle Approximating Shrinkage of each covariance.")
+@click.option("--components", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gaussians per class: more than 1 fits a mixture per class by EM.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="EM: most iterations (passes over the data).")
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="EM: stop when the mean log-likelihood per row changes by less.")
+@click.option("--init", type=click.Choice(["kmeans++", "random"]), default="kmeans++", show_default=True,
+              help="EM: initial centres from a sample of each class (k-means++ then k-means, or random rows).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="EM: seed of the initial sample and centres.")
+@click.option("--prior-rows", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="EM: weight, in rows, of a prior pulling each component's covariance toward its class's (0: maximum likelihood).")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model at --out.")
 @cluster_options
 @handle_errors
-def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage, split_every, storage, overwrite, **kw):
-    """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs)."""
+def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
+        components, max_iter, tol, init, seed, prior_rows, split_every, storage, overwrite, **kw):
+    """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
+
+    With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
+    """
     from .cluster import connect
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
@@ -163,6 +177,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     if not out and not update_path:
         raise InputError("--out is required (or --update MODEL to fold new data into MODEL)")
     out = out or update_path
+    if components > 1 and update_path:
+        raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
+    if components > 1 and shrinkage != "none":
+        raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
     replacing_update = update_path is not None and out == update_path
     if output_exists(out, so) and not (overwrite or replacing_update):
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -172,13 +190,76 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     dataset = prepare(list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
                       image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
     with connect(**cluster):
-        model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                          split_every=split_every, update=previous, progress=not cluster["quiet"])
+        if components > 1:
+            from .em import fit_mixture
+
+            def report(it: dict) -> None:
+                _say(cluster["quiet"], f"daskgen: EM iteration {it['iteration']}: mean log-likelihood "
+                     f"{it['log_likelihood']:,.4f} ({it['change']:+.4g}) in {it['seconds']:.1f}s")
+
+            model = fit_mixture(dataset, components, covariance=covariance,
+                                reg_covar=1e-6 if reg_covar is None else reg_covar, max_iter=max_iter, tol=tol,
+                                init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
+                                callback=report)
+        else:
+            model = fit_model(dataset, covariance=covariance, reg_covar=0.0 if reg_covar is None else reg_covar,
+                              shrinkage=shrinkage, split_every=split_every, update=previous,
+                              progress=not cluster["quiet"])
     model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
-    _say(cluster["quiet"], f"daskgen: fitted {model.n_classes} classes, {rows:,} rows, D={model.n_features} "
+    what = f"{model.n_classes} classes"
+    if components > 1:
+        em = model.config["em"]
+        what += (f" x {components} components ({em['n_iter']} EM iterations, "
+                 f"{'converged' if em['converged'] else 'not converged'}; input "
+                 f"{'persisted' if em['persist']['persisted'] else 'not persisted: ' + em['persist']['reason']})")
+    _say(cluster["quiet"], f"daskgen: fitted {what}, {rows:,} rows, D={model.n_features} "
          f"in {took:.1f}s ({rows / took:,.0f} rows/s) -> {out}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", help="Folder for evaluation.json and confusion-matrix.png (default: the table only).")
+@click.option("--label-column", help="Label column (CSV/Parquet) or labels array (Zarr) (default: the model's).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Input format (default: from the file names).")
+@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per task.")
+@click.option("--dequantize", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="Add uniform noise of one pixel unit to integer pixels for the log-likelihood (auto: when they are integers).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the dequantization noise.")
+@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@cluster_options
+@handle_errors
+def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, **kw):
+    """Score MODEL on labelled held-out INPUT: log-likelihood (nats/image, bits/dim) and the Bayes classifier.
+
+    Integer pixels are dequantized with uniform noise (x + u) * scale, u in [-1/2, 1/2),
+    and bits/dim = -(mean log p + D log scale) / (D ln 2). Prints a table; with --out,
+    writes evaluation.json and confusion-matrix.png.
+    """
+    from .cluster import connect
+    from .evaluate import evaluate as evaluate_model
+    from .evaluate import format_table, open_for_model, write_outputs
+    from .io.store import read_model
+
+    cluster = _cluster_kwargs(kw)
+    so = _storage_options(storage)
+    model = read_model(model_path, so)
+    start = time.perf_counter()
+    # Inputs are checked against the model (features, scale) before a cluster is started.
+    dataset = open_for_model(model, list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
+                             fmt=fmt, storage_options=so)
+    with connect(**cluster):
+        rep = evaluate_model(model, dataset, dequantize=dequantize, seed=seed, split_every=split_every,
+                             progress=not cluster["quiet"])
+    rep["model"]["path"] = model_path
+    click.echo(format_table(rep))
+    if out:
+        paths = write_outputs(rep, out)
+        _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
+    _say(cluster["quiet"], f"daskgen: evaluated {rep['input']['rows']:,} rows in {time.perf_counter() - start:.1f}s")
 
 
 @main.command()

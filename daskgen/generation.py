@@ -215,7 +215,9 @@ def generate(
             max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
             min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
         )
-        plan = _Plan(Sampler(model, dtype), model.classes, class_index, dtype, float(model.scale), clip, shape)
+        # A mixture brings its own sampler (a class, then a component, then a draw).
+        sampler = model.sampler(dtype) if hasattr(model, "sampler") else Sampler(model, dtype)
+        plan = _Plan(sampler, model.classes, class_index, dtype, float(model.scale), clip, shape)
         token = tokenize(identity, out)
         plan_key = _share(plan, f"sampler-{token}")
         writes = []

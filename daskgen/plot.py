@@ -53,6 +53,8 @@ FILES = {
     "samples-grid": "samples-grid.png",
     "spectrum": "spectrum.png",
 }
+#: The extra figure :func:`plot_all` writes for a per-class mixture.
+MIXTURE_FILES = {"component-means": "component-means.png"}
 
 _FONT = 9  # points; 12.5 px at DPI 100
 _GAP = 0.1  # inches between image panels
@@ -269,7 +271,8 @@ def plot_means_and_samples(
     growing with longer ones. Returns ``path``.
     """
     picked = _one_per_class(model, samples, seed)
-    means_style, sample_style = _style(model, model.means), _style(model, picked)
+    means = getattr(model, "class_means", model.means)  # a mixture's class means: sum_m w_m mu_m
+    means_style, sample_style = _style(model, means), _style(model, picked)
     (pw, ph), K = means_style.panel, model.n_classes
     labels = [_label(c) for c in model.classes.tolist()]
     label_width = _row_label_width(labels)
@@ -277,7 +280,7 @@ def plot_means_and_samples(
     axes = _panels(fig, K, 2, (pw, ph), left=label_width, top=TITLE, title=0.0)
     for k, label in enumerate(labels):
         first = k == 0
-        _show(axes[k, 0], model.means[k], means_style, "mean" if first else None, label)
+        _show(axes[k, 0], means[k], means_style, "mean" if first else None, label)
         _show(axes[k, 1], picked[k], sample_style, "sample" if first else None)
     return _save(fig, path)
 
@@ -348,7 +351,8 @@ def plot_spectrum(model: GaussianClassModel, path: str) -> str:
     left.set_xlabel("direction (eigenvalue rank)", fontsize=_FONT + 1)
     left.set_ylabel("variance (model units²)", fontsize=_FONT + 1)
     kind = "per-pixel variances (diagonal model)" if model.covariance_type == "diag" else "eigenvalues"
-    left.set_title(f"Covariance {kind} per class, D = {model.n_features}", fontsize=_FONT + 2)
+    whole = " (of each class's whole mixture)" if hasattr(model, "class_covariances") else ""
+    left.set_title(f"Covariance {kind} per class{whole}, D = {model.n_features}", fontsize=_FONT + 2)
     left.tick_params(labelsize=_FONT)
     left.grid(True, which="major", alpha=0.3)
     pct = " / ".join(f"{q:.0%}" for q in FRACTIONS)
@@ -372,6 +376,30 @@ def plot_spectrum(model: GaussianClassModel, path: str) -> str:
     return _save(fig, path)
 
 
+def plot_component_means(model, path: str) -> str:
+    """For a per-class mixture: one row per class, its component means by decreasing weight.
+
+    Each panel is titled with the component's weight; dropped components (weight 0)
+    are left out. The figure is ``(M * PANEL + label width, K * (PANEL + TITLE))``
+    inches for square images. Returns ``path``.
+    """
+    style = _style(model, model.means)
+    (pw, ph), K, M = style.panel, model.n_classes, model.n_components
+    labels = [_label(c) for c in model.classes.tolist()]
+    label_width = _row_label_width(labels)
+    fig = _figure(M * pw + label_width, K * (ph + TITLE))
+    axes = _panels(fig, K, M, (pw, ph), left=label_width, top=0.0, title=TITLE)
+    for k, label in enumerate(labels):
+        order = [m for m in np.argsort(-model.weights[k], kind="stable") if model.weights[k, m] > 0]
+        for j in range(M):
+            if j < len(order):
+                m = order[j]
+                _show(axes[k, j], model.means[k, m], style, f"w = {model.weights[k, m]:.2f}", label if j == 0 else None)
+            else:
+                axes[k, j].set_axis_off()
+    return _save(fig, path)
+
+
 def plot_all(
     model: GaussianClassModel,
     out_dir: str,
@@ -381,12 +409,17 @@ def plot_all(
     """Write the three figures into ``out_dir`` (created if missing; a path or fsspec URL).
 
     Returns ``{"means-and-samples": path, "samples-grid": path, "spectrum": path}``
-    with the file names of :data:`FILES`.
+    with the file names of :data:`FILES`; for a per-class mixture also
+    ``"component-means"`` (:data:`MIXTURE_FILES`, :func:`plot_component_means`).
     """
-    out = {name: posixpath.join(str(out_dir), file) for name, file in FILES.items()}
+    mixture = hasattr(model, "weights")
+    files = {**FILES, **MIXTURE_FILES} if mixture else FILES
+    out = {name: posixpath.join(str(out_dir), file) for name, file in files.items()}
     plot_means_and_samples(model, out["means-and-samples"], samples=samples, seed=seed)
     plot_sample_grid(model, out["samples-grid"], samples=samples, seed=seed)
     plot_spectrum(model, out["spectrum"])
+    if mixture:
+        plot_component_means(model, out["component-means"])
     return out
 
 
@@ -394,12 +427,14 @@ __all__ = [
     "DPI",
     "FILES",
     "FRACTIONS",
+    "MIXTURE_FILES",
     "PANEL",
     "ROW_LABEL",
     "SPECTRUM_SIZE",
     "TITLE",
     "load_samples",
     "plot_all",
+    "plot_component_means",
     "plot_means_and_samples",
     "plot_sample_grid",
     "plot_spectrum",

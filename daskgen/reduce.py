@@ -8,6 +8,8 @@ task, so no task gathers every block's statistics at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
@@ -24,16 +26,17 @@ def _block_stats(xy, diagonal: bool, scale: float) -> ClassStats:
         return chunk_stats(X, y, diagonal=diagonal, scale=scale)
 
 
-def tree_reduce(parts: list, split_every: int, token: str) -> Delayed:
-    """Combine ``parts`` (Delayed ClassStats) by a tree of ``merge`` tasks, ``split_every`` wide."""
+def tree_reduce(parts: list, split_every: int, token: str, combine: Callable = merge) -> Delayed:
+    """Combine ``parts`` (Delayed statistics, ClassStats by default) by a tree of ``combine``
+    tasks (``merge`` by default), ``split_every`` wide."""
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     level, depth = list(parts), 0
     if len(level) == 1:
-        return delayed(merge, pure=True)(level, dask_key_name=f"combine-{token}-0-0")
+        return delayed(combine, pure=True)(level, dask_key_name=f"combine-{token}-0-0")
     while len(level) > 1:
         level = [
-            delayed(merge, pure=True)(level[i : i + split_every], dask_key_name=f"combine-{token}-{depth}-{j}")
+            delayed(combine, pure=True)(level[i : i + split_every], dask_key_name=f"combine-{token}-{depth}-{j}")
             for j, i in enumerate(range(0, len(level), split_every))
         ]
         depth += 1

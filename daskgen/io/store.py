@@ -2,7 +2,13 @@
 
 Model store — a group with arrays ``classes`` (K,), ``counts`` (K,), ``priors`` (K,),
 ``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw centered
-statistics, same shape as covariances) and attributes under ``daskgen``. On a local
+statistics, same shape as covariances) and attributes under ``daskgen``.
+
+A per-class mixture (``daskgen.mixture.GaussianMixtureClassModel``, M components)
+has the attribute ``components: M`` and arrays ``classes`` (K,), ``counts`` (K,),
+``priors`` (K,), ``weights`` (K, M), ``mass`` (K, M) (responsibility mass per
+component), ``means`` (K, M, D) and ``covariances`` (K, M, D, D) or (K, M, D); no
+``scatter``. A one-Gaussian model has no ``components`` attribute. On a local
 disk the group is written under a temporary name beside the target and renamed
 into place; on object storage (no rename) ``complete: true`` is written last and a
 store without it is refused by :func:`read_model`.
@@ -59,20 +65,25 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         if _is_local(fs)
         else zarr.open_group(url, mode="w", storage_options=storage_options or {})
     )
-    arrays = {
-        "classes": label_array(model.classes),
-        "counts": np.asarray(model.counts, dtype=np.int64),
-        "priors": np.asarray(model.priors, dtype=np.float64),
-        "means": np.asarray(model.means, dtype=np.float64),
-        "covariances": np.asarray(model.covariances, dtype=np.float64),
-        "scatter": np.asarray(model.stats.scatter, dtype=np.float64),
-    }
+    mixture = hasattr(model, "store_arrays")
+    if mixture:  # a per-class mixture: weights, mass, (K, M, ...) means and covariances
+        arrays = {"classes": label_array(model.classes), **model.store_arrays()}
+    else:
+        arrays = {
+            "classes": label_array(model.classes),
+            "counts": np.asarray(model.counts, dtype=np.int64),
+            "priors": np.asarray(model.priors, dtype=np.float64),
+            "means": np.asarray(model.means, dtype=np.float64),
+            "covariances": np.asarray(model.covariances, dtype=np.float64),
+            "scatter": np.asarray(model.stats.scatter, dtype=np.float64),
+        }
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
         dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
-        # The (K, D, D) float64 statistics are noise in their low bits: zstd saves ~10% of
-        # their bytes for 3x the write time of the whole store, so they are stored raw.
-        big = data.ndim == 3
+        # The (K, D, D) float64 statistics (and a mixture's (K, M, D[, D]) ones) are noise in
+        # their low bits: zstd saves ~10% of their bytes for 3x the write time of the whole
+        # store, so they are stored raw.
+        big = data.ndim >= 3
         arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None,
                                  compressors=None if big else ZstdCodec(level=1))
         arr[...] = data
@@ -87,10 +98,12 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         "covariance_type": model.covariance_type,
         "config": model.config,
         "inputs": model.inputs,
-        "data_range": [_jsonable(model.stats.minimum), _jsonable(model.stats.maximum)],
+        "data_range": [_jsonable(model.data_range[0]), _jsonable(model.data_range[1])],
         "fingerprint": model.fingerprint,
         "complete": False,
     }
+    if mixture:
+        meta["components"] = int(model.n_components)
     group.attrs["daskgen"] = meta
     meta["complete"] = True  # written last: a store without it is refused
     group.attrs["daskgen"] = meta
@@ -189,6 +202,14 @@ def read_model(url: str, storage_options: dict | None = None):
         )
     if not meta.get("complete"):
         raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
+    if meta.get("components") is not None:
+        from ..mixture import GaussianMixtureClassModel
+
+        try:
+            classes = read_labels(group["classes"])
+        except Exception as exc:
+            raise ModelError(f"{url}: corrupted model store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return GaussianMixtureClassModel.from_store(group, meta, classes, url)
     try:
         a = {k: np.asarray(group[k][...]) for k in ("counts", "priors", "means", "covariances", "scatter")}
         classes = read_labels(group["classes"])

@@ -1,0 +1,249 @@
+"""Dask wiring of the mixture EM: persisted blocks, one tree-reduced pass per iteration.
+
+The input blocks are read once and kept in the cluster's memory (``persist``)
+when they fit in half of it, so iterations do not re-read CSV; otherwise every
+pass re-reads them, and the model's ``config["em"]["persist"]`` says why. Each
+pass is a task per block on the persisted data plus a tree of combine tasks
+(:func:`daskgen.reduce.tree_reduce`), named for the dashboard::
+
+    read-<token>-<i>                  the persisted blocks
+    em-sample-<token>-<i>             the initial per-class sample (bottom keys)
+    em-assign-<token>-<i>             hard assignment to the initial centres
+    em-estep-<token>-<t>-<i>          E-step of iteration t: responsibilities and weighted statistics
+    combine-em-...                    the tree reduction of each pass
+
+The parameters of a pass (a few hundred MB for 10 classes x 5 full 784-dimensional
+components) are scattered to the workers once per pass. The M-step runs on the
+client (:func:`daskgen.mixture.m_step`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import delayed
+
+from ._blas import one_blas_thread
+from .cluster import active_client, compute
+from .errors import InputError
+from .io.readers import Dataset, _fs, open_zarr_group, read_block
+from .mixture import (
+    DEFAULTS,
+    Components,
+    GaussianMixtureClassModel,
+    InitSample,
+    Passes,
+    WeightedStats,
+    _config,
+    estep_stats,
+    hard_stats,
+    merge_samples,
+    merge_weighted,
+    run_em,
+    sample_chunk,
+)
+from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+
+log = logging.getLogger("daskgen")
+#: Persist the blocks when their estimated size is at most this fraction of the cluster's memory.
+PERSIST_FRACTION = 0.5
+
+
+# ---------------------------------------------------------------------------- block tasks
+def _block_sample(xy, seed: int, size: int, scale: float) -> InitSample:
+    X, y = xy
+    return sample_chunk(X, y, seed, size, scale)
+
+
+def _block_assign(xy, classes: np.ndarray, centers: np.ndarray, diagonal: bool, scale: float) -> WeightedStats:
+    X, y = xy
+    with one_blas_thread():
+        return hard_stats(X, y, classes, centers, diagonal, scale)
+
+
+def _block_estep(xy, comps: Components, scale: float) -> WeightedStats:
+    X, y = xy
+    with one_blas_thread():  # Dask runs a task per core already
+        return estep_stats(X, y, comps, scale)
+
+
+# ---------------------------------------------------------------------------- persistence
+def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
+    """Bytes the blocks take in memory once read, and how that was estimated.
+
+    Zarr: exact (rows x features x stored item size). Parquet: row counts from the
+    file metadata. CSV: an upper bound, each value taking at least two characters.
+    """
+    D = dataset.n_features
+    item = 1 if dataset.integer_pixels else 8
+    if dataset.fmt == "zarr":
+        total = 0
+        for url in {b.url for b in dataset.blocks}:
+            images = open_zarr_group(url, dataset.storage_options or None)["images"]
+            total += int(np.prod(images.shape)) * (1 if dataset.integer_pixels else images.dtype.itemsize)
+        return total, "exact (Zarr shapes)"
+    if dataset.fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = 0
+        for url in {b.url for b in dataset.blocks}:
+            fs, path = _fs(url, dataset.storage_options or None)
+            with fs.open(path, "rb") as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+        return rows * D * item, "Parquet row counts"
+    size = sum(int(f.get("size") or 0) for f in dataset.files)
+    return (size // (2 * D) + 1) * D * item, "upper bound from the CSV size"
+
+
+def _cluster_memory(client) -> int:
+    """Sum of the workers' memory limits (0: no limit)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # older distributed
+        info = client.scheduler_info()
+    limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+    return 0 if not limits or 0 in limits else int(sum(limits))
+
+
+def _host_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto") -> tuple[list, dict[str, Any]]:
+    """Persist the read tasks in the cluster's memory when they fit; returns (blocks, report)."""
+    need, how = estimate_bytes(dataset)
+    client = active_client()
+    memory = _cluster_memory(client) if client is not None else _host_memory()
+    where = "the cluster's workers" if client is not None else "this process"
+    report: dict[str, Any] = {"estimated_bytes": int(need), "estimate": how, "memory_bytes": int(memory), "where": where}
+    if persist is False or persist == "never":
+        report.update(persisted=False, reason="persist was turned off; every iteration re-reads the input")
+        log.warning("daskgen: input not persisted (turned off): every EM iteration re-reads it")
+        return reads, report
+    fits = memory == 0 or need <= PERSIST_FRACTION * memory
+    if not fits and persist != "always" and persist is not True:
+        report.update(persisted=False, reason=(
+            f"the input (~{need / 2**30:.2f} GiB, {how}) exceeds {PERSIST_FRACTION:.0%} of the memory of "
+            f"{where} ({memory / 2**30:.2f} GiB); every EM iteration re-reads it"))
+        log.warning("daskgen: input not persisted: %s", report["reason"])
+        return reads, report
+    if client is not None:
+        from distributed import futures_of, wait
+
+        persisted = client.persist(reads)
+        wait(futures_of(persisted))
+        bad = [f for f in futures_of(persisted) if f.status == "error"]
+        if bad:
+            bad[0].result()  # raises the reader's InputError
+    else:
+        import dask
+
+        persisted = list(dask.persist(*reads))
+    report.update(persisted=True, reason=f"kept in the memory of {where}")
+    return persisted, report
+
+
+# ---------------------------------------------------------------------------- passes
+def _share(obj: Any, key: str):
+    client = active_client()
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    return delayed(obj, name=key)
+
+
+def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False) -> Passes:
+    """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a task per block + a tree."""
+    scale = float(dataset.scale)
+    counter = iter(range(1, 10**9))
+
+    def run(name: str, fn: Callable, args: tuple, combine: Callable):
+        tag = f"{token}-{next(counter)}" if name == "em-estep" else token
+        parts = [delayed(fn, pure=True)(b, *args, dask_key_name=f"{name}-{tag}-{i}") for i, b in enumerate(blocks)]
+        return compute(tree_reduce(parts, split_every, f"{name}-{tag}", combine=combine), stage=name, progress=progress)
+
+    def sample(seed: int, size: int) -> InitSample:
+        return run("em-sample", _block_sample, (seed, size, scale), merge_samples)
+
+    def hard(classes, centers, diagonal) -> WeightedStats:
+        return run("em-assign", _block_assign, (classes, _share(centers, f"em-centers-{token}"), diagonal, scale),
+                   merge_weighted)
+
+    def estep(comps: Components) -> WeightedStats:
+        return run("em-estep", _block_estep, (_share(comps, f"em-params-{token}"), scale), merge_weighted)
+
+    return Passes(sample=sample, hard=hard, estep=estep)
+
+
+# ---------------------------------------------------------------------------- the fit
+def fit_mixture(
+    inputs: list[str] | str | Dataset,
+    n_components: int,
+    *,
+    label_column: str = "label",
+    blocksize: int | None = None,
+    image_shape: str | tuple | None = None,
+    scale: str | float | None = "auto",
+    fmt: str | None = None,
+    covariance: str = DEFAULTS["covariance"],
+    reg_covar: float = DEFAULTS["reg_covar"],
+    max_iter: int = DEFAULTS["max_iter"],
+    tol: float = DEFAULTS["tol"],
+    init: str = DEFAULTS["init"],
+    seed: int = DEFAULTS["seed"],
+    init_sample: int = DEFAULTS["init_sample"],
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    persist: bool | str = "auto",
+    storage_options: dict | None = None,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> GaussianMixtureClassModel:
+    """Fit, per class, a mixture of ``n_components`` Gaussians by EM on the current Dask scheduler.
+
+    ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
+    Options as :func:`daskgen.mixture.run_em`: ``covariance`` full|diag, ``reg_covar``
+    (> 0, added to every component covariance), ``max_iter``, ``tol`` (on the change of
+    the mean log-likelihood per row), ``init`` kmeans++|random, ``seed``,
+    ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
+    (when the blocks fit in half of the cluster's memory), "always" or "never".
+    ``callback`` is called after every iteration with its number, mean
+    log-likelihood, change, events and seconds.
+    """
+    from .fitting import prepare
+
+    if split_every is None or int(split_every) < 2:
+        raise InputError(f"split_every must be at least 2, got {split_every}")
+    dataset = inputs if isinstance(inputs, Dataset) else prepare(
+        inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
+        storage_options=storage_options)
+    em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
+                      init_sample=init_sample, **options)
+    from .mixture import check_options
+
+    check_options(n_components, covariance, reg_covar, max_iter, tol, init)
+    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
+    reads = [
+        delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
+                                       dask_key_name=f"read-{token}-{i}")
+        for i, block in enumerate(dataset.blocks)
+    ]
+    blocks, persisted = persist_blocks(reads, dataset, persist)
+    em_token = tokenize(token, n_components, em_options)
+    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
+    params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
+    summary["persist"] = persisted
+    summary["rows"] = int(stats.n_rows)
+    config = _config(n_components, em_options)
+    config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt)
+    return GaussianMixtureClassModel.from_params(
+        params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
+        label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,
+    )

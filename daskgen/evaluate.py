@@ -1,0 +1,373 @@
+"""``daskgen evaluate``: held-out log-likelihood and the Bayes classifier, computed distributed.
+
+Per block, a task scores the rows under the model and returns sums and a
+confusion matrix (:class:`EvalStats`); a tree of combine tasks adds them up
+(:func:`daskgen.reduce.tree_reduce`). Works for a single Gaussian per class
+(:class:`~daskgen.model.GaussianClassModel`) and for mixtures
+(:class:`~daskgen.mixture.GaussianMixtureClassModel`).
+
+Conventions
+-----------
+Let ``s`` be the model's scale (pixel units -> model units, 1/255 for 8-bit images
+fitted with ``--scale auto``) and ``D`` the number of features.
+
+* ``log p(x)`` is the model's log-density at ``x * s`` (model units), in nats.
+* Integer pixels (a block whose values are all integers) are *dequantized*:
+  ``x~ = (x + u) * s`` with ``u ~ Uniform[-1/2, 1/2)^D``, i.e. each integer value
+  stands for the bin of width 1 pixel unit centred on it, and the noise is drawn
+  once per row from a stream seeded by ``(seed, block index)``. The model density
+  in pixel units is ``p_model(x~) * s^D``, so ``E_u[log p_model(x~)] + D log s``
+  is a lower bound on the log-probability of the discrete image (Theis et al.,
+  2016), and ::
+
+      bits/dim = -(mean log p_model(x~) + D * log(s)) / (D * ln 2)
+               = -(ll - D * log(1 / s)) / (D * ln 2)
+
+  the usual figure of image density models (8 for a uniform model of 8-bit
+  pixels). ``nats_per_image`` is ``mean log p_model(x~)`` itself (model units);
+  ``pixel_nats_per_image`` is ``mean log p_model(x~) + D log s`` (the discrete
+  bound, nats per image).
+* Non-integer data are not dequantized; bits/dim is then ``-ll / (D ln 2)`` of the
+  density in model units (a differential quantity, comparable only between
+  models of the same data and scale).
+* The Bayes classifier ``argmax_k log p(y=k) + log p(x | y=k)`` is evaluated on the
+  data itself (``x * s``, no noise). ``log p(x)`` without noise is reported too
+  (``raw_nats_per_image``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import delayed
+
+from ._blas import one_blas_thread
+from .errors import InputError
+from .io.readers import Dataset, read_block
+from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+
+DEQUANTIZE = ("auto", "yes", "no")
+FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
+#: Rows scored at once inside a block task (bounds the task's memory).
+BATCH = 4096
+
+
+@dataclass
+class EvalStats:
+    """Sums over rows, mergeable by addition."""
+
+    n_classes: int
+    rows: int = 0
+    labelled: int = 0
+    dequantized: int = 0
+    sum_ll: float = 0.0  # log p(x~), dequantized where integer
+    sum_ll2: float = 0.0
+    sum_cond: float = 0.0  # log p(x~ | y), labelled rows
+    sum_raw: float = 0.0  # log p(x), no noise
+    neg_inf: int = 0  # rows with log p(x~) = -inf
+    confusion: np.ndarray = field(default=None)  # (K, K) int64, rows: true class, columns: predicted
+    unknown: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.confusion is None:
+            self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+
+
+def merge_eval(parts: list[EvalStats]) -> EvalStats:
+    parts = list(parts)
+    out = EvalStats(parts[0].n_classes)
+    for p in parts:
+        out.rows += p.rows
+        out.labelled += p.labelled
+        out.dequantized += p.dequantized
+        out.sum_ll += p.sum_ll
+        out.sum_ll2 += p.sum_ll2
+        out.sum_cond += p.sum_cond
+        out.sum_raw += p.sum_raw
+        out.neg_inf += p.neg_inf
+        out.confusion += p.confusion
+        for k, v in p.unknown.items():
+            out.unknown[k] = out.unknown.get(k, 0) + v
+    return out
+
+
+def _is_integer(X: np.ndarray) -> bool:
+    if X.dtype.kind in "iub":
+        return True
+    return bool(X.size) and bool(np.all(X == np.rint(X)))
+
+
+def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: int) -> EvalStats:
+    """Scores of one block: sums of log-likelihoods and the confusion matrix."""
+    X, y = xy
+    K = len(scorer.classes)
+    out = EvalStats(K)
+    if len(y) == 0:
+        return out
+    lookup = {str(c): i for i, c in enumerate(scorer.classes.tolist())}
+    labels, inverse = np.unique(np.asarray(y), return_inverse=True)
+    codes = np.array([lookup.get(str(v), -1) for v in labels.tolist()], dtype=np.intp)[inverse]
+    for v, n in zip(*np.unique(np.asarray(y)[codes < 0], return_counts=True)):
+        out.unknown[str(v)] = int(n)
+    deq = dequantize == "yes" or (dequantize == "auto" and _is_integer(X))
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(int(index),))))
+    log_priors = np.log(scorer.priors)
+    with one_blas_thread():
+        for a in range(0, len(y), BATCH):
+            Xb = np.asarray(X[a : a + BATCH], dtype=np.float64)
+            cb = codes[a : a + BATCH]
+            joint = scorer.class_log_likelihood(Xb * scale) + log_priors
+            predicted = np.argmax(joint, axis=1)
+            out.sum_raw += float(_logsumexp(joint).sum())
+            if deq:
+                noisy = (Xb + (rng.random(Xb.shape) - 0.5)) * scale
+                joint = scorer.class_log_likelihood(noisy) + log_priors
+            ll = _logsumexp(joint)
+            out.sum_ll += float(ll.sum())
+            out.sum_ll2 += float((ll * ll).sum())
+            out.neg_inf += int(np.isneginf(ll).sum())
+            known = cb >= 0
+            out.sum_cond += float((joint[known, cb[known]] - log_priors[cb[known]]).sum())
+            np.add.at(out.confusion, (cb[known], predicted[known]), 1)
+    out.rows = len(y)
+    out.labelled = int((codes >= 0).sum())
+    out.dequantized = len(y) if deq else 0
+    return out
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (safe + np.log(np.exp(a - safe).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def scoring_model(model):
+    """What a worker needs to score rows: small, picklable, factors computed once."""
+    if hasattr(model, "scoring_copy"):
+        return model.scoring_copy()
+    from .model import GaussianClassModel
+
+    copy = GaussianClassModel(
+        classes=model.classes, counts=model.counts, priors=model.priors, means=model.means,
+        covariances=np.zeros((model.n_classes, 0)), stats=None, image_shape=model.image_shape, scale=model.scale,
+    )
+    copy.__dict__["factors"] = model.factors
+    return copy
+
+
+def open_for_model(
+    model,
+    inputs: list[str] | str,
+    *,
+    label_column: str | None = None,
+    blocksize: int | None = None,
+    fmt: str | None = None,
+    storage_options: dict | None = None,
+) -> Dataset:
+    """Open held-out inputs with the model's scale and image shape; their features must match.
+
+    Unlike ``fitting.prepare(update=model)``, files the model was fitted on are kept.
+    """
+    from .fitting import _check_compatible
+    from .io.readers import open_inputs
+
+    dataset = open_inputs(inputs, label_column=label_column or model.label_column, blocksize=blocksize,
+                          image_shape=model.image_shape, scale=model.scale, fmt=fmt,
+                          storage_options=storage_options)
+    _check_compatible(model, dataset)
+    return dataset
+
+
+def evaluate(
+    model,
+    inputs: list[str] | str | Dataset,
+    *,
+    label_column: str | None = None,
+    blocksize: int | None = None,
+    fmt: str | None = None,
+    dequantize: str = "auto",
+    seed: int = 0,
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on labelled held-out ``inputs``; returns the report (JSON-able dict).
+
+    The inputs are read with the model's scale and must have its features. See the
+    module docstring for the conventions.
+    """
+    from .cluster import active_client, compute
+
+    if dequantize not in DEQUANTIZE:
+        raise InputError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, not {dequantize!r}")
+    if split_every is None or int(split_every) < 2:
+        raise InputError(f"split_every must be at least 2, got {split_every}")
+    dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
+        model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
+    scorer = scoring_model(model)
+    client = active_client()
+    shared = client.scatter(scorer, broadcast=True, hash=False) if client is not None else scorer
+    token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)
+    parts = []
+    for i, block in enumerate(dataset.blocks):
+        xy = delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
+                                            dask_key_name=f"read-{token}-{i}")
+        parts.append(delayed(evaluate_block, pure=True)(xy, shared, float(model.scale), dequantize, int(seed), i,
+                                                        dask_key_name=f"evaluate-{token}-{i}"))
+    stats = compute(tree_reduce(parts, int(split_every), f"evaluate-{token}", combine=merge_eval),
+                    stage="evaluate", progress=progress)
+    return report(model, dataset, stats, dequantize=dequantize, seed=seed)
+
+
+def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """The evaluation as a JSON-able dict."""
+    if s.rows == 0:
+        raise InputError("the input has no rows")
+    D, scale, n = model.n_features, float(model.scale), s.rows
+    mean = s.sum_ll / n
+    var = max(s.sum_ll2 / n - mean * mean, 0.0) if np.isfinite(mean) else math.nan
+    deq_all = s.dequantized == n
+    offset = D * math.log(scale) if s.dequantized else 0.0
+    bits = -(mean + offset) / (D * math.log(2))
+    cond = s.sum_cond / s.labelled if s.labelled else math.nan
+    K = model.n_classes
+    correct = int(np.trace(s.confusion))
+    per_true = s.confusion.sum(axis=1)
+    mixture = hasattr(model, "weights")
+    return {
+        "model": {
+            "kind": "mixture" if mixture else "gaussian",
+            "fingerprint": model.fingerprint,
+            "classes": [_plain(c) for c in model.classes.tolist()],
+            "components": int(model.n_components) if mixture else 1,
+            "covariance": model.covariance_type,
+            "reg_covar": model.config.get("reg_covar"),
+            "scale": scale,
+            "features": D,
+        },
+        "input": {"rows": n, "labelled_rows": s.labelled, "files": [f["path"] for f in dataset.files],
+                  "unknown_labels": s.unknown},
+        "dequantization": {
+            "rows": s.dequantized,
+            "all_rows": deq_all,
+            "mode": dequantize,
+            "seed": int(seed),
+            "convention": "x~ = (x + u) * scale, u ~ Uniform[-1/2, 1/2)^D, for rows of integer pixels",
+        },
+        "log_likelihood": {
+            "nats_per_image": _num(mean),
+            "stderr": _num(math.sqrt(var / n)) if np.isfinite(var) else None,
+            "bits_per_dim": _num(bits),
+            "pixel_nats_per_image": _num(mean + offset),
+            "conditional_nats_per_image": _num(cond),
+            "conditional_bits_per_dim": _num(-(cond + offset) / (D * math.log(2))),
+            "raw_nats_per_image": _num(s.sum_raw / n),
+            "neg_inf_rows": s.neg_inf,
+        },
+        "classifier": {
+            "accuracy": correct / s.labelled if s.labelled else None,
+            "correct": correct,
+            "recall": [_num(c / t) if t else None for c, t in zip(np.diagonal(s.confusion).tolist(), per_true.tolist())],
+            "confusion_matrix": s.confusion.tolist(),
+            "confusion_axes": "rows: true class, columns: predicted class, in model class order",
+        },
+        "n_classes": K,
+    }
+
+
+def _num(x: float | None) -> float | None:
+    """A finite float, else None (JSON has no infinities; ``neg_inf_rows`` tells why)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _plain(c: Any) -> Any:
+    return c.item() if hasattr(c, "item") else c
+
+
+def format_table(rep: dict[str, Any]) -> str:
+    """The report as a text table (what the command prints)."""
+    m, ll, cl, dq = rep["model"], rep["log_likelihood"], rep["classifier"], rep["dequantization"]
+    kind = f"{m['components']} components per class" if m["kind"] == "mixture" else "one Gaussian per class"
+
+    def num(x, fmt="{:,.3f}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    deq = ("dequantized (uniform noise, bins of one pixel unit)" if dq["all_rows"]
+           else "not dequantized (non-integer data)" if not dq["rows"]
+           else f"dequantized on {dq['rows']:,} of {rep['input']['rows']:,} rows")
+    lines = [
+        f"model       {len(m['classes'])} classes, {kind}, {m['covariance']} covariances, D = {m['features']}",
+        f"input       {rep['input']['rows']:,} rows ({deq})",
+        f"log p(x)    {num(ll['nats_per_image'])} nats/image (model units)"
+        + (f" ± {ll['stderr']:.3f}" if ll["stderr"] is not None else "")
+        + f"   {num(ll['bits_per_dim'], '{:.4f}')} bits/dim",
+        f"log p(x|y)  {num(ll['conditional_nats_per_image'])} nats/image   {num(ll['conditional_bits_per_dim'], '{:.4f}')} bits/dim",
+        f"accuracy    {num(cl['accuracy'], '{:.4f}')} ({cl['correct']:,} of {rep['input']['labelled_rows']:,})",
+    ]
+    if ll["neg_inf_rows"]:
+        lines.append(f"warning     {ll['neg_inf_rows']:,} rows have log p(x) = -inf (a singular covariance: refit with --reg-covar)")
+    if rep["input"]["unknown_labels"]:
+        lines.append(f"warning     labels not in the model: {rep['input']['unknown_labels']}")
+    labels = [str(c) for c in m["classes"]]
+    width = max(5, *(len(x) for x in labels), *(len(str(v)) for row in cl["confusion_matrix"] for v in row)) + 1
+    lines.append("")
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append(" " * width + "".join(x[:width - 1].rjust(width) for x in labels) + "  recall".rjust(width + 2))
+    for label, row, rec in zip(labels, cl["confusion_matrix"], cl["recall"]):
+        lines.append(label[:width - 1].rjust(width) + "".join(str(v).rjust(width) for v in row)
+                     + ("" if rec is None else f"{rec:.3f}".rjust(width + 2)))
+    return "\n".join(lines)
+
+
+def plot_confusion(rep: dict[str, Any], path: str) -> str:
+    """The confusion matrix as a PNG: shares of each true class, counts written in the cells."""
+    from .plot import _FONT, _figure, _label, _save
+
+    C = np.asarray(rep["classifier"]["confusion_matrix"], dtype=np.float64)
+    K = len(C)
+    labels = [_label(c) for c in rep["model"]["classes"]]
+    side = min(max(4.0, 0.55 * K + 2.0), 16.0)
+    fig = _figure(side + 1.0, side, layout="constrained")
+    ax = fig.subplots()
+    share = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="none")
+    if K <= 30:
+        for i in range(K):
+            for j in range(K):
+                if C[i, j]:
+                    ax.text(j, i, f"{int(C[i, j])}", ha="center", va="center", fontsize=_FONT - 1,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(np.arange(K), labels, fontsize=_FONT, rotation=90 if K > 12 or max(map(len, labels)) > 3 else 0)
+    ax.set_yticks(np.arange(K), labels, fontsize=_FONT)
+    ax.set_xlabel("predicted class", fontsize=_FONT + 1)
+    ax.set_ylabel("true class", fontsize=_FONT + 1)
+    acc = rep["classifier"]["accuracy"]
+    m = rep["model"]
+    kind = f"K = {m['components']} per class" if m["kind"] == "mixture" else "one Gaussian per class"
+    ax.set_title(f"Bayes classifier, {kind}: accuracy {acc:.4f}" if acc is not None else "Bayes classifier",
+                 fontsize=_FONT + 2)
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("share of the true class", fontsize=_FONT)
+    cb.ax.tick_params(labelsize=_FONT)
+    return _save(fig, path)
+
+
+def write_outputs(rep: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Write ``evaluation.json`` and ``confusion-matrix.png`` into ``out_dir``."""
+    import fsspec
+
+    paths = {k: posixpath.join(str(out_dir), v) for k, v in FILES.items()}
+    fs, where = fsspec.core.url_to_fs(paths["json"])
+    fs.makedirs(posixpath.dirname(where), exist_ok=True)
+    with fs.open(where, "w") as f:
+        json.dump(rep, f, indent=2)
+        f.write("\n")
+    plot_confusion(rep, paths["confusion"])
+    return paths
