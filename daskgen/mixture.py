@@ -67,7 +67,7 @@ from scipy.linalg.lapack import dpotrf, dtrtri
 
 from ._blas import one_blas_thread
 from .errors import InputError, ModelError
-from .model import ClassFactor, Sampler, _fingerprint, factor_covariance
+from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
 from .stats import _centered_scatter, _union_classes
 
 log = logging.getLogger("daskgen")
@@ -377,14 +377,6 @@ def _factor_all(covs: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]
 
     # One after the other: scipy's LAPACK wrappers hold the GIL, so threads would not help.
     return [one(c) for c in covs]
-
-
-def logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    """log sum_j exp(a[i, j]) per row, exact for rows of -inf (gives -inf)."""
-    top = a.max(axis=1, keepdims=True)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return (safe + np.log(np.exp(a - safe).sum(axis=1, keepdims=True)))[:, 0]
 
 
 # ============================================================================ one pass, per chunk
@@ -1013,7 +1005,7 @@ class MixtureSampler(Sampler):
 
 # ============================================================================ the model
 @dataclass
-class GaussianMixtureClassModel:
+class GaussianMixtureClassModel(BayesClassifier):
     """A prior over classes and a mixture of Gaussians per class.
 
     The interface of :class:`~daskgen.model.GaussianClassModel` (``classes``,
@@ -1071,10 +1063,6 @@ class GaussianMixtureClassModel:
 
     # -- shape -------------------------------------------------------------
     @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def n_components(self) -> int:
         return int(self.weights.shape[1])
 
@@ -1094,14 +1082,6 @@ class GaussianMixtureClassModel:
     @cached_property
     def fingerprint(self) -> str:
         return _fingerprint(self.classes, self.priors, self.weights, self.means, self.covariances)
-
-    def class_index(self, label: Any) -> int:
-        for i, c in enumerate(self.classes.tolist()):
-            if c == label or str(c) == str(label):
-                return i
-        raise InputError(
-            f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
-        )
 
     # -- derived -----------------------------------------------------------
     @property
@@ -1149,14 +1129,6 @@ class GaussianMixtureClassModel:
         lp = self.component_log_likelihood(X)
         n, K, M = lp.shape
         return logsumexp_rows(lp.reshape(n * K, M)).reshape(n, K)
-
-    def log_prob(self, X: np.ndarray) -> np.ndarray:
-        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)], shape (n,)."""
-        return logsumexp_rows(self.class_log_likelihood(X) + np.log(self.priors))
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
-        return self.classes[np.argmax(self.class_log_likelihood(X) + np.log(self.priors), axis=1)]
 
     def scoring_copy(self) -> GaussianMixtureClassModel:
         """A copy holding only what scoring needs (no covariances): small to ship to workers."""

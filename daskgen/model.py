@@ -208,8 +208,48 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """log sum_j exp(a[i, j]) per row, exact for rows of -inf (gives -inf)."""
+    top = a.max(axis=1, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (safe + np.log(np.exp(a - safe).sum(axis=1, keepdims=True)))[:, 0]
+
+
+class BayesClassifier:
+    """What every per-class density model shares: the class list, and the Bayes
+    classifier built on its ``class_log_likelihood`` and ``priors``."""
+
+    classes: np.ndarray
+    priors: np.ndarray
+
+    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_index(self, label: Any) -> int:
+        """Position of ``label`` in ``classes``; accepts the label or its string form."""
+        for i, c in enumerate(self.classes.tolist()):
+            if c == label or str(c) == str(label):
+                return i
+        raise InputError(
+            f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
+        )
+
+    def log_prob(self, X: np.ndarray) -> np.ndarray:
+        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)], shape (n,)."""
+        return logsumexp_rows(self.class_log_likelihood(X) + np.log(self.priors))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
+        return self.classes[np.argmax(self.class_log_likelihood(X) + np.log(self.priors), axis=1)]
+
+
 @dataclass
-class GaussianClassModel:
+class GaussianClassModel(BayesClassifier):
     """A prior over classes and one Gaussian per class.
 
     Attributes
@@ -268,10 +308,6 @@ class GaussianClassModel:
 
     # -- shape -------------------------------------------------------------
     @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def n_features(self) -> int:
         return int(self.means.shape[1])
 
@@ -293,15 +329,6 @@ class GaussianClassModel:
     def factors(self) -> list[ClassFactor]:
         """One PSD root per class, computed once per model (not per sample)."""
         return [factor_covariance(c) for c in self.covariances]
-
-    def class_index(self, label: Any) -> int:
-        """Position of ``label`` in ``classes``; accepts the label or its string form."""
-        for i, c in enumerate(self.classes.tolist()):
-            if c == label or str(c) == str(label):
-                return i
-        raise InputError(
-            f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
-        )
 
     # -- scoring -----------------------------------------------------------
     def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
@@ -329,18 +356,6 @@ class GaussianClassModel:
             )
             out[:, k] = np.where(off, -np.inf, ll)
         return out
-
-    def log_prob(self, X: np.ndarray) -> np.ndarray:
-        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)], shape (n,)."""
-        joint = self.class_log_likelihood(X) + np.log(self.priors)
-        top = joint.max(axis=1, keepdims=True)
-        safe = np.where(np.isfinite(top), top, 0.0)
-        return (safe + np.log(np.exp(joint - safe).sum(axis=1, keepdims=True)))[:, 0]
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
-        joint = self.class_log_likelihood(X) + np.log(self.priors)
-        return self.classes[np.argmax(joint, axis=1)]
 
     # -- sampling ----------------------------------------------------------
     def sample(
