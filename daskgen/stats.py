@@ -82,6 +82,50 @@ def _centered_scatter(C: np.ndarray) -> np.ndarray:
     return C.T @ C
 
 
+#: float32 holds every integer below 2**24 exactly.
+_F32_EXACT = 2**24
+#: float64 holds every integer below 2**53 exactly.
+_F64_EXACT = 2**53
+
+
+def _exact_integer_plan(lo: float, hi: float, n_max: int) -> int:
+    """Rows per float32 Gram block for integer data in [lo, hi], or 0 when the exact path
+    does not apply.
+
+    A block of ``b`` rows whose values are at most ``m`` in magnitude has Gram entries
+    and every partial sum of them at most ``b * m**2``: below 2**24 they are exact in
+    float32, whatever order BLAS adds them in. The centered scatter is then formed
+    from exact integers as ``(n * G - s s^T) / n``, exact in float64 while
+    ``n**2 * m**2 < 2**53``.
+    """
+    m = max(abs(lo), abs(hi), 1.0)
+    rows = int(_F32_EXACT // (m * m))
+    if rows < 64 or n_max * n_max * m * m >= _F64_EXACT:
+        return 0
+    return rows
+
+
+def _integer_class_stats(rows: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, centered scatter) of integer rows, exact up to one final rounding each.
+
+    The Gram matrix ``X^T X`` is summed from float32 BLAS syrk calls on blocks small
+    enough to be exact (twice the speed of float64, no centering pass); sums and counts
+    are exact integers, and the scatter ``G - s s^T / n`` is formed as
+    ``(n G - s s^T) / n`` from exact integers.
+    """
+    n = rows.shape[0]
+    F = rows.astype(np.float32)
+    G = np.zeros((F.shape[1], F.shape[1]))
+    for i in range(0, n, block):
+        b = F[i : i + block]
+        G += b.T @ b
+    s = rows.sum(axis=0, dtype=np.int64).astype(np.float64)
+    G *= n
+    G -= np.outer(s, s)
+    G /= n
+    return s / n, G
+
+
 def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: float = 1.0) -> ClassStats:
     """Statistics of one block of rows, of ``X * scale``.
 
@@ -89,7 +133,9 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     ----------
     X : ndarray of shape (n, D)
         Feature values, any real dtype and memory layout (uint8 pixels stay uint8
-        until each class slice is converted to float64: 8x less memory traffic).
+        until each class slice is converted: 8x less memory traffic). Small integers
+        (such as 8-bit pixels) take an exact integer path; other data is centered in
+        float64 about each class mean (two passes, exact for large offsets).
     y : ndarray of shape (n,)
         Class label of each row.
     diagonal : bool
@@ -109,14 +155,21 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     hi = float(X.max()) if X.size else np.nan
     means = np.zeros((K, D))
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
-    # Rows sorted by class in their stored dtype, each class slice converted into one
-    # new float64 buffer, centered in place, and one BLAS call per class.
+    # Rows sorted by class in their stored dtype, then one BLAS call (or a few) per class.
     Xs = X[np.argsort(inverse, kind="stable")]
     start = 0
     exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
+    block = (
+        _exact_integer_plan(lo, hi, int(counts.max()))
+        if exact_sums and not diagonal and X.size and X.dtype.itemsize <= 2
+        else 0
+    )
     for k, stop in enumerate(np.cumsum(counts)):
         rows = Xs[start:stop]
         start = stop
+        if block:
+            means[k], scatter[k] = _integer_class_stats(rows, block)
+            continue
         m = rows.mean(axis=0, dtype=np.float64)
         C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
         if not exact_sums:
@@ -146,10 +199,17 @@ def _union_classes(parts: list[ClassStats]) -> np.ndarray:
 def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
     """Combine statistics of disjoint row sets into the statistics of their union.
 
-    Exact up to float64 rounding; associative and commutative up to rounding. The
-    inputs are not modified; the result is accumulated in place in one new buffer
-    (so a combine step holds its inputs plus one statistic, not a pairwise chain of
-    temporaries).
+    Exact up to float64 rounding; associative and commutative up to rounding. Per
+    class, the union's mean ``M`` comes first, then (law of total variance)::
+
+        scatter = sum_p S_p + sum_p n_p (m_p - M)(m_p - M)^T
+
+    — the pairwise Chan update applied to all parts at once: one addition per part
+    and one small matrix product for the between-part term, instead of an outer
+    product per part. ``m_p - M`` is a difference of nearby numbers, so large
+    offsets cancel exactly as in Chan's form. The inputs are not modified; the
+    result is accumulated in one new buffer (a combine step holds its inputs plus
+    one statistic).
     """
     parts = list(parts)
     if not parts:
@@ -162,30 +222,38 @@ def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
     classes = _union_classes(parts)
     K = len(classes)
     counts = np.zeros(K, dtype=np.int64)
-    means = np.zeros((K, D))
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
+    where = []  # (part, its class rows in the union) for parts with rows
     for p in parts:
         if not len(p.classes):
             continue
         idx = np.searchsorted(classes, p.classes)
-        for j, k in enumerate(idx):
-            nb = int(p.counts[j])
-            if nb == 0:
-                continue
-            na = int(counts[k])
-            n = na + nb
-            delta = p.means[j] - means[k]
-            means[k] += delta * (nb / n)
-            scatter[k] += p.scatter[j]
-            if na:
-                w = na * nb / n
-                if diagonal:
-                    scatter[k] += w * delta * delta
-                else:
-                    # Rank-one update in place (BLAS ger-like), no D*D temporary per class
-                    # beyond the outer product itself.
-                    scatter[k] += w * np.outer(delta, delta)
-            counts[k] = n
+        keep = p.counts > 0
+        if not keep.all():
+            p = ClassStats(p.classes[keep], p.counts[keep], p.means[keep], p.scatter[keep])
+            idx = idx[keep]
+        if len(idx) == K:  # every class (the common case): whole-array adds
+            scatter += p.scatter
+        else:
+            scatter[idx] += p.scatter  # class indices are unique: a plain fancy add
+        counts[idx] += p.counts
+        where.append((p, idx))
+    means = np.zeros((K, D))
+    for k in np.flatnonzero(counts):
+        # the union's mean, about the first part's mean (no large sums of offsets)
+        members = [(p.counts[j], p.means[j]) for p, idx in where for j in np.flatnonzero(idx == k)]
+        ref = members[0][1]
+        n = np.array([c for c, _ in members], dtype=np.float64)
+        dev = np.stack([m for _, m in members]) - ref
+        mean = ref + (n @ dev) / counts[k]
+        means[k] = mean
+        if len(members) > 1:
+            dev = np.stack([m for _, m in members]) - mean  # (P, D)
+            if diagonal:
+                scatter[k] += n @ (dev * dev)
+            else:
+                w = dev * np.sqrt(n)[:, None]
+                scatter[k] += w.T @ w  # syrk: exactly symmetric
     lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
     highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
     return ClassStats(
