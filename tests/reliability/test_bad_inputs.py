@@ -127,6 +127,9 @@ BAD_CSV = {
     # (text, needles); >255 pixels, NaN/inf features, missing labels, truncated rows,
     # wrong delimiters, empty files, header only and one-row classes are in tests/test_cli.py
     "negative pixel": ("label,p0,p1\n0,1,2\n0,3,-1\n1,4,4\n1,5,5\n", ["bad.csv", "bytes 0-", "feature 'p1'", "-1", "outside 0..255"]),
+    # Arrow reads 0x1F as 31, pandas as text: refused rather than read differently
+    "hexadecimal pixel": ("label,p0,p1\n0,1,2\n0,3,0x1F\n1,4,4\n1,5,5\n", ["bad.csv", "column 'p1'", "'0x1F'", "hexadecimal"]),
+    "hexadecimal float feature": ("label,p0,p1\n0,1.5,2\n0,3,0X1f\n1,4,4\n1,5,5\n", ["bad.csv", "column 'p1'", "'0X1f'"]),
     "NaN in a float label column": ("label,p0,p1\n0.5,1,2\nnan,3,4\n0.5,4,4\n1.5,5,5\n1.5,5,6\n", ["bad.csv", "column 'label'", "NaN"]),
     "inf in a float label column": ("label,p0,p1\n0.5,1,2\ninf,3,4\n0.5,4,4\n", ["bad.csv", "column 'label'", "infinite"]),
     "NaN in an integer label column": ("label,p0,p1\n0,1,2\n0,3,4\n1,4,4\n1,5,5\n" + "2,6,6\n" * 200_000 + "nan,1,1\n",
