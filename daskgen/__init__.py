@@ -1,29 +1,41 @@
-"""daskgen: learn per-class Gaussian distributions on Dask and generate data from them."""
+"""daskgen: learn per-class Gaussian distributions on Dask and generate data from them.
+
+The public names below are imported on first use (PEP 562), so ``import daskgen``
+and the command line start fast: a fit never loads the mixture/EM code or SciPy.
+"""
+
+from importlib import import_module
 
 from ._version import __version__
-from .em import fit_mixture
-from .errors import DaskgenError, InputError, ModelError, OutputExistsError
-from .fitting import fit
-from .generation import GenerateResult, generate
-from .io.store import read_model as load_model
-from .mixture import GaussianMixtureClassModel
-from .model import GaussianClassModel
-from .stats import ClassStats, chunk_stats, merge
 
-__all__ = [
-    "ClassStats",
-    "DaskgenError",
-    "GaussianClassModel",
-    "GaussianMixtureClassModel",
-    "GenerateResult",
-    "InputError",
-    "ModelError",
-    "OutputExistsError",
-    "__version__",
-    "chunk_stats",
-    "fit",
-    "fit_mixture",
-    "generate",
-    "load_model",
-    "merge",
-]
+_EXPORTS = {
+    "ClassStats": ".stats",
+    "DaskgenError": ".errors",
+    "GaussianClassModel": ".model",
+    "GaussianMixtureClassModel": ".mixture",
+    "GenerateResult": ".generation",
+    "InputError": ".errors",
+    "ModelError": ".errors",
+    "OutputExistsError": ".errors",
+    "chunk_stats": ".stats",
+    "fit": ".fitting",
+    "fit_mixture": ".em",
+    "generate": ".generation",
+    "load_model": ".io.store",
+    "merge": ".stats",
+}
+_RENAMED = {"load_model": "read_model"}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'daskgen' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), _RENAMED.get(name, name))
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
