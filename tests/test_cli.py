@@ -58,6 +58,14 @@ def test_fit_as_a_real_process(tmp_path, good_csv):
     p = subprocess.run([exe, "fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.zarr")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "missing.csv" in p.stderr
+    # bad values are found by a task on a worker: still one line, not the worker's report too
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,p0,p1\n0,1,2\n0,300,3\n1,2,2\n1,3,3\n")
+    p = subprocess.run([exe, "fit", str(bad), "--out", str(tmp_path / "x.zarr"), "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert "feature 'p0' has value 300 outside 0..255" in p.stderr
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_existing_model_is_not_overwritten(tmp_path, good_csv):
