@@ -1,9 +1,12 @@
-"""Dask wiring of the fit: read -> chunk-stats -> tree combine, with readable task names.
+"""Dask wiring of the fit: chunk-stats (read a block, its statistics) -> tree combine.
 
 The graph is built from plain functions (``read_block``, ``chunk_stats``, ``merge``)
-with explicit keys, so the dashboard's task stream and progress read ``read``,
-``chunk-stats`` and ``combine``. ``merge`` runs on at most ``split_every`` inputs per
-task, so no task gathers every block's statistics at once.
+with explicit keys, so the dashboard's task stream and progress read ``chunk-stats``
+and ``combine``. A block is read inside its ``chunk-stats`` task: the parsed rows
+never wait in memory for a separate task, and a scheduler that (rightly) finishes
+statistics before starting new reads leaves no thread idle at the end of a fit.
+``merge`` runs on at most ``split_every`` inputs per task, so no task gathers every
+block's statistics at once.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from .stats import ClassStats, chunk_stats, merge
 DEFAULT_SPLIT_EVERY = 8
 
 
-def _block_stats(xy, diagonal: bool, scale: float) -> ClassStats:
-    X, y = xy
+def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diagonal: bool, scale: float) -> ClassStats:
+    X, y = read_block(block, integer_pixels, storage_options)
     with one_blas_thread():  # Dask runs a task per core already
         return chunk_stats(X, y, diagonal=diagonal, scale=scale)
 
@@ -48,15 +51,13 @@ def stats_graph(
 ) -> Delayed:
     """A Delayed ClassStats over every block of ``dataset``."""
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, diagonal)
-    parts = []
-    for i, block in enumerate(dataset.blocks):
-        xy = delayed(read_block, pure=True)(
-            block,
-            dataset.integer_pixels,
-            dataset.storage_options or None,
-            dask_key_name=f"read-{token}-{i}",
+    parts = [
+        delayed(_block_stats, pure=True)(
+            block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale,
+            dask_key_name=f"chunk-stats-{token}-{i}",
         )
-        parts.append(delayed(_block_stats, pure=True)(xy, diagonal, dataset.scale, dask_key_name=f"chunk-stats-{token}-{i}"))
+        for i, block in enumerate(dataset.blocks)
+    ]
     return tree_reduce(parts, split_every, token)
 
 

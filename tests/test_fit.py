@@ -166,3 +166,35 @@ def test_cluster_and_synchronous_results_agree(fashion_csv, client):
         local = daskgen.fit(fashion_csv, blocksize=16 * 2**20)
     assert np.abs(on_cluster.covariances - local.covariances).max() <= 1e-12 * np.abs(local.covariances).max()
     np.testing.assert_array_equal(on_cluster.counts, local.counts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet="0123456789,x", min_size=0, max_size=12), min_size=0, max_size=30),
+    final_newline=st.booleans(),
+    blocksize=st.integers(min_value=1, max_value=40),
+)
+def test_local_csv_blocks_are_exactly_fsspecs(tmp_path_factory, lines, final_newline, blocksize):
+    """Local CSV blocks are memory-mapped, remote ones read with fsspec's read_block:
+    both must cut a file into the same lines, whatever the block size."""
+    import fsspec
+    from fsspec.utils import read_block
+
+    from daskgen.io.readers import Block, _csv_block_bytes
+
+    text = ("\n".join(lines) + ("\n" if final_newline and lines else "")).encode()
+    path = tmp_path_factory.mktemp("blocks") / "f.csv"
+    path.write_bytes(text)
+    fsspec.filesystem("memory").pipe("/blocks/f.csv", text)
+    local, remote = [], []
+    for off in range(0, max(len(text), 1), blocksize):
+        block = Block("csv", str(path), off, min(off + blocksize, len(text)), first=off == 0)
+        raw, lo, hi = _csv_block_bytes(block, None)
+        local.append(bytes(raw[lo:hi]))
+        mem = Block("csv", "memory:///blocks/f.csv", block.start, block.stop, first=block.first)
+        raw, lo, hi = _csv_block_bytes(mem, None)
+        remote.append(bytes(raw[lo:hi]))
+        with open(path, "rb") as f:
+            assert local[-1] == read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
+    assert local == remote
+    assert b"".join(local) == text

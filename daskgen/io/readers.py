@@ -288,28 +288,58 @@ def _preview(cols: list[str], n: int = 4) -> str:
     return shown + (f", … ({len(cols)} in all)" if len(cols) > n else "")
 
 
+def _csv_block_bytes(block: Block, storage_options: dict | None):
+    """``(raw, lo, hi)``: the block's whole lines are ``raw[lo:hi]``, the lines that start
+    after ``block.start`` up to the first that ends at or after ``block.stop`` (fsspec's
+    ``read_block`` with a newline delimiter). A local file is memory-mapped: no copy,
+    and no fresh pages to fault in for a 32 MiB buffer per block."""
+    fs, path = _fs(block.url, storage_options)
+    if _is_local(fs):
+        import mmap
+
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return b"", 0, 0
+            raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # closed with its last view
+
+        def after_newline(pos: int) -> int:
+            at = raw.find(b"\n", pos) if pos < size else -1
+            return at + 1 if at >= 0 else size
+
+        lo = 0 if block.start == 0 else after_newline(block.start)
+        return raw, lo, max(lo, after_newline(block.stop) if block.stop < size else size)
+    from fsspec.utils import read_block as fs_read_block
+
+    with fs.open(path, "rb") as f:
+        data = fs_read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
+    return data, 0, len(data)
+
+
 def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    from fsspec.utils import read_block as fs_read_block
 
     header, label_column, label_kind = block.options
-    fs, path = _fs(block.url, storage_options)
-    with fs.open(path, "rb") as f:
-        data = fs_read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
-    buf = pa.py_buffer(data)  # zero-copy views from here on
+    raw, lo, hi = _csv_block_bytes(block, storage_options)
     if block.first:  # drop the header line of this file
-        nl = data.find(b"\n")
-        buf = buf.slice(nl + 1) if nl >= 0 else buf.slice(len(data))
-    _reject_hex(data, data.find(b"\n") + 1 if block.first else 0, block, header, label_column, label_kind)
+        nl = raw.find(b"\n", lo, hi)
+        lo = nl + 1 if nl >= 0 else hi
+    buf = pa.py_buffer(memoryview(raw)[lo:hi])  # zero-copy views from here on
+    _reject_hex(raw, lo, hi, block, header, label_column, label_kind)
     D = len(header) - 1
     if buf.size == 0 or (buf.size < 4096 and buf.to_pybytes().isspace()):
         return np.empty((0, D), dtype=np.uint8 if pixels else np.float64), np.empty(0, dtype=_label_dtype(label_kind))
     types = {label_column: {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[label_kind]}
+    convert: dict[str, Any] = {"strings_can_be_null": label_kind == "str"}
     if pixels:
         # 8-bit pixels parse straight into uint8: 2.5x faster than inferring each
         # column's type, and the parser itself rejects values outside 0..255.
         types.update((c, pa.uint8()) for c in header if c != label_column)
+        if label_kind != "str":
+            # No null spellings to test each field against (~20% of the parse): an
+            # empty or "NaN" field fails conversion instead, explained as missing.
+            convert["null_values"] = []
     try:
         # One task parses one block on one thread (Dask runs blocks in parallel). Other
         # feature types are inferred (integers parse faster than floats) and checked below.
@@ -320,48 +350,57 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
             read_options=pacsv.ReadOptions(
                 column_names=header, use_threads=False, block_size=1 << 20 if pixels else buf.size + 1
             ),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=label_kind == "str"),
+            convert_options=pacsv.ConvertOptions(column_types=types, **convert),
         )
     except pa.ArrowInvalid as exc:
-        raise InputError(_explain_csv_error(_where(block), header, exc)) from None
+        raise InputError(_explain_csv_error(_where(block), header, exc, label_column)) from None
     return _table_to_xy(table, header, label_column, _where(block), pixels)
 
 
-def _reject_hex(data: bytes, start: int, block: Block, header: list[str], label_column: str, label_kind: str) -> None:
-    """Refuse hexadecimal numbers ("0x1F") in ``data[start:]``: Arrow's integer parser
+def _reject_hex(raw, lo: int, hi: int, block: Block, header: list[str], label_column: str, label_kind: str) -> None:
+    """Refuse hexadecimal numbers ("0x1F") in ``raw[lo:hi]``: Arrow's integer parser
     reads them, pandas and other CSV readers see text, so a fit would silently
     disagree with them. Only the rare "0x"/"0X" byte pairs are looked at."""
     for marker in (b"0x", b"0X"):
-        at = data.find(marker, start)
+        at = raw.find(marker, lo, hi)
         while at >= 0:
             lead = at
-            while lead > start and data[lead - 1 : lead] in (b"+", b"-", b" ", b"\t", b'"'):
+            while lead > lo and raw[lead - 1 : lead] in (b"+", b"-", b" ", b"\t", b'"'):
                 lead -= 1
-            if lead == start or data[lead - 1 : lead] in (b",", b"\n"):  # the field starts here
-                line_start = data.rfind(b"\n", 0, at) + 1
-                column = header[min(data.count(b",", line_start, at), len(header) - 1)]
+            if lead == lo or raw[lead - 1 : lead] in (b",", b"\n"):  # the field starts here
+                line_start = raw.rfind(b"\n", lo, at) + 1 or lo
+                column = header[min(raw[line_start:at].count(b","), len(header) - 1)]
                 if not (column == label_column and label_kind == "str"):
                     end = at + 2
-                    while end < len(data) and data[end : end + 1] not in (b",", b"\n", b"\r", b'"'):
+                    while end < hi and raw[end : end + 1] not in (b",", b"\n", b"\r", b'"'):
                         end += 1
-                    token = data[lead:end].strip(b' \t"').decode("ascii", "replace")
+                    token = raw[lead:end].strip(b' \t"').decode("ascii", "replace")
                     what = "label" if column == label_column else "feature"
                     raise InputError(f"{_where(block)}: column {column!r}: non-numeric {what} value {token!r} (hexadecimal)")
-            at = data.find(marker, at + 2)
+            at = raw.find(marker, at + 2, hi)
 
 
 def _label_dtype(kind: str):
     return {"int": np.int64, "float": np.float64, "str": object}[kind]
 
 
-def _explain_csv_error(where: str, header: list[str], exc: Exception) -> str:
+#: Arrow's default spellings of a missing value (read as null unless null_values=[]).
+_NULLS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
+
+
+def _explain_csv_error(where: str, header: list[str], exc: Exception, label_column: str | None = None) -> str:
     """One line naming the file (and byte range) and the column of a pyarrow CSV error."""
     import re
 
     msg = _first_line(exc)
     m = re.search(r"CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): invalid value '([^']*)'", msg)
+    if m and header[int(m.group(1))] == label_column and m.group(3).strip() in _NULLS:
+        return f"{where}: column {label_column!r}: missing label ({m.group(3)!r})"
     if m and m.group(2) == "uint8":  # a feature of data sniffed as 8-bit pixels
         col, value = header[int(m.group(1))], m.group(3)
+        if value.strip() in _NULLS:
+            return f"{where}: feature {col!r} has a missing, NaN or infinite value ({value!r})"
         try:
             number = float(value)
         except ValueError:

@@ -22,7 +22,7 @@ from daskgen.datasets import write_zarr_dataset
 from daskgen.model import GaussianClassModel
 from daskgen.stats import chunk_stats
 
-N_FIT_ROWS, FIT_CHUNK_ROWS = 9600, 300  # 32 read + chunk-stats tasks, each result 10 x 784 x 784 float64
+N_FIT_ROWS, FIT_CHUNK_ROWS = 9600, 300  # 32 chunk-stats tasks, each result 10 x 784 x 784 float64
 N_SAMPLES, SAMPLE_CHUNK = 60_000, 400  # 150 generate + write tasks
 
 
