@@ -48,6 +48,22 @@ TUTORIAL = textwrap.dedent(
 )
 
 
+SKLEARN_SAMPLE = textwrap.dedent(
+    """
+    import sys, time
+    import daskgen
+    from sklearn.mixture import GaussianMixture
+    model = daskgen.load_model(sys.argv[1])
+    gm = GaussianMixture(n_components=model.n_classes, covariance_type="full")
+    gm.weights_, gm.means_, gm.covariances_ = model.priors, model.means, model.covariances
+    gm.random_state = 0
+    t = time.perf_counter()
+    gm.sample(int(sys.argv[2]))  # in memory
+    print(time.perf_counter() - t)
+    """
+)
+
+
 def timed(cmd: list[str]) -> tuple[float, int]:
     """Wall time (s) and peak RSS (bytes) of a whole process."""
     start = time.perf_counter()
@@ -60,10 +76,20 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return took, usage.ru_maxrss * 1024
 
 
-def median_run(cmd: list[str], repeat: int) -> dict:
-    runs = [timed(cmd) for _ in range(repeat)]
+def summary(runs: list[tuple[float, int]]) -> dict:
     return {"seconds": statistics.median(t for t, _ in runs), "runs": [round(t, 3) for t, _ in runs],
             "peak_rss_bytes": max(m for _, m in runs)}
+
+
+def interleaved(cmds: dict[str, list[str]], repeat: int) -> dict[str, dict]:
+    """Run the commands in turn, ``repeat`` rounds: a machine that drifts (shared
+    cores, writeback of the last run's output) affects every command alike."""
+    runs: dict[str, list] = {name: [] for name in cmds}
+    for _ in range(repeat):
+        for name, cmd in cmds.items():
+            subprocess.run(["sync"], check=False)
+            runs[name].append(timed(cmd))
+    return {name: summary(r) for name, r in runs.items()}
 
 
 def prepare(tiles: int = 10) -> dict[str, str]:
@@ -113,12 +139,12 @@ def bench_fit(repeat: int) -> dict:
     daskgen = str(BIN / "daskgen")
     out = str(WORK / "fit-out.zarr")
     fit = [daskgen, "fit", "--out", out, "--overwrite", "--quiet"]
-    res = {
-        "tutorial_csv": median_run([sys.executable, str(tutorial), paths["csv"]], repeat),
-        "daskgen_csv": median_run([*fit, paths["csv"]], repeat),
-        "daskgen_zarr": median_run([*fit, paths["zarr"]], repeat),
-        "daskgen_zarr_x10": median_run([*fit, paths["zarr10"]], max(1, repeat // 2)),
-    }
+    res = interleaved({
+        "tutorial_csv": [sys.executable, str(tutorial), paths["csv"]],
+        "daskgen_csv": [*fit, paths["csv"]],
+        "daskgen_zarr": [*fit, paths["zarr"]],
+        "daskgen_zarr_x10": [*fit, paths["zarr10"]],
+    }, repeat)
     base = res["tutorial_csv"]["seconds"]
     res["ratios"] = {
         "csv_vs_tutorial": res["daskgen_csv"]["seconds"] / base,
@@ -140,21 +166,25 @@ def bench_sample(repeat: int, n: int = 1_000_000) -> dict:
     out = str(WORK / "samples.zarr")
     cmd = [str(BIN / "daskgen"), "sample", str(model_path), "--n", str(n), "--out", out, "--seed", "1",
            "--dtype", "float32", "--overwrite", "--quiet"]
-    res: dict = {"n": n, "daskgen_sample": median_run(cmd, repeat)}
-    res["daskgen_sample"]["samples_per_s"] = n / res["daskgen_sample"]["seconds"]
+    sklearn = WORK / "sklearn_sample.py"
+    sklearn.write_text(SKLEARN_SAMPLE)
+    # Interleaved, so drift of the machine affects both alike; scikit-learn takes
+    # ~50 s a run here, so it runs in every other round. It runs in its own process:
+    # its 6 GB of samples would otherwise stay in this one, and a child forked from
+    # it reports that as its own peak memory.
+    runs, times = [], []
+    for i in range(repeat):
+        subprocess.run(["sync"], check=False)
+        runs.append(timed(cmd))
+        if i % 2 == 0:
+            out_s = subprocess.run([sys.executable, str(sklearn), str(model_path), str(n)],
+                                   check=True, capture_output=True, text=True).stdout
+            times.append(float(out_s.split()[-1]))
     shutil.rmtree(out, ignore_errors=True)
-
-    from sklearn.mixture import GaussianMixture
-
-    gm = GaussianMixture(n_components=model.n_classes, covariance_type="full")
-    gm.weights_, gm.means_, gm.covariances_ = model.priors, model.means, model.covariances
-    gm.random_state = 0
-    times = []
-    for _ in range(max(1, repeat // 3)):  # ~100 s a run here
-        t = time.perf_counter()
-        gm.sample(n)
-        times.append(time.perf_counter() - t)
-    res["sklearn_gmm_sample_in_memory"] = {"seconds": statistics.median(times), "samples_per_s": n / statistics.median(times)}
+    res: dict = {"n": n, "daskgen_sample": summary(runs)}
+    res["daskgen_sample"]["samples_per_s"] = n / res["daskgen_sample"]["seconds"]
+    res["sklearn_gmm_sample_in_memory"] = {"seconds": statistics.median(times), "runs": [round(t, 3) for t in times],
+                                           "samples_per_s": n / statistics.median(times)}
 
     # The tutorial: one multivariate_normal call (a fresh factorization) per sample.
     k = 8
@@ -176,14 +206,24 @@ def bench_sample(repeat: int, n: int = 1_000_000) -> dict:
     for _ in range(5):
         Z @ A
     flops = 5 * 2 * 20_000 * 784 * 784 / (time.perf_counter() - t)
-    ranks = [f.rank for f in model.factors]
-    r = float(np.dot(model.priors, ranks))
+    from daskgen.model import Sampler
+
+    sampler = Sampler(model, np.float32)
+    r = float(np.dot(model.priors, [f.rank for f in model.factors]))
     D = model.n_features
+    # flops per sample: the full product (2 D r) and the panelled triangular one daskgen runs
+    full = 2 * D * r
+    panelled = float(np.dot(model.priors, [sum(2 * used * (hi - lo) for lo, hi, used in spans) for spans in sampler.spans]))
+    cores = os.cpu_count() or 1
     res["machine"] = {
         "normal_draws_per_s_one_core": normals,
         "sgemm_flops_all_cores": flops,
         "mean_rank": r,
-        "bound_samples_per_s": 1 / (r / (normals * (os.cpu_count() or 1)) + 2 * D * r / flops),
+        "flops_per_sample_full": full,
+        "flops_per_sample_panelled": panelled,
+        # normals on every core, then the product: no I/O, no compression
+        "bound_samples_per_s_full_product": 1 / (r / (normals * cores) + full / flops),
+        "bound_samples_per_s": 1 / (r / (normals * cores) + panelled / flops),
     }
     res["ratios"] = {
         "daskgen_vs_sklearn": res["daskgen_sample"]["samples_per_s"] / res["sklearn_gmm_sample_in_memory"]["samples_per_s"],
