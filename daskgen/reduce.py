@@ -1,12 +1,23 @@
-"""Dask wiring of the fit: chunk-stats (read a block, its statistics) -> tree combine.
+"""Dask wiring of the fit: chunk-stats (read a block, its statistics) -> combine.
 
-The graph is built from plain functions (``read_block``, ``chunk_stats``, ``merge``)
-with explicit keys, so the dashboard's task stream and progress read ``chunk-stats``
-and ``combine``. A block is read inside its ``chunk-stats`` task: the parsed rows
-never wait in memory for a separate task, and a scheduler that (rightly) finishes
-statistics before starting new reads leaves no thread idle at the end of a fit.
-``merge`` runs on at most ``split_every`` inputs per task, so no task gathers every
-block's statistics at once.
+The graph is built from plain functions (``read_block``, the statistics kernels,
+their merges) with explicit keys, so the dashboard's task stream and progress read
+``chunk-stats`` and ``combine``. A block is read inside its ``chunk-stats`` task: the
+parsed rows never wait in memory for a separate task, and no thread idles at the end
+of a fit while one last read runs. A combine merges at most ``split_every`` inputs.
+
+Two reductions:
+
+* 8-bit pixels (full covariances) carry exact integer sums (:class:`PixelSums`), whose
+  merge is exact in any order. On a distributed cluster they are combined *as blocks
+  finish*: whenever two or more results are ready, up to ``split_every`` of them are
+  merged. A worker then holds a handful of statistics however many blocks there are
+  (with a fixed tree it held those of every block waiting for its group, plus every
+  group result waiting for the next level: peak memory grew with N), and the model
+  is bit-identical whatever the order.
+* Other data (floats, diagonal statistics) carries centered statistics merged by
+  Chan's update, whose rounding depends on the order: a fixed tree of ``split_every``
+  fan-in, so results are bit-identical run to run.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from dask.delayed import Delayed, delayed
 
 from ._blas import one_blas_thread
 from .io.readers import Dataset, read_block
-from .stats import ClassStats, chunk_stats, merge
+from .stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
 
 DEFAULT_SPLIT_EVERY = 8
 
@@ -27,6 +38,21 @@ def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diag
     X, y = read_block(block, integer_pixels, storage_options)
     with one_blas_thread():  # Dask runs a task per core already
         return chunk_stats(X, y, diagonal=diagonal, scale=scale)
+
+
+def _block_sums(block, storage_options: dict | None) -> PixelSums:
+    X, y = read_block(block, True, storage_options)
+    with one_blas_thread():
+        return pixel_sums(X, y)
+
+
+def _to_class_stats(sums: PixelSums, scale: float) -> ClassStats:
+    return sums.to_class_stats(scale)
+
+
+def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
+    """Whether the fit of ``dataset`` runs on exact integer sums."""
+    return bool(dataset.integer_pixels) and not diagonal
 
 
 def tree_reduce(parts: list, split_every: int, token: str, combine: Callable = merge) -> Delayed:
@@ -51,6 +77,13 @@ def stats_graph(
 ) -> Delayed:
     """A Delayed ClassStats over every block of ``dataset``."""
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, diagonal)
+    if exact_sums(dataset, diagonal):
+        sums = [
+            delayed(_block_sums, pure=True)(block, dataset.storage_options or None, dask_key_name=f"chunk-stats-{token}-{i}")
+            for i, block in enumerate(dataset.blocks)
+        ]
+        total = tree_reduce(sums, split_every, token, combine=add_sums)
+        return delayed(_to_class_stats, pure=True)(total, dataset.scale, dask_key_name=f"finalize-{token}")
     parts = [
         delayed(_block_stats, pure=True)(
             block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale,
@@ -62,8 +95,80 @@ def stats_graph(
 
 
 def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> ClassStats:
-    """Run the statistics graph on the current Dask scheduler (a distributed Client if one is active)."""
-    from .cluster import compute
+    """Run the statistics on the current Dask scheduler (a distributed Client if one is active)."""
+    from .cluster import active_client, compute
 
-    return compute(stats_graph(dataset, diagonal, split_every), stage="fit", progress=progress)
+    client = active_client()
+    if client is None or not exact_sums(dataset, diagonal):
+        return compute(stats_graph(dataset, diagonal, split_every), stage="fit", progress=progress)
+    return reduce_as_completed(client, dataset, split_every, progress).to_class_stats(dataset.scale)
 
+
+def reduce_as_completed(client, dataset: Dataset, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> PixelSums:
+    """Exact sums of every block of ``dataset``, merged on ``client`` as blocks finish.
+
+    Whenever two or more results are ready, up to ``split_every`` of them go to one
+    ``combine`` task, whose result joins the ready ones in turn. References are
+    dropped as soon as a result is merged, so the cluster holds only the statistics
+    of blocks just finished and of combines in flight.
+    """
+    from distributed import as_completed, span
+
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    import uuid
+
+    token = tokenize(dataset.blocks, dataset.integer_pixels, "sums")
+    # A combine's inputs depend on timing: its key names this run, so a later run in
+    # the same session can never be handed a result of another grouping.
+    run = uuid.uuid4().hex[:8]
+    bar = _Bar(len(dataset.blocks)) if progress else None
+    with span("fit"):
+        leaves = [
+            client.submit(_block_sums, block, dataset.storage_options or None, key=f"chunk-stats-{token}-{i}", pure=True)
+            for i, block in enumerate(dataset.blocks)
+        ]
+        pending = as_completed(leaves)
+        del leaves
+        ready: list = []
+        combines = 0
+        for future in pending:
+            if future.status == "error":
+                future.result()  # raises the task's exception here, at once
+            if bar is not None and future.key.startswith("chunk-stats-"):
+                bar.step()
+            ready.append(future)
+            del future
+            if len(ready) >= 2:
+                batch, ready = ready[:split_every], ready[split_every:]
+                pending.add(client.submit(add_sums, batch, key=f"combine-{token}-{run}-{combines}", pure=False))
+                combines += 1
+                del batch
+        if bar is not None:
+            bar.close()
+        return ready[0].result()
+
+
+class _Bar:
+    """A one-line text progress bar on stderr (the blocks of a fit)."""
+
+    def __init__(self, total: int):
+        import sys
+        import time
+
+        self.total, self.done, self.start, self.out, self.clock = total, 0, time.perf_counter(), sys.stderr, time.perf_counter
+        self._draw()
+
+    def step(self) -> None:
+        self.done += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(40 * frac)
+        self.out.write(f"\r[{bar:<40}] | {frac:4.0%} Completed | {self.clock() - self.start:4.1f}s chunk-stats")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()

@@ -186,7 +186,121 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     return ClassStats(classes, counts.astype(np.int64), means, scatter, lo, hi)
 
 
-def _union_classes(parts: list[ClassStats]) -> np.ndarray:
+@dataclass
+class PixelSums:
+    """Exact sums of integer pixels, per class: the fit's statistics for 8-bit images.
+
+    ``counts`` (K,), ``sums`` (K, D) and ``gram`` (K, D, D) (sum of x x^T) hold exact
+    integers (float64 is exact below 2**53: up to ~10**11 rows of a class). Merging is
+    plain addition, exact in any order and any grouping, so the reduction may combine
+    blocks in the order they finish (see ``reduce``) and still give bit-identical
+    results. :meth:`to_class_stats` forms the centered statistics once, at the end.
+    """
+
+    classes: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    gram: np.ndarray
+    minimum: float = np.nan
+    maximum: float = np.nan
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.counts.sum())
+
+    def to_class_stats(self, scale: float = 1.0) -> ClassStats:
+        """Means and centered scatter of ``x * scale``, each rounded once from exact integers."""
+        K, D = self.sums.shape
+        means = np.zeros((K, D))
+        scatter = np.zeros((K, D, D))
+        m = max(abs(self.minimum), abs(self.maximum), 1.0) if self.counts.any() else 1.0
+        for k in range(K):
+            n = int(self.counts[k])
+            if n == 0:
+                continue
+            s, G = self.sums[k], self.gram[k]
+            means[k] = s / n
+            if float(n) * n * m * m < _F64_EXACT:  # n G and s s^T are exact in float64
+                S = G * n
+                S -= np.outer(s, s)
+                S /= n
+            elif float(n) * n * m * m < 2.0**63:  # ... in int64
+                si = s.astype(np.int64)
+                S = (G.astype(np.int64) * n - np.outer(si, si)).astype(np.float64) / n
+            else:  # > 3 * 10**7 rows of one class: one cancellation, ~1e-16 * mean^2 / var relative
+                S = G - np.outer(s, s / n)
+            scatter[k] = S
+        lo, hi = self.minimum, self.maximum
+        if scale != 1.0:
+            means *= scale
+            scatter *= scale * scale
+            lo, hi = lo * scale, hi * scale
+        return ClassStats(self.classes, self.counts.copy(), means, scatter, lo, hi)
+
+
+def pixel_sums(X: np.ndarray, y: np.ndarray) -> PixelSums:
+    """Exact per-class count, sum and Gram matrix of integer rows with |x| <= 255.
+
+    The Gram matrix is summed from float32 BLAS syrk calls on blocks small enough that
+    every partial sum is an integer below 2**24 (see :func:`_exact_integer_plan`).
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype.kind not in "iub":
+        raise ValueError(f"pixel_sums needs integer X (n, D) and y (n,), got {X.dtype} {X.shape} and {y.shape}")
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    K, D = len(classes), X.shape[1]
+    lo = float(X.min()) if X.size else np.nan
+    hi = float(X.max()) if X.size else np.nan
+    m = max(abs(lo), abs(hi), 1.0) if X.size else 1.0
+    if m > 255:
+        raise ValueError(f"pixel_sums needs values within -255..255, got {lo:g}..{hi:g}")
+    block = int(_F32_EXACT // (m * m))
+    sums = np.zeros((K, D))
+    gram = np.zeros((K, D, D))
+    Xs = X[np.argsort(inverse, kind="stable")]
+    start = 0
+    for k, stop in enumerate(np.cumsum(counts)):
+        rows = Xs[start:stop]
+        start = stop
+        F = rows.astype(np.float32)
+        for i in range(0, len(F), block):
+            b = F[i : i + block]
+            gram[k] += b.T @ b
+        sums[k] = rows.sum(axis=0, dtype=np.int64)
+    return PixelSums(classes, counts.astype(np.int64), sums, gram, lo, hi)
+
+
+def add_sums(parts: list[PixelSums] | tuple[PixelSums, ...]) -> PixelSums:
+    """The sums of the union of disjoint row sets: exact, in any order."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("add_sums needs at least one PixelSums")
+    D = parts[0].sums.shape[1]
+    classes = _union_classes(parts)
+    K = len(classes)
+    counts = np.zeros(K, dtype=np.int64)
+    sums = np.zeros((K, D))
+    gram = np.zeros((K, D, D))
+    for p in parts:
+        if p.sums.shape[1] != D:
+            raise ValueError("cannot add sums of different shapes")
+        if not len(p.classes):
+            continue
+        idx = np.searchsorted(classes, p.classes)
+        if len(idx) == K:
+            gram += p.gram
+            sums += p.sums
+        else:
+            gram[idx] += p.gram
+            sums[idx] += p.sums
+        counts[idx] += p.counts
+    lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
+    highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
+    return PixelSums(classes, counts, sums, gram, min(lows) if lows else np.nan, max(highs) if highs else np.nan)
+
+
+def _union_classes(parts: list) -> np.ndarray:
     labelled = [p.classes for p in parts if len(p.classes)]
     if not labelled:
         return parts[0].classes

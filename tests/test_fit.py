@@ -158,14 +158,21 @@ def test_fashion_mnist_on_a_two_process_cluster(fashion, fashion_zarr, client):
     assert set(client.run(lambda: 1)) and len(client.scheduler_info()["workers"]) == 2
 
 
-def test_cluster_and_synchronous_results_agree(fashion_csv, client):
+def test_cluster_and_synchronous_results_agree(fashion, fashion_csv, client):
     import dask
 
-    on_cluster = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=3)
+    on_cluster = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=3)  # merged as blocks finish
     with dask.config.set(scheduler="synchronous"):
-        local = daskgen.fit(fashion_csv, blocksize=16 * 2**20)
-    assert np.abs(on_cluster.covariances - local.covariances).max() <= 1e-12 * np.abs(local.covariances).max()
+        local = daskgen.fit(fashion_csv, blocksize=16 * 2**20)  # a fixed tree of other blocks
+    # 8-bit pixels are summed exactly: any blocks, any merge order, the same bits
+    np.testing.assert_array_equal(on_cluster.covariances, local.covariances)
+    np.testing.assert_array_equal(on_cluster.means, local.means)
     np.testing.assert_array_equal(on_cluster.counts, local.counts)
+    # at once again in the same session (same blocks, other groupings): never a stale combine
+    again = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=2)
+    np.testing.assert_array_equal(again.covariances, on_cluster.covariances)
+    images, labels = fashion
+    assert_model_matches(on_cluster, images[:12000].reshape(12000, -1) / 255, labels[:12000], rtol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskgen.model import finalize
-from daskgen.stats import ClassStats, chunk_stats, merge
+from daskgen.stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
 
 
 def reference(X, y):
@@ -116,3 +116,70 @@ def test_merge_refuses_mixed_label_types():
     b = chunk_stats(np.ones((2, 2)), np.array(["x", "x"]))
     with pytest.raises(TypeError):
         merge([a, b])
+
+
+def _pixels(seed=3, n=3000, D=12, K=4):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, size=(n, D), dtype=np.uint8)
+    X[:, 0] = 0  # a pixel that is always 0
+    X[:, 1] = 250 + rng.integers(0, 2, size=n)  # near-constant, large mean: the cancellation case
+    return X, rng.integers(0, K, size=n) * 7
+
+
+def test_pixel_sums_match_numpy_float64():
+    X, y = _pixels()
+    s = add_sums([pixel_sums(X[:1000], y[:1000]), pixel_sums(X[1000:], y[1000:])]).to_class_stats(1 / 255)
+    Xf = X.astype(np.float64) / 255
+    for k, c in enumerate(np.unique(y)):
+        Xk = Xf[y == c]
+        np.testing.assert_array_equal(s.counts[k], len(Xk))
+        assert np.abs(s.means[k] - Xk.mean(axis=0)).max() <= 1e-13  # numpy's own sum rounds more
+        ref = np.cov(Xk.T) * (len(Xk) - 1)
+        assert np.abs(s.scatter[k] - ref).max() <= 1e-12 * np.abs(ref).max()
+        np.testing.assert_array_equal(s.scatter[k], s.scatter[k].T)
+    assert (s.minimum, s.maximum) == (0.0, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+    order=st.randoms(use_true_random=False),
+    split_every=st.integers(min_value=2, max_value=5),
+)
+def test_pixel_sums_are_exact_in_any_chunking_order_and_grouping(cuts, order, split_every):
+    """The fit merges integer sums in the order blocks finish: every order must give the same bits."""
+    X, y = _pixels()
+    bounds = sorted({0, 3000, *cuts})
+    parts = [pixel_sums(X[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+    order.shuffle(parts)
+    while len(parts) > 1:  # an arbitrary tree of fan-in <= split_every
+        parts = [add_sums(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    whole = pixel_sums(X, y)
+    got = parts[0]
+    np.testing.assert_array_equal(got.counts, whole.counts)
+    np.testing.assert_array_equal(got.sums, whole.sums)
+    np.testing.assert_array_equal(got.gram, whole.gram)
+    a, b = got.to_class_stats(1 / 255), whole.to_class_stats(1 / 255)
+    np.testing.assert_array_equal(a.scatter, b.scatter)
+    np.testing.assert_array_equal(a.means, b.means)
+
+
+@pytest.mark.parametrize("copies", [1, 10**3, 10**4])  # float64-exact, int64-exact, one-cancellation branches
+def test_pixel_sums_of_millions_of_rows_per_class(copies):
+    """Sums of the rows repeated ``copies`` times (exact: counts, sums and Gram scale by it);
+    the scatter must scale by it too. 10**4 copies is ~7.5 million rows per class."""
+    X, y = _pixels(n=3000)
+    one = pixel_sums(X, y)
+    many = PixelSums(one.classes, one.counts * copies, one.sums * copies, one.gram * copies, one.minimum, one.maximum)
+    a, b = one.to_class_stats(), many.to_class_stats()
+    np.testing.assert_array_equal(a.means, b.means)
+    tol = 1e-13 if copies <= 10**3 else 1e-9
+    for k in range(len(a.classes)):
+        assert np.abs(b.scatter[k] / copies - a.scatter[k]).max() <= tol * np.abs(a.scatter[k]).max()
+
+
+def test_pixel_sums_refuse_what_they_cannot_sum_exactly():
+    with pytest.raises(ValueError, match="-255..255"):
+        pixel_sums(np.array([[300, 1], [2, 3]], dtype=np.int16), np.array([0, 0]))
+    with pytest.raises(ValueError, match="integer"):
+        pixel_sums(np.ones((2, 2)), np.array([0, 0]))
