@@ -88,44 +88,6 @@ _F32_EXACT = 2**24
 _F64_EXACT = 2**53
 
 
-def _exact_integer_plan(lo: float, hi: float, n_max: int) -> int:
-    """Rows per float32 Gram block for integer data in [lo, hi], or 0 when the exact path
-    does not apply.
-
-    A block of ``b`` rows whose values are at most ``m`` in magnitude has Gram entries
-    and every partial sum of them at most ``b * m**2``: below 2**24 they are exact in
-    float32, whatever order BLAS adds them in. The centered scatter is then formed
-    from exact integers as ``(n * G - s s^T) / n``, exact in float64 while
-    ``n**2 * m**2 < 2**53``.
-    """
-    m = max(abs(lo), abs(hi), 1.0)
-    rows = int(_F32_EXACT // (m * m))
-    if rows < 64 or n_max * n_max * m * m >= _F64_EXACT:
-        return 0
-    return rows
-
-
-def _integer_class_stats(rows: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, centered scatter) of integer rows, exact up to one final rounding each.
-
-    The Gram matrix ``X^T X`` is summed from float32 BLAS syrk calls on blocks small
-    enough to be exact (twice the speed of float64, no centering pass); sums and counts
-    are exact integers, and the scatter ``G - s s^T / n`` is formed as
-    ``(n G - s s^T) / n`` from exact integers.
-    """
-    n = rows.shape[0]
-    F = rows.astype(np.float32)
-    G = np.zeros((F.shape[1], F.shape[1]))
-    for i in range(0, n, block):
-        b = F[i : i + block]
-        G += b.T @ b
-    s = rows.sum(axis=0, dtype=np.int64).astype(np.float64)
-    G *= n
-    G -= np.outer(s, s)
-    G /= n
-    return s / n, G
-
-
 def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: float = 1.0) -> ClassStats:
     """Statistics of one block of rows, of ``X * scale``.
 
@@ -149,27 +111,21 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
         raise ValueError(f"chunk_stats needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
-    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    K, D = len(classes), X.shape[1]
+    exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
     lo = float(X.min()) if X.size else np.nan
     hi = float(X.max()) if X.size else np.nan
+    if exact_sums and not diagonal and X.size and max(abs(lo), abs(hi)) <= 255:
+        return pixel_sums(X, y).to_class_stats(scale)  # exact integer sums, rounded once
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    K, D = len(classes), X.shape[1]
     means = np.zeros((K, D))
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
-    # Rows sorted by class in their stored dtype, then one BLAS call (or a few) per class.
+    # Rows sorted by class in their stored dtype, then one BLAS call per class.
     Xs = X[np.argsort(inverse, kind="stable")]
     start = 0
-    exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
-    block = (
-        _exact_integer_plan(lo, hi, int(counts.max()))
-        if exact_sums and not diagonal and X.size and X.dtype.itemsize <= 2
-        else 0
-    )
     for k, stop in enumerate(np.cumsum(counts)):
         rows = Xs[start:stop]
         start = stop
-        if block:
-            means[k], scatter[k] = _integer_class_stats(rows, block)
-            continue
         m = rows.mean(axis=0, dtype=np.float64)
         C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
         if not exact_sums:
@@ -242,7 +198,9 @@ def pixel_sums(X: np.ndarray, y: np.ndarray) -> PixelSums:
     """Exact per-class count, sum and Gram matrix of integer rows with |x| <= 255.
 
     The Gram matrix is summed from float32 BLAS syrk calls on blocks small enough that
-    every partial sum is an integer below 2**24 (see :func:`_exact_integer_plan`).
+    every partial sum is an integer below 2**24: a block of ``b`` rows whose values are
+    at most ``m`` in magnitude has Gram entries, and every partial sum of them, at most
+    ``b * m**2``, exact in float32 whatever order BLAS adds them in.
     """
     X = np.asarray(X)
     y = np.asarray(y)
