@@ -67,7 +67,7 @@ from scipy.linalg.lapack import dpotrf, dtrtri
 
 from ._blas import one_blas_thread
 from .errors import InputError, ModelError
-from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows, map_classes
+from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
 from .stats import _centered_scatter, _union_classes
 
 log = logging.getLogger("daskgen")
@@ -1108,7 +1108,7 @@ class GaussianMixtureClassModel(BayesClassifier):
     def component_factors(self) -> list[ClassFactor]:
         """PSD roots of every component's covariance, flat index ``k * M + m`` (for sampling)."""
         K, M = self.weights.shape
-        return map_classes(factor_covariance, [self.covariances[k, m] for k in range(K) for m in range(M)])
+        return [factor_covariance(self.covariances[k, m]) for k in range(K) for m in range(M)]
 
     @cached_property
     def components(self) -> Components:

@@ -144,26 +144,6 @@ def factor_covariance(cov: np.ndarray, rtol: float = EIG_RTOL) -> ClassFactor:
     return ClassFactor(active, np.ascontiguousarray(root), eig, basis)
 
 
-def map_classes(func, items: list) -> list:
-    """``[func(x) for x in items]``, one item per core at a time, on one BLAS thread each.
-
-    Factoring ten 784 x 784 covariances takes ~0.7 s; LAPACK releases the GIL, so a
-    thread per core does it in about half that. One BLAS thread also makes the factors
-    the same bits whatever the number of cores of the machine that computes them.
-    """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ._blas import one_blas_thread
-
-    workers = min(len(items), os.cpu_count() or 1)
-    with one_blas_thread():
-        if workers <= 1:
-            return [func(x) for x in items]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(func, items))
-
-
 #: Column panels of the triangular product in :meth:`Sampler.draw`: 8 panels do ~56% of
 #: a full product's flops and keep each GEMM large enough to run at full speed.
 PANELS = 8
@@ -206,9 +186,12 @@ class Sampler:
         self.priors = np.asarray(model.priors, dtype=np.float64)
         self.n_features = model.n_features
         self.means = np.ascontiguousarray(model.means, dtype=self.work)
-        triangles = map_classes(lambda f: triangular_factor(f, self.n_features), list(model.factors))
-        self.factors_t = [np.ascontiguousarray(T, dtype=self.work) for T, _ in triangles]
-        self.spans: list[list[tuple[int, int, int]]] = [spans for _, spans in triangles]
+        self.factors_t: list[np.ndarray] = []
+        self.spans: list[list[tuple[int, int, int]]] = []
+        for f in model.factors:
+            T, spans = triangular_factor(f, self.n_features)
+            self.factors_t.append(np.ascontiguousarray(T, dtype=self.work))
+            self.spans.append(spans)
 
     def draw_classes(self, n: int, rng: np.random.Generator, class_index: int | None = None) -> np.ndarray:
         """Class indices of ``n`` samples: from the prior, or all ``class_index``."""
@@ -375,7 +358,7 @@ class GaussianClassModel(BayesClassifier):
     @cached_property
     def factors(self) -> list[ClassFactor]:
         """One PSD root per class, computed once per model (not per sample)."""
-        return map_classes(factor_covariance, list(self.covariances))
+        return [factor_covariance(c) for c in self.covariances]
 
     # -- scoring -----------------------------------------------------------
     def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
