@@ -5,8 +5,10 @@ back to the kernel when it is freed, and trims the heap top above twice that. A
 generation chunk allocates ~30 MB buffers again and again (normals, the chunk, the
 compressed bytes), so each comes back as fresh pages: ~13,000 page faults per chunk,
 a quarter of the CPU time of ``daskgen sample`` on a small VM. With the thresholds
-fixed high, freed buffers are reused; the cost is that the process keeps its
-high-water mark of such buffers until it exits, which a batch job does soon.
+fixed high, freed buffers are reused; the cost is that the process keeps up to
+256 MiB of freed memory until it exits, which a batch job does soon. Only the
+console script applies this, to its own process (with its in-process worker);
+worker processes keep distributed's settings.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: glibc's largest allowed mmap threshold on 64-bit systems.
 MMAP_THRESHOLD = 32 * 2**20
-TRIM_THRESHOLD = 2**30
-#: The same settings for processes started from here (glibc reads them at start).
-ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+#: Free memory at the heap top kept for reuse: a few chunks' buffers per thread, small
+#: enough that a worker's memory limit (which counts it as unmanaged memory) is not
+#: reached by memory nobody uses.
+TRIM_THRESHOLD = 256 * 2**20
 
 
 def keep_freed_memory() -> bool:

@@ -429,8 +429,11 @@ def console() -> None:
             print(code, file=sys.stderr)
             code = 1
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that went away (daskgen ... | head)
+            code = code or 1
     os._exit(code)
 
 

@@ -76,7 +76,7 @@ def stats_graph(
     dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY
 ) -> Delayed:
     """A Delayed ClassStats over every block of ``dataset``."""
-    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, diagonal)
+    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal)
     if exact_sums(dataset, diagonal):
         sums = [
             delayed(_block_sums, pure=True)(block, dataset.storage_options or None, dask_key_name=f"chunk-stats-{token}-{i}")
@@ -107,46 +107,61 @@ def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = D
 def reduce_as_completed(client, dataset: Dataset, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> PixelSums:
     """Exact sums of every block of ``dataset``, merged on ``client`` as blocks finish.
 
-    Whenever two or more results are ready, up to ``split_every`` of them go to one
-    ``combine`` task, whose result joins the ready ones in turn. References are
-    dropped as soon as a result is merged, so the cluster holds only the statistics
-    of blocks just finished and of combines in flight.
+    Whenever two or more results are ready, they go to ``combine`` tasks of up to
+    ``split_every`` inputs, whose results join the ready ones in turn. Combines run
+    before blocks not yet started (higher priority), and references are dropped as
+    soon as a result is merged, so the cluster holds only the statistics of blocks
+    just finished and of combines in flight. On an error or interruption everything
+    still pending is cancelled.
     """
+    import uuid
+
     from distributed import as_completed, span
 
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
-    import uuid
-
-    token = tokenize(dataset.blocks, dataset.integer_pixels, "sums")
+    token = tokenize(dataset.blocks, dataset.files, dataset.integer_pixels, "sums")
     # A combine's inputs depend on timing: its key names this run, so a later run in
     # the same session can never be handed a result of another grouping.
     run = uuid.uuid4().hex[:8]
     bar = _Bar(len(dataset.blocks)) if progress else None
-    with span("fit"):
-        leaves = [
-            client.submit(_block_sums, block, dataset.storage_options or None, key=f"chunk-stats-{token}-{i}", pure=True)
-            for i, block in enumerate(dataset.blocks)
-        ]
-        pending = as_completed(leaves)
-        del leaves
-        ready: list = []
-        combines = 0
-        for future in pending:
-            if future.status == "error":
-                future.result()  # raises the task's exception here, at once
-            if bar is not None and future.key.startswith("chunk-stats-"):
-                bar.step()
-            ready.append(future)
-            del future
-            if len(ready) >= 2:
-                batch, ready = ready[:split_every], ready[split_every:]
-                pending.add(client.submit(add_sums, batch, key=f"combine-{token}-{run}-{combines}", pure=False))
-                combines += 1
-                del batch
+    ready: list = []
+    pending = None
+    try:
+        with span("fit"):
+            leaves = [
+                client.submit(_block_sums, block, dataset.storage_options or None, key=f"chunk-stats-{token}-{i}", pure=True)
+                for i, block in enumerate(dataset.blocks)
+            ]
+            pending = as_completed(leaves)
+            del leaves
+            combines = 0
+            for finished in pending.batches():
+                for future in finished:
+                    if future.status != "finished":
+                        future.result()  # raises the task's error (or the cancellation) here
+                    if bar is not None and future.key.startswith("chunk-stats-"):
+                        bar.step()
+                ready.extend(finished)
+                del finished
+                while len(ready) >= 2:
+                    batch, ready = ready[:split_every], ready[split_every:]
+                    pending.add(client.submit(add_sums, batch, key=f"combine-{token}-{run}-{combines}",
+                                              pure=False, priority=1))
+                    combines += 1
+                    del batch
+        return ready[0].result()
+    except BaseException:
+        if pending is not None:  # nothing pending keeps running, or holds memory
+            left = [*pending.futures, *ready]
+            pending.clear()
+            if left:
+                client.cancel(left)
+        raise
+    finally:
         if bar is not None:
             bar.close()
-        return ready[0].result()
+        ready.clear()
 
 
 class _Bar:

@@ -84,8 +84,6 @@ def _centered_scatter(C: np.ndarray) -> np.ndarray:
 
 #: float32 holds every integer below 2**24 exactly.
 _F32_EXACT = 2**24
-#: float64 holds every integer below 2**53 exactly.
-_F64_EXACT = 2**53
 
 
 def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: float = 1.0) -> ClassStats:
@@ -165,26 +163,28 @@ class PixelSums:
         return int(self.counts.sum())
 
     def to_class_stats(self, scale: float = 1.0) -> ClassStats:
-        """Means and centered scatter of ``x * scale``, each rounded once from exact integers."""
+        """Means and centered scatter of ``x * scale``, from exact integers.
+
+        With ``s = n q + r`` (``q = s // n``, ``0 <= r < n``), ``G - s s^T / n`` is
+        ``(G - n q q^T - q r^T - r q^T) - r r^T / n``: the bracket is exact integer
+        arithmetic in float64 (every term is below ``n m**2 < 2**53``), so only the last,
+        small term and the final subtraction round, for any number of rows.
+        """
         K, D = self.sums.shape
         means = np.zeros((K, D))
         scatter = np.zeros((K, D, D))
-        m = max(abs(self.minimum), abs(self.maximum), 1.0) if self.counts.any() else 1.0
         for k in range(K):
             n = int(self.counts[k])
             if n == 0:
                 continue
             s, G = self.sums[k], self.gram[k]
             means[k] = s / n
-            if float(n) * n * m * m < _F64_EXACT:  # n G and s s^T are exact in float64
-                S = G * n
-                S -= np.outer(s, s)
-                S /= n
-            elif float(n) * n * m * m < 2.0**63:  # ... in int64
-                si = s.astype(np.int64)
-                S = (G.astype(np.int64) * n - np.outer(si, si)).astype(np.float64) / n
-            else:  # > 3 * 10**7 rows of one class: one cancellation, ~1e-16 * mean^2 / var relative
-                S = G - np.outer(s, s / n)
+            q = np.floor_divide(s, n)
+            r = s - n * q
+            S = G - n * np.outer(q, q)
+            S -= np.outer(q, r)
+            S -= np.outer(r, q)
+            S -= np.outer(r, r) / n
             scatter[k] = S
         lo, hi = self.minimum, self.maximum
         if scale != 1.0:

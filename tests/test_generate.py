@@ -169,3 +169,20 @@ def test_a_million_samples_fit_back_to_the_model(tmp_path, sync_scheduler):
         sd = np.sqrt((np.outer(var, var) + m.covariances[k] ** 2) / nk)
         assert (np.abs(back.covariances[k] - m.covariances[k]) <= 6 * sd + 1e-12).all()
     assert back.covariances[:, 0, 0].max() == 0.0
+
+
+def test_chunks_equal_to_the_fill_value_are_still_written(tmp_path):
+    """A chunk of zeros (e.g. every label 0) is stored, not skipped as empty, and zarr's
+    process-wide config is left alone (other tasks run beside the writer)."""
+    import zarr
+
+    from daskgen.generation import _write_chunk
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    g.create_array("images", shape=(4, 2), chunks=(2, 2), dtype="float32", fill_value=0)
+    g.create_array("labels", shape=(4,), chunks=(2,), dtype="int64", fill_value=0)
+    g.create_array("done", shape=(2,), chunks=(1,), dtype="uint8", fill_value=0)
+    _write_chunk(str(tmp_path / "s.zarr"), None, 0, 0, (np.zeros((2, 2), np.float32), np.zeros(2, np.int64)))
+    assert (tmp_path / "s.zarr" / "images" / "c" / "0" / "0").exists()
+    assert (tmp_path / "s.zarr" / "labels" / "c" / "0").exists()
+    assert zarr.config.get("array.write_empty_chunks") is False

@@ -347,8 +347,10 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
             pa.BufferReader(buf),
             # Explicit types allow the parser's fastest block size (~1 MiB, cache sized);
             # inferred ones need one block, or a later block could disagree with the first.
+            # A block must hold a whole row: 8 bytes a column is more than any uint8 row needs.
             read_options=pacsv.ReadOptions(
-                column_names=header, use_threads=False, block_size=1 << 20 if pixels else buf.size + 1
+                column_names=header, use_threads=False,
+                block_size=max(1 << 20, 8 * len(header)) if pixels else buf.size + 1,
             ),
             convert_options=pacsv.ConvertOptions(column_types=types, **convert),
         )
