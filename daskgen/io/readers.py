@@ -371,7 +371,13 @@ def _reject_hex(raw, lo: int, hi: int, block: Block, header: list[str], label_co
                 lead -= 1
             if lead == lo or raw[lead - 1 : lead] in (b",", b"\n"):  # the field starts here
                 line_start = raw.rfind(b"\n", lo, at) + 1 or lo
-                column = header[min(raw[line_start:at].count(b","), len(header) - 1)]
+                before = raw[line_start:lead]
+                if b'"' in before:  # quoted fields may hold commas: let the csv module split
+                    fields = next(csv.reader([before.decode("utf-8", "replace")]), [])
+                    index = len(fields) - 1 if before.endswith(b",") else len(fields)  # csv adds an empty last field
+                else:
+                    index = before.count(b",")
+                column = header[min(index, len(header) - 1)]
                 if not (column == label_column and label_kind == "str"):
                     end = at + 2
                     while end < hi and raw[end : end + 1] not in (b",", b"\n", b"\r", b'"'):

@@ -130,6 +130,7 @@ BAD_CSV = {
     # Arrow reads 0x1F as 31, pandas as text: refused rather than read differently
     "hexadecimal pixel": ("label,p0,p1\n0,1,2\n0,3,0x1F\n1,4,4\n1,5,5\n", ["bad.csv", "column 'p1'", "'0x1F'", "hexadecimal"]),
     "hexadecimal float feature": ("label,p0,p1\n0,1.5,2\n0,3,0X1f\n1,4,4\n1,5,5\n", ["bad.csv", "column 'p1'", "'0X1f'"]),
+    "hexadecimal after a quoted comma": ('label,p0,p1\n"a,b",1,2\n"a,b",3,0x1\n"c",4,4\n"c",5,5\n', ["bad.csv", "column 'p1'", "'0x1'"]),
     "NaN in a float label column": ("label,p0,p1\n0.5,1,2\nnan,3,4\n0.5,4,4\n1.5,5,5\n1.5,5,6\n", ["bad.csv", "column 'label'", "NaN"]),
     "inf in a float label column": ("label,p0,p1\n0.5,1,2\ninf,3,4\n0.5,4,4\n", ["bad.csv", "column 'label'", "infinite"]),
     "NaN in an integer label column": ("label,p0,p1\n0,1,2\n0,3,4\n1,4,4\n1,5,5\n" + "2,6,6\n" * 200_000 + "nan,1,1\n",
@@ -395,3 +396,12 @@ def test_fuzzed_csv_is_a_correct_model_or_a_one_line_error(ops, blocksize):
             np.testing.assert_allclose(model.means[k], Xk.mean(axis=0), rtol=1e-12, atol=tol, err_msg=text)
             np.testing.assert_allclose(model.covariances[k], np.atleast_2d(np.cov(Xk.T)), rtol=1e-9, atol=tol * tol * len(Xk) + 1e-300, err_msg=text)
         assert math.isclose(model.priors.sum(), 1.0)
+
+
+def test_hexadecimal_looking_text_inside_a_string_label_is_fine(tmp_path):
+    """Only numbers written in hexadecimal are refused: a quoted label such as "x,0x1" is text."""
+    path = tmp_path / "labels.csv"
+    path.write_text('label,p0,p1\n"x,0x1",1,2\n"x,0x1",3,1\n"c",4,4\n"c",5,5\n')
+    result = run("fit", path, "--out", tmp_path / "m.zarr")
+    assert result.exit_code == 0, result.output
+    assert list(daskgen.load_model(str(tmp_path / "m.zarr")).classes) == ["c", "x,0x1"]
