@@ -150,16 +150,7 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
 
 def scoring_model(model):
     """What a worker needs to score rows: small, picklable, factors computed once."""
-    if hasattr(model, "scoring_copy"):
-        return model.scoring_copy()
-    from .model import GaussianClassModel
-
-    copy = GaussianClassModel(
-        classes=model.classes, counts=model.counts, priors=model.priors, means=model.means,
-        covariances=np.zeros((model.n_classes, 0)), stats=None, image_shape=model.image_shape, scale=model.scale,
-    )
-    copy.__dict__["factors"] = model.factors
-    return copy
+    return model.scoring_copy()
 
 
 def open_for_model(

@@ -222,9 +222,7 @@ def generate(
             max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
             min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
         )
-        # A mixture brings its own sampler (a class, then a component, then a draw).
-        sampler = model.sampler(dtype) if hasattr(model, "sampler") else Sampler(model, dtype)
-        plan = _Plan(sampler, model.classes, class_index, dtype, float(model.scale), clip, shape)
+        plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape)
         token = tokenize(identity, out)
         plan_key = _share(plan, f"sampler-{token}")
         writes = []

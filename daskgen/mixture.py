@@ -989,11 +989,6 @@ class MixtureSampler(Sampler):
         self.component_weights = w / w.sum(axis=1, keepdims=True)
         self.n_components = int(w.shape[1])
 
-    def draw_classes(self, n: int, rng: np.random.Generator, class_index: int | None = None) -> np.ndarray:
-        if class_index is not None:
-            return np.full(n, class_index, dtype=np.intp)
-        return rng.choice(len(self.class_priors), size=n, p=self.class_priors)
-
     def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flat = np.empty(len(class_index), dtype=np.intp)
         M = self.n_components
@@ -1147,20 +1142,7 @@ class GaussianMixtureClassModel(BayesClassifier):
     def sampler(self, dtype: Any = np.float64) -> MixtureSampler:
         return MixtureSampler(self, dtype)
 
-    def sample(self, n: int, seed: int | None = None, label: Any = None, dtype: Any = np.float64):
-        """Draw ``n`` samples in memory: ``(X (n, D) model units, y (n,) labels)``."""
-        rng = np.random.default_rng(seed)
-        sampler = self.sampler(dtype)
-        idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
-        return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
-
-    # -- persistence -------------------------------------------------------
-    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
-        """Write the model store; see ``daskgen.io.store`` (arrays ``weights`` and ``mass``, attribute ``components``)."""
-        from .io.store import write_model
-
-        write_model(self, path, overwrite=overwrite, storage_options=storage_options)
-
+    # -- persistence (BayesClassifier.save: arrays ``weights`` and ``mass``, attribute ``components``)
     def store_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of the model store, besides ``classes``."""
         return {

@@ -184,6 +184,8 @@ class Sampler:
     def __init__(self, model: GaussianClassModel, dtype: Any = np.float64):
         self.work = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
         self.priors = np.asarray(model.priors, dtype=np.float64)
+        #: p(y) of draw_classes (a mixture's sampler draws components among self.priors)
+        self.class_priors = self.priors
         self.n_features = model.n_features
         self.means = np.ascontiguousarray(model.means, dtype=self.work)
         self.factors_t: list[np.ndarray] = []
@@ -197,7 +199,7 @@ class Sampler:
         """Class indices of ``n`` samples: from the prior, or all ``class_index``."""
         if class_index is not None:
             return np.full(n, class_index, dtype=np.intp)
-        return rng.choice(len(self.priors), size=n, p=self.priors)
+        return rng.choice(len(self.class_priors), size=n, p=self.class_priors)
 
     def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One sample per entry of ``class_index``, shape (n, D), in the working dtype.
@@ -276,6 +278,33 @@ class BayesClassifier:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
         return self.classes[np.argmax(self.class_log_likelihood(X) + np.log(self.priors), axis=1)]
+
+    def sampler(self, dtype: Any = np.float64) -> Sampler:  # pragma: no cover - abstract
+        """What draws samples of this model (prepared once per run)."""
+        raise NotImplementedError
+
+    def store_arrays(self) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        """The arrays of the model store, besides ``classes``."""
+        raise NotImplementedError
+
+    def sample(
+        self, n: int, seed: int | None = None, label: Any = None, dtype: Any = np.float64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` samples in memory: classes from the prior (or only ``label``).
+
+        Returns ``(X, y)``: X of shape (n, D) in model units, y of shape (n,) labels.
+        For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
+        """
+        rng = np.random.default_rng(seed)
+        sampler = self.sampler(dtype)
+        idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
+        return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
+
+    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
+        """Write the model store (a Zarr v3 group) atomically; see ``daskgen.io.store``."""
+        from .io.store import write_model
+
+        write_model(self, path, overwrite=overwrite, storage_options=storage_options)
 
 
 @dataclass
@@ -387,23 +416,26 @@ class GaussianClassModel(BayesClassifier):
             out[:, k] = np.where(off, -np.inf, ll)
         return out
 
-    # -- sampling ----------------------------------------------------------
-    def sample(
-        self, n: int, seed: int | None = None, label: Any = None, dtype: Any = np.float64
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n`` samples in memory: classes from the prior (or only ``label``).
+    # -- sampling and persistence -----------------------------------------
+    def sampler(self, dtype: Any = np.float64) -> Sampler:
+        return Sampler(self, dtype)
 
-        Returns ``(X, y)``: X of shape (n, D) in model units, y of shape (n,) labels.
-        For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
-        """
-        rng = np.random.default_rng(seed)
-        sampler = Sampler(self, dtype)
-        idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
-        return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
+    def store_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of the model store, besides ``classes`` (``scatter``: the raw statistics)."""
+        return {
+            "counts": np.asarray(self.counts, dtype=np.int64),
+            "priors": np.asarray(self.priors, dtype=np.float64),
+            "means": np.asarray(self.means, dtype=np.float64),
+            "covariances": np.asarray(self.covariances, dtype=np.float64),
+            "scatter": np.asarray(self.stats.scatter, dtype=np.float64),
+        }
 
-    # -- persistence -------------------------------------------------------
-    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
-        """Write the model store (a Zarr v3 group) atomically; see ``daskgen.io.store``."""
-        from .io.store import write_model
-
-        write_model(self, path, overwrite=overwrite, storage_options=storage_options)
+    def scoring_copy(self) -> GaussianClassModel:
+        """What a worker needs to score rows: small and picklable, the factors computed
+        once (no covariances, no statistics)."""
+        copy = GaussianClassModel(
+            classes=self.classes, counts=self.counts, priors=self.priors, means=self.means,
+            covariances=np.zeros((self.n_classes, 0)), stats=None, image_shape=self.image_shape, scale=self.scale,
+        )
+        copy.__dict__["factors"] = self.factors
+        return copy

@@ -65,18 +65,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         if _is_local(fs)
         else zarr.open_group(url, mode="w", storage_options=storage_options or {})
     )
-    mixture = hasattr(model, "store_arrays")
-    if mixture:  # a per-class mixture: weights, mass, (K, M, ...) means and covariances
-        arrays = {"classes": label_array(model.classes), **model.store_arrays()}
-    else:
-        arrays = {
-            "classes": label_array(model.classes),
-            "counts": np.asarray(model.counts, dtype=np.int64),
-            "priors": np.asarray(model.priors, dtype=np.float64),
-            "means": np.asarray(model.means, dtype=np.float64),
-            "covariances": np.asarray(model.covariances, dtype=np.float64),
-            "scatter": np.asarray(model.stats.scatter, dtype=np.float64),
-        }
+    arrays = {"classes": label_array(model.classes), **model.store_arrays()}
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
         dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
@@ -102,7 +91,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         "fingerprint": model.fingerprint,
         "complete": False,
     }
-    if mixture:
+    if hasattr(model, "n_components"):  # a per-class mixture
         meta["components"] = int(model.n_components)
     group.attrs["daskgen"] = meta
     meta["complete"] = True  # written last: a store without it is refused
