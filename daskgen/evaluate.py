@@ -50,6 +50,7 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from .errors import InputError
 from .io.readers import Dataset, read_block
+from .model import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")
@@ -124,11 +125,12 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
             cb = codes[a : a + BATCH]
             joint = scorer.class_log_likelihood(Xb * scale) + log_priors
             predicted = np.argmax(joint, axis=1)
-            out.sum_raw += float(_logsumexp(joint).sum())
+            ll = logsumexp_rows(joint)
+            out.sum_raw += float(ll.sum())
             if deq:
                 noisy = (Xb + (rng.random(Xb.shape) - 0.5)) * scale
                 joint = scorer.class_log_likelihood(noisy) + log_priors
-            ll = _logsumexp(joint)
+                ll = logsumexp_rows(joint)
             out.sum_ll += float(ll.sum())
             out.sum_ll2 += float((ll * ll).sum())
             out.neg_inf += int(np.isneginf(ll).sum())
@@ -139,13 +141,6 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
     out.labelled = int((codes >= 0).sum())
     out.dequantized = len(y) if deq else 0
     return out
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    top = a.max(axis=1, keepdims=True)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return (safe + np.log(np.exp(a - safe).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def scoring_model(model):

@@ -68,7 +68,7 @@ from scipy.linalg.lapack import dpotrf, dtrtri
 from ._blas import one_blas_thread
 from .errors import InputError, ModelError
 from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
-from .stats import _centered_scatter, _union_classes
+from .stats import _centered_scatter, _union_classes, value_range
 
 log = logging.getLogger("daskgen")
 
@@ -265,10 +265,7 @@ def merge_weighted(parts: list[WeightedStats] | tuple[WeightedStats, ...]) -> We
             x = np.concatenate([out.worst_x[k], p.worst_x[j]])
             take = np.argsort(s, kind="stable")[:M]
             out.worst_score[k], out.worst_x[k] = s[take], x[take]
-    lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
-    highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
-    out.minimum = min(lows) if lows else np.nan
-    out.maximum = max(highs) if highs else np.nan
+    out.minimum, out.maximum = value_range(parts)
     return out
 
 
@@ -551,9 +548,7 @@ def merge_samples(parts: list[InitSample]) -> InitSample:
         take = np.argsort(kk, kind="stable")[:size]
         out_k.append(kk[take])
         out_x.append(xx[take])
-    lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
-    highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
-    return InitSample(classes, counts, out_k, out_x, size, min(lows) if lows else np.nan, max(highs) if highs else np.nan)
+    return InitSample(classes, counts, out_k, out_x, size, *value_range(parts))
 
 
 # ============================================================================ k-means on a sample
@@ -1034,7 +1029,6 @@ class GaussianMixtureClassModel(BayesClassifier):
     feature_names: list[str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
-    stats: WeightedStats | None = None
 
     @classmethod
     def from_params(cls, params: Params, stats: WeightedStats, summary: dict[str, Any], **meta: Any):
@@ -1052,7 +1046,6 @@ class GaussianMixtureClassModel(BayesClassifier):
             mass=stats.mass.copy(),
             data_range=(float(lo), float(hi)),
             config=config,
-            stats=stats,
             **meta,
         )
 

@@ -253,9 +253,14 @@ def add_sums(parts: list[PixelSums] | tuple[PixelSums, ...]) -> PixelSums:
             gram[idx] += p.gram
             sums[idx] += p.sums
         counts[idx] += p.counts
+    return PixelSums(classes, counts, sums, gram, *value_range(parts))
+
+
+def value_range(parts) -> tuple[float, float]:
+    """The smallest ``minimum`` and largest ``maximum`` of statistics (NaN for none)."""
     lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
     highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
-    return PixelSums(classes, counts, sums, gram, min(lows) if lows else np.nan, max(highs) if highs else np.nan)
+    return (min(lows) if lows else np.nan, max(highs) if highs else np.nan)
 
 
 def _union_classes(parts: list) -> np.ndarray:
@@ -326,16 +331,7 @@ def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
             else:
                 w = dev * np.sqrt(n)[:, None]
                 scatter[k] += w.T @ w  # syrk: exactly symmetric
-    lows = [p.minimum for p in parts if not np.isnan(p.minimum)]
-    highs = [p.maximum for p in parts if not np.isnan(p.maximum)]
-    return ClassStats(
-        classes,
-        counts,
-        means,
-        scatter,
-        min(lows) if lows else np.nan,
-        max(highs) if highs else np.nan,
-    )
+    return ClassStats(classes, counts, means, scatter, *value_range(parts))
 
 
 def to_diagonal(stats: ClassStats) -> ClassStats:
