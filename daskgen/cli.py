@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import DaskgenError
+from .errors import DaskgenError, one_line
 
 
 def _human_bytes(text: str) -> int:
@@ -56,7 +56,7 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except DaskgenError as exc:
-            click.echo(f"daskgen: error: {_one_line(exc)}", err=True)
+            click.echo(f"daskgen: error: {one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("daskgen: interrupted", err=True)
@@ -101,10 +101,6 @@ def _cluster_failure(exc: BaseException) -> str | None:
         return (f"lost the connection to the Dask scheduler (during {key_split(exc.key)} tasks); start it again and "
                 "rerun the same command: sampling resumes from the chunks already written")
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -393,8 +389,6 @@ def data(name, out, fmt, source, split, download, label_column, image_shape, chu
 @handle_errors
 def plot(model_path, samples_path, out, seed, quiet):
     """Draw MODEL's figures: class means beside samples, a 10x4 sample grid, covariance spectra and priors."""
-    import os
-
     from .io.store import read_model
     from .plot import load_samples, plot_all
 

@@ -60,6 +60,29 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
         return client.gather(future)
 
 
+class TextBar:
+    """A one-line text progress bar on stderr, for work followed item by item (the
+    fit's blocks, merged as they finish, have no single future to give ``progress``)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
+        self._draw()
+
+    def step(self) -> None:
+        self.done += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(40 * frac)
+        sys.stderr.write(f"\r[{bar:<40}] | {frac:4.0%} Completed | {time.perf_counter() - self.start:4.1f}s {self.label}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
 def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_address):
     from distributed import LocalCluster
 

@@ -30,3 +30,14 @@ class ModelError(DaskgenError):
     """A model store is missing, incomplete, corrupted or from an incompatible version."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's whole message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -111,15 +111,9 @@ def _remove_partials(url: str, storage_options: dict | None) -> int:
 
 
 def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, label_values, scale):
-    import zarr
     from zarr.codecs import ZstdCodec
 
-    fs, path = _fs(url, storage_options)
-    group = (
-        zarr.open_group(path, mode="w")
-        if _is_local(fs)
-        else zarr.open_group(url, mode="w", storage_options=storage_options or {})
-    )
+    group = open_zarr_group(url, storage_options, mode="w")
     dims = ("sample", "y", "x") if len(shape) == 2 else ("sample", "feature")
     group.create_array(
         "images", shape=(n,) + shape, dtype=dtype, chunks=(chunk_size,) + shape,

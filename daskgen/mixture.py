@@ -66,7 +66,7 @@ from scipy.linalg.blas import dtrmm
 from scipy.linalg.lapack import dpotrf, dtrtri
 
 from ._blas import one_blas_thread
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
 from .stats import _centered_scatter, _union_classes, value_range
 
@@ -1153,7 +1153,7 @@ class GaussianMixtureClassModel(BayesClassifier):
         try:
             a = {k: np.asarray(group[k][...]) for k in ("counts", "priors", "weights", "mass", "means", "covariances")}
         except Exception as exc:
-            raise ModelError(f"{url}: corrupted model store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
         M = meta.get("components")
         K = len(classes)
         shape_ok = a["means"].ndim == 3 and a["means"].shape[:2] == (K, M)

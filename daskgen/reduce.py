@@ -46,10 +46,6 @@ def _block_sums(block, storage_options: dict | None) -> PixelSums:
         return pixel_sums(X, y)
 
 
-def _to_class_stats(sums: PixelSums, scale: float) -> ClassStats:
-    return sums.to_class_stats(scale)
-
-
 def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
     """Whether the fit of ``dataset`` runs on exact integer sums."""
     return bool(dataset.integer_pixels) and not diagonal
@@ -83,7 +79,7 @@ def stats_graph(
             for i, block in enumerate(dataset.blocks)
         ]
         total = tree_reduce(sums, split_every, token, combine=add_sums)
-        return delayed(_to_class_stats, pure=True)(total, dataset.scale, dask_key_name=f"finalize-{token}")
+        return delayed(PixelSums.to_class_stats, pure=True)(total, dataset.scale, dask_key_name=f"finalize-{token}")
     parts = [
         delayed(_block_stats, pure=True)(
             block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale,
@@ -118,13 +114,15 @@ def reduce_as_completed(client, dataset: Dataset, split_every: int = DEFAULT_SPL
 
     from distributed import as_completed, span
 
+    from .cluster import TextBar
+
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     token = tokenize(dataset.blocks, dataset.files, dataset.integer_pixels, "sums")
     # A combine's inputs depend on timing: its key names this run, so a later run in
     # the same session can never be handed a result of another grouping.
     run = uuid.uuid4().hex[:8]
-    bar = _Bar(len(dataset.blocks)) if progress else None
+    bar = TextBar(len(dataset.blocks), "chunk-stats") if progress else None
     ready: list = []
     pending = None
     try:
@@ -162,28 +160,3 @@ def reduce_as_completed(client, dataset: Dataset, split_every: int = DEFAULT_SPL
         if bar is not None:
             bar.close()
         ready.clear()
-
-
-class _Bar:
-    """A one-line text progress bar on stderr (the blocks of a fit)."""
-
-    def __init__(self, total: int):
-        import sys
-        import time
-
-        self.total, self.done, self.start, self.out, self.clock = total, 0, time.perf_counter(), sys.stderr, time.perf_counter
-        self._draw()
-
-    def step(self) -> None:
-        self.done += 1
-        self._draw()
-
-    def _draw(self) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        bar = "#" * int(40 * frac)
-        self.out.write(f"\r[{bar:<40}] | {frac:4.0%} Completed | {self.clock() - self.start:4.1f}s chunk-stats")
-        self.out.flush()
-
-    def close(self) -> None:
-        self.out.write("\n")
-        self.out.flush()

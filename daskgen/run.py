@@ -22,7 +22,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from .errors import ModelError, OutputExistsError
+from .errors import ModelError, OutputExistsError, one_line
 from .io.store import output_exists
 from .job import Job, _is_url, _join
 
@@ -73,7 +73,7 @@ def run_job(
                 report["config"]["sample"]["seed"] = result.seed
         stages["plot"] = _plot_stage(job, model, result.seed, say)
     except BaseException as exc:
-        report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=_one_line(exc))
+        report.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=one_line(exc))
         report.update(_summary(job, stages, time.perf_counter() - t0))
         try:
             _write_json(paths["report"], report)
@@ -353,10 +353,6 @@ def _fraction(x: float) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _model_info(model) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 FORMATS = ("csv", "parquet", "zarr")
 DEFAULT_BLOCKSIZE = 32 * 2**20
@@ -232,11 +232,6 @@ def _sniff_label_type(fs, path: str, label_column: str, header: list[str]) -> tu
     return kind, integer and table.num_rows > 0
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _open_csv(entries, label_column, blocksize, storage_options):
     header = None
     blocks, files = [], []
@@ -388,6 +383,10 @@ def _reject_hex(raw, lo: int, hi: int, block: Block, header: list[str], label_co
             at = raw.find(marker, at + 2, hi)
 
 
+def _outside_pixel_range(where: str, feature: str, value) -> str:
+    return f"{where}: feature {feature} has value {value} outside 0..255 for 8-bit pixels; pass --scale"
+
+
 def _label_dtype(kind: str):
     return {"int": np.int64, "float": np.float64, "str": object}[kind]
 
@@ -401,7 +400,7 @@ def _explain_csv_error(where: str, header: list[str], exc: Exception, label_colu
     """One line naming the file (and byte range) and the column of a pyarrow CSV error."""
     import re
 
-    msg = _first_line(exc)
+    msg = first_line(exc)
     m = re.search(r"CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): invalid value '([^']*)'", msg)
     if m and header[int(m.group(1))] == label_column and m.group(3).strip() in _NULLS:
         return f"{where}: column {label_column!r}: missing label ({m.group(3)!r})"
@@ -418,7 +417,7 @@ def _explain_csv_error(where: str, header: list[str], exc: Exception, label_colu
         if number != int(number):
             return f"{where}: feature {col!r} has non-integer values in 8-bit pixel data ({value!r}); pass --scale"
         if not 0 <= number <= 255:
-            return f"{where}: feature {col!r} has value {value} outside 0..255 for 8-bit pixels; pass --scale"
+            return _outside_pixel_range(where, repr(col), value)
         return f"{where}: feature {col!r} has value {value!r}, not written as an 8-bit pixel (0..255); pass --scale"
     if m:
         col = header[int(m.group(1))]
@@ -439,11 +438,10 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
     """
     import pyarrow.types as pat
 
-    table = table.combine_chunks()  # one chunk per column, concatenated in C++
     labels = table.column(label_column)
     if labels.null_count:
         raise InputError(f"{where}: column {label_column!r}: {labels.null_count} missing label(s)")
-    y = _to_numpy(labels)
+    y = _column_values(labels)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise InputError(f"{where}: column {label_column!r}: NaN or infinite label")
     if y.dtype.kind == "O":
@@ -460,16 +458,14 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
             if not pat.is_integer(col.type):
                 raise InputError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
             if pat.is_uint8(col.type):
-                _copy_column(Xt[j], col)
+                Xt[j] = _column_values(col)
                 continue
             import pyarrow.compute as pc  # here: importing it costs ~0.2 s
 
             lo, hi = (v.as_py() for v in pc.min_max(col).values())
             if lo is not None and (lo < 0 or hi > 255):
-                raise InputError(
-                    f"{where}: feature {c!r} has value {lo if lo < 0 else hi} outside 0..255 for 8-bit pixels; pass --scale"
-                )
-        _copy_column(Xt[j], col)
+                raise InputError(_outside_pixel_range(where, repr(c), lo if lo < 0 else hi))
+        Xt[j] = _column_values(col)
     return Xt.T, y
 
 
@@ -488,20 +484,9 @@ def _chunk_to_numpy(chunk) -> np.ndarray:
     return chunk.to_numpy(zero_copy_only=False)
 
 
-def _to_numpy(col) -> np.ndarray:
-    """A chunked Arrow column as one numpy array."""
-    parts = [_chunk_to_numpy(chunk) for chunk in col.chunks]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else col.combine_chunks().to_numpy(zero_copy_only=False)
-
-
-def _copy_column(dst: np.ndarray, col) -> None:
-    """Copy a chunked Arrow column into ``dst`` (numpy converts the dtype)."""
-    start = 0
-    for chunk in col.chunks:
-        dst[start : start + len(chunk)] = _chunk_to_numpy(chunk)
-        start += len(chunk)
+def _column_values(col) -> np.ndarray:
+    """A chunked Arrow column as one numpy array (its chunks concatenated in C++)."""
+    return _chunk_to_numpy(col.combine_chunks())
 
 
 def _first_bad(col) -> str:
@@ -528,7 +513,7 @@ def _open_parquet(entries, label_column, blocksize, storage_options):
                 meta = pq.ParquetFile(f).metadata
                 schema = pq.ParquetFile(f).schema_arrow
         except Exception as exc:
-            raise InputError(f"{name}: not a readable Parquet file: {_first_line(exc)}") from None
+            raise InputError(f"{name}: not a readable Parquet file: {first_line(exc)}") from None
         cols = [c for c in schema.names if not c.startswith("__index_level_")]
         if label_column not in cols:
             raise InputError(
@@ -584,7 +569,7 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
         try:
             group = open_zarr_group(url, storage_options)
         except Exception as exc:
-            raise InputError(f"{url}: not a Zarr group: {_first_line(exc)}") from None
+            raise InputError(f"{url}: not a Zarr group: {first_line(exc)}") from None
         attrs = dict(group.attrs)
         meta = attrs.get("daskgen", {})
         if meta.get("kind") == "samples" and not meta.get("complete", False):
@@ -648,10 +633,7 @@ def _read_zarr_block(block: Block, storage_options: dict | None, pixels: bool):
         lo, hi = X.min(), X.max()
         if lo < 0 or hi > 255:
             col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
-            raise InputError(
-                f"{_where(block)}: feature pixel{col} has value {lo if lo < 0 else hi} outside 0..255 "
-                "for 8-bit pixels; pass --scale"
-            )
+            raise InputError(_outside_pixel_range(_where(block), f"pixel{col}", lo if lo < 0 else hi))
         X = X.astype(np.uint8)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise InputError(f"{block.url} (rows {block.start}-{block.stop}): 'labels' has NaN or infinite values")
@@ -735,7 +717,7 @@ def read_block(
     except InputError:
         raise
     except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise InputError(f"{block.url}: cannot read: {_first_line(exc)}") from None
+        raise InputError(f"{block.url}: cannot read: {first_line(exc)}") from None
     if X.size and X.dtype.kind == "f":
         bad = ~np.isfinite(X)
         if bad.any():

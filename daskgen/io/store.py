@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import ModelError, OutputExistsError
+from ..errors import ModelError, OutputExistsError, first_line
 from ..stats import ClassStats
 from .readers import _fs, _is_local, as_labels, open_zarr_group
 
@@ -56,15 +56,9 @@ def read_labels(arr) -> np.ndarray:
 
 
 def _write_model_group(model, url: str, storage_options: dict | None) -> None:
-    import zarr
     from zarr.codecs import ZstdCodec
 
-    fs, path = _fs(url, storage_options)
-    group = (
-        zarr.open_group(path, mode="w")
-        if _is_local(fs)
-        else zarr.open_group(url, mode="w", storage_options=storage_options or {})
-    )
+    group = open_zarr_group(url, storage_options, mode="w")
     arrays = {"classes": label_array(model.classes), **model.store_arrays()}
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
@@ -181,7 +175,7 @@ def read_model(url: str, storage_options: dict | None = None):
         group = open_zarr_group(url, storage_options)
         meta = dict(group.attrs).get("daskgen")
     except Exception as exc:
-        raise ModelError(f"{url}: not a daskgen model store ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ModelError(f"{url}: not a daskgen model store ({first_line(exc)})") from None
     if not isinstance(meta, dict) or meta.get("kind") != "model":
         raise ModelError(f"{url}: not a daskgen model store")
     if meta.get("format") != MODEL_FORMAT:
@@ -197,13 +191,13 @@ def read_model(url: str, storage_options: dict | None = None):
         try:
             classes = read_labels(group["classes"])
         except Exception as exc:
-            raise ModelError(f"{url}: corrupted model store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
         return GaussianMixtureClassModel.from_store(group, meta, classes, url)
     try:
         a = {k: np.asarray(group[k][...]) for k in ("counts", "priors", "means", "covariances", "scatter")}
         classes = read_labels(group["classes"])
     except Exception as exc:
-        raise ModelError(f"{url}: corrupted model store: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
     K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
     full = (K, D, D)
     if (
