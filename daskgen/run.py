@@ -144,12 +144,12 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "reg_covar": float(job.fit["reg_covar"]),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
-        "incremental": bool(job.fit.get("incremental", False)),
     }
 
 
-def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
-    """Why a stored ``model`` is not the fit the job asks for (None: it is up to date).
+def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool):
+    """``(reason, dataset)``: why a stored ``model`` is not the fit the job asks for (reason
+    None: it is up to date), and the inputs as opened to find out (a refit reuses them).
 
     Compares the input files as the reader sees them now (path, size, modification
     time, or a Zarr group's layout) and the options that change the model. The tree's
@@ -163,9 +163,9 @@ def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
     )
     if _canonical(model.inputs) != _canonical(dataset.files):
         known = {_canonical(f) for f in dataset.files}
-        if options.get("incremental") and all(_canonical(f) in known for f in model.inputs):
-            return _NEW_INPUTS
-        return "its inputs changed"
+        if incremental and all(_canonical(f) in known for f in model.inputs):
+            return _NEW_INPUTS, dataset
+        return "its inputs changed", dataset
     want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"]}
     have = {
         "covariance": model.covariance_type,
@@ -176,8 +176,8 @@ def _stale(model, options: dict[str, Any], inputs: list[str]) -> str | None:
     want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))
     changed = [k for k in want if (not math.isclose(have[k], want[k], rel_tol=1e-12) if k == "scale" else have[k] != want[k])]
     if changed:
-        return "options changed (" + ", ".join(f"{k} {have[k]!r} -> {want[k]!r}" for k in changed) + ")"
-    return None
+        return "options changed (" + ", ".join(f"{k} {have[k]!r} -> {want[k]!r}" for k in changed) + ")", dataset
+    return None, dataset
 
 
 #: What _stale says when the stored model's inputs are all unchanged and new ones appeared.
@@ -190,12 +190,13 @@ def _canonical(obj: Any) -> str:
 
 def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
     from .fitting import fit
-    from .io.store import output_exists, read_model, write_model
+    from .io.store import read_model, write_model
 
     path = job.paths["model"]
     options = _fit_options(job)
     t = time.perf_counter()
     reason = "--overwrite" if overwrite else None
+    opened = None  # the inputs as _stale opened them, for the refit
     existed = output_exists(path)
     if existed and not overwrite:
         try:
@@ -203,7 +204,7 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         except ModelError as exc:
             reason = f"the stored model is unusable: {exc}"
         else:
-            reason = _stale(old, options, inputs)
+            reason, opened = _stale(old, options, inputs, bool(job.fit.get("incremental", False)))
             if reason is None:
                 took = time.perf_counter() - t
                 say(f"daskgen: fit: skipped: up to date ({path})")
@@ -211,12 +212,11 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
             if reason != _NEW_INPUTS:
                 say(f"daskgen: fit: refitting: {reason}")
     incremental = reason == _NEW_INPUTS
-    fit_options = {k: v for k, v in options.items() if k != "incremental"}
     if incremental:  # fold only the files the model has not seen (its manifest says which)
-        model = fit(inputs, progress=not quiet, update=old, **fit_options)
+        model = fit(inputs, progress=not quiet, update=old, **options)
         say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
     else:
-        model = fit(inputs, progress=not quiet, **fit_options)
+        model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
     write_model(model, path, overwrite=True)
     took = time.perf_counter() - t
     rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)
@@ -279,13 +279,9 @@ def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, q
 
 def _samples_model(path: str) -> str | None:
     """The model fingerprint a samples store records (None if it is not one)."""
-    from .io.readers import open_zarr_group
+    from .generation import _existing_identity
 
-    try:
-        meta = dict(open_zarr_group(path).attrs).get("daskgen") or {}
-    except Exception:
-        return None
-    return meta.get("model_fingerprint") if meta.get("kind") == "samples" else None
+    return (_existing_identity(path, None) or {}).get("model_fingerprint")
 
 
 def _plot_stage(job: Job, model, seed: int, say) -> dict[str, Any]:
