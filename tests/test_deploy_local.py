@@ -155,6 +155,11 @@ def test_scripts_refuse_bad_usage(tmp_path):
     assert unknown.returncode == 2 and "unknown option --bogus" in unknown.stderr
     nothing = _script("run-job.sh", "--state-dir", tmp_path, "job.yaml")
     assert nothing.returncode == 2 and "no cluster running" in nothing.stderr
+    # commands that take --scheduler-file need the cluster; plot (no such option) runs here
+    evaluate = _script("run-job.sh", "--state-dir", tmp_path, "evaluate", "m.zarr", "x.csv")
+    assert evaluate.returncode == 2 and "no cluster running" in evaluate.stderr
+    plot = _script("run-job.sh", "--state-dir", tmp_path, "plot", "--help")
+    assert plot.returncode == 0 and "Usage: daskgen plot" in plot.stdout
     stop = _script("stop-cluster.sh", "--state-dir", tmp_path)
     assert stop.returncode == 0 and "nothing to stop" in stop.stdout
     for name in ("start-cluster.sh", "run-job.sh", "stop-cluster.sh"):

@@ -5,8 +5,8 @@
 #   deploy/local/run-job.sh [--state-dir DIR] COMMAND [daskgen COMMAND arguments...]
 #
 # The first form runs `daskgen run JOB.yaml --scheduler-file STATE/scheduler.json ...`; the
-# second runs any other daskgen command that takes --scheduler-file (fit, sample, ...) the
-# same way. The exit code is daskgen's: 0 done, 2 bad input or configuration, other: failure.
+# second runs fit, sample or evaluate the same way (plot and data, which use no cluster, run
+# here as they are). The exit code is daskgen's: 0 done, 2 bad input or configuration, other: failure.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +24,10 @@ if [ $# -lt 1 ]; then
     exit 2
 fi
 
+case "$1" in
+    plot|data) exec daskgen "$@" ;;  # they use no cluster: run here
+esac
+
 scheduler_file=$state_dir/scheduler.json
 if [ ! -s "$scheduler_file" ]; then
     echo "run-job: no cluster running from $state_dir (no $scheduler_file);" \
@@ -35,7 +39,7 @@ fi
 export DASK_CONFIG=${DASK_CONFIG:-$here/../dask.yaml}
 
 case "$1" in
-    fit|sample|plot|run)
+    fit|sample|evaluate|run)
         command=$1
         shift
         exec daskgen "$command" "$@" --scheduler-file "$scheduler_file"
