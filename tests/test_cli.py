@@ -9,26 +9,11 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from _helpers import write_csv
-from click.testing import CliRunner
+from _helpers import assert_one_line_error, write_csv
+from _helpers import run_cli as run
 
 import daskgen
-from daskgen.cli import main
 from daskgen.datasets import write_zarr_dataset
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [*map(str, args), "--quiet"])
-    return result
-
-
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("daskgen: error: "), result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

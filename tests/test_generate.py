@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from _helpers import store_bytes
 from scipy import stats as sps
 
 import daskgen
@@ -29,10 +29,6 @@ def digits_model(digits):
 def read(path):
     g = zarr.open_group(str(path), mode="r")
     return g["images"][...], g["labels"][...], dict(g.attrs)["daskgen"]
-
-
-def store_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_classes_follow_the_prior_and_gaussians_match(digits_model, tmp_path, sync_scheduler):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import store_bytes
 
 pytest.importorskip("s3fs")
 pytest.importorskip("boto3")
@@ -209,10 +210,6 @@ def _store_bytes(fs, url: str) -> dict[str, bytes]:
     return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
 
 
-def _local_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-
-
 def _done_markers(fs, url: str) -> int:
     try:
         return len(fs.ls(url.removeprefix("s3://") + "/done/c"))
@@ -272,7 +269,7 @@ def test_generation_into_a_bucket_resumes_and_matches_a_local_run(s3, zarr_model
 
     local = tmp_path / "local.zarr"
     generate(read_model(zarr_model, options), N, str(local), seed=SEED, chunk_size=CHUNK)
-    remote_objects, local_files = _store_bytes(fs, out), _local_bytes(local)
+    remote_objects, local_files = _store_bytes(fs, out), store_bytes(local)
     assert sorted(remote_objects) == sorted(local_files)
     different = [k for k in local_files if remote_objects[k] != local_files[k]]
     assert not different, different

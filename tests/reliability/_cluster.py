@@ -176,12 +176,6 @@ class ExternalCluster:
                 *(["--quiet"] if quiet else [])]
 
 
-def store_bytes(path: Path) -> dict[str, bytes]:
-    """Every file of a store, by relative path: equal dicts mean byte-identical stores."""
-    path = Path(path)
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
     """Each file and folder under ``folder``: (size, mtime_ns, bytes) — to prove nothing was touched."""
     folder = Path(folder)

@@ -25,6 +25,8 @@ import pandas as pd
 import pytest
 import zarr
 from _cluster import snapshot
+from _helpers import assert_one_line_error
+from _helpers import run_cli as run
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,19 +35,6 @@ import daskgen
 from daskgen.cli import main
 from daskgen.model import GaussianClassModel
 from daskgen.stats import chunk_stats
-
-
-def run(*args) -> object:
-    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
-
-
-def assert_one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exc_info)
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("daskgen: error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

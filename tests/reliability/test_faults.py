@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from _cluster import snapshot, store_bytes, wait_until
+from _cluster import snapshot, wait_until
+from _helpers import store_bytes
 
 import daskgen
 from daskgen.datasets import write_zarr_dataset
