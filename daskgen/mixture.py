@@ -377,10 +377,10 @@ def _factor_all(covs: list[np.ndarray]) -> list[tuple[np.ndarray, float] | None]
 
 
 # ============================================================================ one pass, per chunk
-def _as_model_units(X: np.ndarray, scale: float) -> np.ndarray:
-    Xs = np.asarray(X, dtype=np.float64, order="C")
-    if Xs is X or not Xs.flags.owndata:
-        Xs = Xs.copy()
+def _as_model_units(X: np.ndarray, rows: np.ndarray, scale: float) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as a new float64 C-ordered array, times ``scale``. Indexing
+    copies already, so float64 rows are scaled in that copy (no second one)."""
+    Xs = np.asarray(X)[rows].astype(np.float64, order="C", copy=False)
     if scale != 1.0:
         Xs *= scale
     return Xs
@@ -417,7 +417,7 @@ def estep_stats(X: np.ndarray, y: np.ndarray, comps: Components, scale: float = 
     out = WeightedStats.empty(len(present), M, D, comps.diagonal, present)
     lo = hi = np.nan
     for j, (k, idx) in enumerate(zip(pos, rows)):
-        Xs = _as_model_units(X[idx], scale)
+        Xs = _as_model_units(X, idx, scale)
         lo, hi = np.fmin(lo, Xs.min()), np.fmax(hi, Xs.max())
         lp = comps.component_log_prob(Xs, k)
         ll = logsumexp_rows(lp)
@@ -445,7 +445,7 @@ def hard_stats(X: np.ndarray, y: np.ndarray, classes: np.ndarray, centers: np.nd
     out = WeightedStats.empty(len(present), M, D, diagonal, present)
     lo = hi = np.nan
     for j, (k, idx) in enumerate(zip(pos, rows)):
-        Xs = _as_model_units(X[idx], scale)
+        Xs = _as_model_units(X, idx, scale)
         lo, hi = np.fmin(lo, Xs.min()), np.fmax(hi, Xs.max())
         d2 = _sq_distances(Xs, centers[k])
         nearest = np.argmin(d2, axis=1)
@@ -521,7 +521,7 @@ def sample_chunk(X: np.ndarray, y: np.ndarray, seed: int, size: int, scale: floa
     for idx in rows:
         take = idx[np.argsort(keys[idx], kind="stable")[:size]]
         out_k.append(keys[take])
-        out_x.append(_as_model_units(X[take], scale))
+        out_x.append(_as_model_units(X, take, scale))
     lo = float(X.min()) * scale if X.size else np.nan
     hi = float(X.max()) * scale if X.size else np.nan
     counts = np.array([len(i) for i in rows], dtype=np.int64)
