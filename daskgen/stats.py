@@ -21,6 +21,7 @@ a plain function on numpy arrays, and the Dask graph is built elsewhere (``reduc
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,16 +115,11 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     hi = float(X.max()) if X.size else np.nan
     if exact_sums and not diagonal and X.size and max(abs(lo), abs(hi)) <= 255:
         return pixel_sums(X, y).to_class_stats(scale)  # exact integer sums, rounded once
-    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    classes, counts, blocks = _by_class(X, y)
     K, D = len(classes), X.shape[1]
     means = np.zeros((K, D))
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
-    # Rows sorted by class in their stored dtype, then one BLAS call per class.
-    Xs = X[np.argsort(inverse, kind="stable")]
-    start = 0
-    for k, stop in enumerate(np.cumsum(counts)):
-        rows = Xs[start:stop]
-        start = stop
+    for k, rows in enumerate(blocks):  # one BLAS call per class
         m = rows.mean(axis=0, dtype=np.float64)
         C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
         if not exact_sums:
@@ -137,7 +133,16 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
         means *= scale
         scatter *= scale * scale
         lo, hi = lo * scale, hi * scale
-    return ClassStats(classes, counts.astype(np.int64), means, scatter, lo, hi)
+    return ClassStats(classes, counts, means, scatter, lo, hi)
+
+
+def _by_class(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The sorted classes of ``y``, their counts (int64), and each class's rows of ``X``:
+    rows sorted by class once, in their stored dtype (uint8 stays uint8), then sliced."""
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    Xs = X[np.argsort(inverse, kind="stable")]
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return classes, counts.astype(np.int64), [Xs[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @dataclass
@@ -206,7 +211,7 @@ def pixel_sums(X: np.ndarray, y: np.ndarray) -> PixelSums:
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype.kind not in "iub":
         raise ValueError(f"pixel_sums needs integer X (n, D) and y (n,), got {X.dtype} {X.shape} and {y.shape}")
-    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    classes, counts, blocks = _by_class(X, y)
     K, D = len(classes), X.shape[1]
     lo = float(X.min()) if X.size else np.nan
     hi = float(X.max()) if X.size else np.nan
@@ -216,17 +221,13 @@ def pixel_sums(X: np.ndarray, y: np.ndarray) -> PixelSums:
     block = int(_F32_EXACT // (m * m))
     sums = np.zeros((K, D))
     gram = np.zeros((K, D, D))
-    Xs = X[np.argsort(inverse, kind="stable")]
-    start = 0
-    for k, stop in enumerate(np.cumsum(counts)):
-        rows = Xs[start:stop]
-        start = stop
+    for k, rows in enumerate(blocks):
         F = rows.astype(np.float32)
         for i in range(0, len(F), block):
             b = F[i : i + block]
             gram[k] += b.T @ b
         sums[k] = rows.sum(axis=0, dtype=np.int64)
-    return PixelSums(classes, counts.astype(np.int64), sums, gram, lo, hi)
+    return PixelSums(classes, counts, sums, gram, lo, hi)
 
 
 def add_sums(parts: list[PixelSums] | tuple[PixelSums, ...]) -> PixelSums:
