@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _data import write_tiled
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -46,8 +47,6 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 def prepare(tiles: int = 10, x10: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Fashion-MNIST train in memory, and as Zarr stores (1x and, with ``x10``, tiled with noise)."""
-    import zarr
-
     from daskgen.datasets import load_idx_pair, write_zarr_dataset
 
     images, labels = load_idx_pair(f"{FASHION}/train-images-idx3-ubyte.gz", f"{FASHION}/train-labels-idx1-ubyte.gz")
@@ -55,16 +54,8 @@ def prepare(tiles: int = 10, x10: bool = True) -> tuple[np.ndarray, np.ndarray, 
     paths = {"zarr": WORK / "train.zarr", "zarr10": WORK / f"train-x{tiles}.zarr"}
     if not paths["zarr"].exists():
         write_zarr_dataset(str(paths["zarr"]), images, labels, chunk_rows=10_000)
-    if x10 and not paths["zarr10"].exists():  # the same recipe as benchmarks/run.py
-        rng = np.random.default_rng(0)
-        n = len(images) * tiles
-        g = zarr.open_group(str(paths["zarr10"]), mode="w")
-        img = g.create_array("images", shape=(n, 28, 28), dtype="uint8", chunks=(10_000, 28, 28))
-        lab = g.create_array("labels", shape=(n,), dtype="int64", chunks=(10_000,))
-        for t in range(tiles):
-            noisy = np.clip(images.astype(np.int16) + rng.integers(-8, 9, images.shape), 0, 255).astype(np.uint8)
-            img[t * len(images) : (t + 1) * len(images)] = noisy
-            lab[t * len(images) : (t + 1) * len(images)] = labels
+    if x10 and not paths["zarr10"].exists():
+        write_tiled(str(paths["zarr10"]), images, labels, tiles)
     return images.reshape(len(images), -1), labels, {k: str(v) for k, v in paths.items()}
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _data import write_tiled
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -105,17 +106,7 @@ def prepare(tiles: int = 10) -> dict[str, str]:
     if not paths["zarr"].exists():
         write_zarr_dataset(str(paths["zarr"]), images, labels, chunk_rows=10_000)
     if not paths["zarr10"].exists():
-        import zarr
-
-        rng = np.random.default_rng(0)
-        n = len(images) * tiles
-        g = zarr.open_group(str(paths["zarr10"]), mode="w")
-        img = g.create_array("images", shape=(n, 28, 28), dtype="uint8", chunks=(10_000, 28, 28))
-        lab = g.create_array("labels", shape=(n,), dtype="int64", chunks=(10_000,))
-        for t in range(tiles):  # Fashion-MNIST tiled with noise, so no two rows repeat
-            noisy = np.clip(images.astype(np.int16) + rng.integers(-8, 9, images.shape), 0, 255).astype(np.uint8)
-            img[t * len(images) : (t + 1) * len(images)] = noisy
-            lab[t * len(images) : (t + 1) * len(images)] = labels
+        write_tiled(str(paths["zarr10"]), images, labels, tiles)
     return {k: str(v) for k, v in paths.items()}
 
 
