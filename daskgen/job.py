@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from .datasets import DATASETS
 from .errors import InputError
 
 __all__ = ["DEFAULTS", "Job", "default_job", "load_job"]
@@ -62,7 +63,6 @@ DEFAULTS: dict[str, Any] = {
 _SECTIONS = ("fit", "sample", "cluster")
 _TOP = ("inputs", "dataset", "out", "label_column", "format", "blocksize", "image_shape", "scale", *_SECTIONS, "plot", "report")
 _DATASET_KEYS = ("name", "source", "split", "download")
-_DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "idx", "csv")
 #: The tutorial's convention: a Kaggle digit-recognizer CSV in the working folder.
 TUTORIAL_CSV = os.path.join("data", "train.csv")
 #: Samples read back for the figures (the 10 x 4 grid).
@@ -90,9 +90,7 @@ class Job:
     report: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("inputs", "dataset", "out", "label_column", "format", "blocksize", "image_shape", "scale",
-                "fit", "sample", "cluster", "plot", "report")
-        return {"job_file": self.origin, **{k: copy.deepcopy(getattr(self, k)) for k in keys}}
+        return {"job_file": self.origin, **{k: copy.deepcopy(getattr(self, k)) for k in _TOP}}
 
     @property
     def paths(self) -> dict[str, str]:
@@ -175,7 +173,7 @@ def _build(raw: dict, origin: str, base: str, overrides: Mapping[str, Any] | Non
     if not values.get("inputs") and not values.get("dataset"):
         raise InputError(
             f"{origin}: no input: add 'inputs' (CSV, Parquet or Zarr files) or 'dataset' "
-            f"({', '.join(_DATASET_NAMES[:3])}, ...)"
+            f"({', '.join(DATASETS[:3])}, ...)"
         )
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for key, value in values.items():
@@ -439,17 +437,17 @@ def _dataset(v: Any, base: str) -> dict[str, Any]:
     if isinstance(v, str):
         v = {"name": v}
     if not isinstance(v, dict):
-        raise _Bad(f"expected a dataset name ({', '.join(_DATASET_NAMES)}) or a mapping of {', '.join(_DATASET_KEYS)}; got {_show(v)}")
+        raise _Bad(f"expected a dataset name ({', '.join(DATASETS)}) or a mapping of {', '.join(_DATASET_KEYS)}; got {_show(v)}")
     for key in v:
         if key not in _DATASET_KEYS:
             raise _Unknown(f"dataset.{key}", _suggest(str(key), _DATASET_KEYS, prefix="dataset."))
     if "name" not in v:
-        raise _Bad(f"dataset\x00needs a name ({', '.join(_DATASET_NAMES)})")
+        raise _Bad(f"dataset\x00needs a name ({', '.join(DATASETS)})")
     raw_name = v["name"]
     name = str(raw_name).strip().lower().replace("_", "-") if isinstance(raw_name, str) else None
     name = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(name, name)
-    if name not in _DATASET_NAMES:
-        raise _Bad(f"dataset.name\x00expected one of {', '.join(_DATASET_NAMES)}, got {_show(raw_name)}")
+    if name not in DATASETS:
+        raise _Bad(f"dataset.name\x00expected one of {', '.join(DATASETS)}, got {_show(raw_name)}")
     split = v.get("split", "train")
     split = "test" if split == "t10k" else split
     if split not in ("train", "test", "all"):
