@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +76,3 @@ def sync_scheduler():
 
     with dask.config.set(scheduler="synchronous"):
         yield
-
-
-@pytest.fixture
-def chdir(tmp_path):
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(old)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import dask
 import numpy as np
 import pytest
 import zarr
@@ -18,13 +17,9 @@ from daskgen.generation import generate
 from daskgen.model import GaussianClassModel
 from daskgen.stats import chunk_stats
 
-
-@pytest.fixture(autouse=True)
-def synchronous():
-    """Dask's synchronous scheduler: the numerics do not depend on the cluster (the
-    fault tests show a cluster's result is bit-identical)."""
-    with dask.config.set(scheduler="synchronous"):
-        yield
+# Dask's synchronous scheduler: the numerics do not depend on the cluster (the fault
+# tests show a cluster's result is bit-identical).
+pytestmark = pytest.mark.usefixtures("sync_scheduler")
 
 
 def rel_err(a, b) -> float:
