@@ -15,6 +15,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 import fsspec
@@ -47,11 +48,14 @@ class Dataset:
     label_column: str
     image_shape: tuple[int, ...] | None
     scale: float
+    #: blocks are read as 8-bit pixels (uint8, every value checked to lie in 0..255)
     integer_pixels: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "csv"
     blocksize: int = DEFAULT_BLOCKSIZE
+    #: the stored values are integers (pixel counts: dequantization applies)
+    integer_values: bool = False
 
     @property
     def n_features(self) -> int:
@@ -70,12 +74,20 @@ class Dataset:
             old = seen.get(f["path"])
             if old is None:
                 keep.append(f)
-            elif all(old.get(k) == f.get(k) for k in ("size", "mtime", "etag")):
+            elif all(old.get(k) == f.get(k) for k in ("size", "mtime", "etag")) or (
+                old.get("size") == f.get("size") and old.get("etag") and old.get("etag") == f.get("etag")
+            ):  # unchanged; or touched, with the same size and content hash (an object's etag)
                 skip.add(f["path"])
             else:
+                if old.get("size") != f.get("size"):
+                    what = f"size {old.get('size')} -> {f.get('size')}"
+                elif old.get("etag") != f.get("etag"):
+                    what = "its content hash changed"
+                else:  # only the size and the modification time are recorded for local files
+                    what = "modified time changed; same size"
                 raise InputError(
-                    f"{f['path']} changed since it was folded into the model "
-                    f"(size {old.get('size')} -> {f.get('size')}); fit all the data again without --update"
+                    f"{f['path']} changed since it was folded into the model ({what}); "
+                    "fit all the data again without --update"
                 )
         return replace(self, files=keep, blocks=[b for b in self.blocks if b.url not in skip])
 
@@ -175,13 +187,13 @@ def parse_image_shape(text: str | tuple | None) -> tuple[int, ...] | None:
 
 
 def parse_scale(scale: str | float | None) -> float | None:
-    """``'auto'``/None -> None (decide from the data), else a positive float."""
+    """``'auto'``/None -> None (decide from the data), else a positive float (``"1/255"`` allowed)."""
     if scale is None or str(scale).lower() == "auto":
         return None
     try:
-        value = float(scale)
-    except ValueError:
-        raise InputError(f"scale must be 'auto' or a number, got {scale!r}") from None
+        value = float(Fraction(str(scale).strip())) if isinstance(scale, str) else float(scale)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"scale must be 'auto', a number or a fraction such as 1/255, got {scale!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise InputError(f"scale must be a positive number, got {scale!r}")
     return value
@@ -564,6 +576,7 @@ def open_zarr_group(url: str, storage_options: dict | None = None, mode: str = "
 def _open_zarr(entries, label_column, blocksize, storage_options):
     blocks, files = [], []
     features, image_shape, integer, stored_scale = None, None, True, None
+    eight_bit = True
     for _, fs, path in entries:
         url = _unstrip(fs, path)
         try:
@@ -596,6 +609,8 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
             raise InputError(f"{url}: images have {D} features, earlier inputs {len(features)}")
         if images.dtype.kind not in "iub":
             integer = False
+        if images.dtype != np.uint8:
+            eight_bit = False
         if meta.get("scale") and stored_scale is None:
             stored_scale = float(meta["scale"])  # e.g. 1/16 for the digits' 0..16 pixels
         if images.dtype.kind not in "iufb":
@@ -608,7 +623,7 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
         for a in range(0, N, step):
             blocks.append(Block("zarr", url, a, min(a + step, N), options=(label_name,)))
         files.append({"path": url, "size": int(N), "mtime": "", "etag": _zarr_token(group)})
-    return blocks, files, features, integer, image_shape, stored_scale
+    return blocks, files, features, integer, image_shape, stored_scale, integer and eight_bit
 
 
 def _zarr_token(group) -> str:
@@ -649,8 +664,13 @@ def open_inputs(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     storage_options: dict | None = None,
+    pixels_8bit: bool = False,
 ) -> Dataset:
-    """Look at the inputs and plan the blocks to read. Reads only headers and metadata."""
+    """Look at the inputs and plan the blocks to read. Reads only headers and metadata.
+
+    ``pixels_8bit``: integer values must be 8-bit pixels (0..255) whatever the scale
+    (e.g. held-out data of a model fitted on 8-bit pixels).
+    """
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     blocksize = int(blocksize or DEFAULT_BLOCKSIZE)
@@ -661,13 +681,13 @@ def open_inputs(
     if len(kinds) > 1:
         raise InputError(f"inputs mix formats ({', '.join(sorted(kinds))}); fit one format at a time")
     (kind,) = kinds
-    inferred_shape, stored_scale = None, None
+    inferred_shape, stored_scale, eight_bit = None, None, False
     if kind == "csv":
         blocks, files, features, integer = _open_csv(entries, label_column, blocksize, storage_options)
     elif kind == "parquet":
         blocks, files, features, integer = _open_parquet(entries, label_column, blocksize, storage_options)
     else:
-        blocks, files, features, integer, inferred_shape, stored_scale = _open_zarr(
+        blocks, files, features, integer, inferred_shape, stored_scale, eight_bit = _open_zarr(
             entries, label_column, blocksize, storage_options
         )
     if not features:
@@ -690,11 +710,15 @@ def open_inputs(
         label_column=label_column,
         image_shape=shape,
         scale=fixed if fixed is not None else (1 / 255 if integer else 1.0),
-        integer_pixels=integer and fixed is None,
+        # The exact 8-bit path depends on what is stored, not on how the scale was
+        # given: uint8 images always take it; other integers when the scale is auto
+        # (8-bit pixels are then assumed, and every value is checked).
+        integer_pixels=eight_bit or (integer and fixed is None) or (integer and pixels_8bit),
         files=files,
         storage_options=dict(storage_options or {}),
         fmt=kind,
         blocksize=blocksize,
+        integer_values=bool(integer),
     )
 
 
