@@ -994,7 +994,7 @@ class MixtureSampler(Sampler):
 
 
 # ============================================================================ the model
-@dataclass
+@dataclass(repr=False)
 class GaussianMixtureClassModel(BayesClassifier):
     """A prior over classes and a mixture of Gaussians per class.
 

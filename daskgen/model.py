@@ -295,10 +295,35 @@ class BayesClassifier:
         Returns ``(X, y)``: X of shape (n, D) in model units, y of shape (n,) labels.
         For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
         """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer number of samples, got {n!r}")
         rng = np.random.default_rng(seed)
-        sampler = self.sampler(dtype)
+        sampler = self.cached_sampler(dtype)
         idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
         return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
+
+    def cached_sampler(self, dtype: Any = np.float64) -> Sampler:
+        """:meth:`sampler`, built once per model and working dtype and kept: every
+        in-memory draw (a figure's, say) reuses the factors."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        key = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64).str
+        if key not in cache:
+            cache[key] = self.sampler(dtype)
+        return cache[key]
+
+    def __repr__(self) -> str:
+        """One line, as scikit-learn's estimators: the shape and the options, not the arrays."""
+        parts = [f"classes={self.n_classes}"]
+        if hasattr(self, "n_components"):
+            parts.append(f"components={self.n_components}")
+        parts.append(f"features={self.n_features}")
+        if self.image_shape:
+            parts.append(f"image_shape={tuple(self.image_shape)}")
+        parts.append(f"covariance={self.covariance_type!r}")
+        if self.config.get("reg_covar") is not None:
+            parts.append(f"reg_covar={self.config['reg_covar']:.3g}")
+        parts.append(f"scale={self.scale:.6g}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
         """Write the model store (a Zarr v3 group) atomically; see ``daskgen.io.store``."""
@@ -307,7 +332,7 @@ class BayesClassifier:
         write_model(self, path, overwrite=overwrite, storage_options=storage_options)
 
 
-@dataclass
+@dataclass(repr=False)
 class GaussianClassModel(BayesClassifier):
     """A prior over classes and one Gaussian per class.
 
