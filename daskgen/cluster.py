@@ -23,6 +23,8 @@ import dask
 
 log = logging.getLogger("daskgen")
 _PROGRESS_INTERVAL = 0.1
+#: The only address a cluster started here listens on.
+LOOPBACK = "127.0.0.1"
 
 
 def active_client() -> Any:
@@ -84,6 +86,13 @@ class TextBar:
 
 
 def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_address):
+    """A LocalCluster whose every server listens on 127.0.0.1 only.
+
+    distributed binds the scheduler's HTTP server (dashboard, /metrics, /info) and
+    each worker's to all interfaces unless told otherwise, and an in-process cluster
+    refuses ``host=``: the addresses are set one by one. Without a dashboard (quiet)
+    the scheduler's HTTP server still runs, on a free loopback port instead of 8787.
+    """
     from distributed import LocalCluster
 
     return LocalCluster(
@@ -91,10 +100,12 @@ def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_addres
         threads_per_worker=threads,
         processes=processes,
         memory_limit=memory_limit or "auto",
-        # worker processes talk TCP on loopback only; a threaded worker lives in
-        # this process and uses the in-process transport (no port at all)
+        # worker processes and nannies talk TCP on loopback only; a threaded worker
+        # lives in this process and uses the in-process transport (no port at all)
         **({"host": "127.0.0.1"} if processes else {}),
-        dashboard_address=dashboard_address,
+        dashboard_address=dashboard_address or f"{LOOPBACK}:0",
+        worker_dashboard_address=f"{LOOPBACK}:0",
+        scheduler_kwargs={} if dashboard_address else {"dashboard": False},
     )
 
 
