@@ -551,6 +551,8 @@ def write_zarr_dataset(
     extra["daskgen"] = meta
 
     def fill(group) -> None:
+        from .io.store import consolidate
+
         dims = ("sample", "y", "x") if X.ndim == 3 else ("sample", "feature")
         arr = group.create_array(
             "images", shape=X.shape, dtype=X.dtype, chunks=(rows,) + X.shape[1:], dimension_names=dims
@@ -565,6 +567,7 @@ def write_zarr_dataset(
         )
         lab[...] = y
         group.attrs.update(extra)
+        consolidate(group)
 
     target = os.fspath(url)
     fs, path, local = _url_to_fs(target, storage_options)

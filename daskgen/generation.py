@@ -27,7 +27,7 @@ from ._blas import one_blas_thread
 from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import label_array
+from .io.store import consolidate, label_array
 from .model import GaussianClassModel, Sampler
 
 DTYPES = ("float32", "float64", "uint8")
@@ -241,6 +241,7 @@ def generate(
     if not meta.get("complete"):
         meta["complete"] = True
         group.attrs["daskgen"] = meta
+        consolidate(group)
     return GenerateResult(out, n, int(seed), n_chunks, len(todo), resumed)
 
 
