@@ -67,7 +67,16 @@ from scipy.linalg.lapack import dpotrf, dtrtri
 
 from ._blas import one_blas_thread
 from .errors import InputError, ModelError, first_line
-from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
+from .model import (
+    BayesClassifier,
+    ClassFactor,
+    Sampler,
+    _fingerprint,
+    cholesky_factor,
+    factor_covariance,
+    logsumexp_rows,
+    triangular_factor,
+)
 from .stats import _centered_scatter, _union_classes, value_range
 
 log = logging.getLogger("daskgen")
@@ -964,7 +973,7 @@ class _FlatView:
         K, M, D = model.means.shape
         self.priors = (model.priors[:, None] * model.weights).ravel()
         self.means = model.means.reshape(K * M, D)
-        self.factors = model.component_factors
+        self.model = model
         self.n_features = D
 
 
@@ -979,10 +988,23 @@ class MixtureSampler(Sampler):
 
     def __init__(self, model: GaussianMixtureClassModel, dtype: Any = np.float64):
         super().__init__(_FlatView(model), dtype)
+
         self.class_priors = np.asarray(model.priors, dtype=np.float64)
         w = np.asarray(model.weights, dtype=np.float64)
         self.component_weights = w / w.sum(axis=1, keepdims=True)
         self.n_components = int(w.shape[1])
+
+    @staticmethod
+    def triangular_factors(flat: _FlatView):
+        """Every component's factor: Cholesky where its covariance is positive definite
+        (always, with ``reg_covar`` > 0), else from its eigendecomposition."""
+        model = flat.model
+        K, M = model.weights.shape
+        for k in range(K):
+            for m in range(M):
+                cov = model.covariances[k, m]
+                done = cholesky_factor(cov) if cov.ndim == 2 else None
+                yield done if done is not None else triangular_factor(factor_covariance(cov), flat.n_features)
 
     def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flat = np.empty(len(class_index), dtype=np.intp)
