@@ -564,13 +564,18 @@ def _read_parquet_block(block: Block, storage_options: dict | None, pixels: bool
 
 # ---------------------------------------------------------------------------- Zarr
 def open_zarr_group(url: str, storage_options: dict | None = None, mode: str = "r"):
-    """Open a Zarr v3 group from a local path or an fsspec URL."""
+    """Open a Zarr v3 group from a local path or an fsspec URL.
+
+    Always from the group's own metadata, never the consolidated copy (written for
+    other readers when a store is complete): that copy would hide an array removed
+    or rewritten since.
+    """
     import zarr
 
     fs, path = _fs(url, storage_options)
     if _is_local(fs):
-        return zarr.open_group(path, mode=mode)
-    return zarr.open_group(url, mode=mode, storage_options=storage_options or {})
+        return zarr.open_group(path, mode=mode, use_consolidated=False)
+    return zarr.open_group(url, mode=mode, storage_options=storage_options or {}, use_consolidated=False)
 
 
 def _open_zarr(entries, label_column, blocksize, storage_options):
