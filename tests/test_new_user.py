@@ -240,3 +240,47 @@ def test_data_folder_is_documented_and_ignored():
     assert ignored.stdout.split() == ["data/train.csv", ".daskgen-cluster/scheduler.json"]
     kept = subprocess.run(["git", "check-ignore", "data/README.md"], cwd=root, capture_output=True, text=True)
     assert kept.returncode == 1
+
+
+def test_progress_is_a_line_per_tenth_when_not_a_terminal(tmp_path):
+    from click.testing import CliRunner
+
+    from daskgen.cli import main
+
+    rng = np.random.default_rng(6)
+    data = write_csv(tmp_path / "a.csv", rng.integers(0, 256, size=(3000, 16)), rng.integers(0, 3, 3000))
+    cli = CliRunner()  # neither stdout nor stderr is a terminal
+    fit = cli.invoke(main, ["fit", data, "--out", str(tmp_path / "m.zarr"), "--blocksize", "2000",
+                            "--threads-per-worker", "1"])
+    assert fit.exit_code == 0, fit.output
+    ev = cli.invoke(main, ["evaluate", str(tmp_path / "m.zarr"), data, "--blocksize", "2000",
+                           "--threads-per-worker", "1"])
+    assert ev.exit_code == 0, ev.output
+    for result in (fit, ev):
+        assert "\r" not in result.output
+        bars = [ln for ln in result.output.splitlines() if "Completed" in ln]
+        assert 2 <= len(bars) <= 11, result.output  # 50+ blocks, at most one line per tenth
+        assert bars[-1].split("]")[1].split()[0] == "100%", bars
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
+    import signal
+    import time
+
+    import zarr
+
+    _, model = small_model
+    exe = os.path.join(os.path.dirname(sys.executable), "daskgen")
+    out = tmp_path / "s.zarr"
+    p = subprocess.Popen([exe, "sample", str(model), "--n", "100000000", "--chunk-size", "100000", "--out", str(out),
+                          "--quiet", *workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # interrupt once chunks are being written
+        time.sleep(0.5)
+        if (out / "zarr.json").exists() and int(np.asarray(zarr.open_group(str(out), mode="r")["done"][:]).sum()):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.splitlines()[0] == "daskgen: interrupted", err
+    assert "Traceback" not in err and "CancelledError" not in err and "WARNING" not in err, err
