@@ -247,6 +247,8 @@ def fit_mixture(
     config = _config(n_components, em_options)
     config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt,
                   integer_pixels=bool(dataset.integer_pixels))
+    if dataset.class_names:
+        config["class_names"] = dataset.class_names
     return GaussianMixtureClassModel.from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,

@@ -237,6 +237,7 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
             "kind": "mixture" if mixture else "gaussian",
             "fingerprint": model.fingerprint,
             "classes": [_plain(c) for c in model.classes.tolist()],
+            "class_names": model.class_names,
             "components": int(model.n_components) if mixture else 1,
             "covariance": model.covariance_type,
             "reg_covar": model.config.get("reg_covar"),
@@ -313,12 +314,15 @@ def format_table(rep: dict[str, Any]) -> str:
     if rep["input"]["unknown_labels"]:
         lines.append(f"warning     labels not in the model: {rep['input']['unknown_labels']}")
     labels = [str(c) for c in m["classes"]]
+    names = m.get("class_names") or labels
+    rows = [label if name == label else f"{label} {name}" for label, name in zip(labels, names)]
     width = max(5, *(len(x) for x in labels), *(len(str(v)) for row in cl["confusion_matrix"] for v in row)) + 1
+    first = max(width, max(map(len, rows)) + 1)
     lines.append("")
     lines.append("confusion (rows: true, columns: predicted)")
-    lines.append(" " * width + "".join(x[:width - 1].rjust(width) for x in labels) + "  recall".rjust(width + 2))
-    for label, row, rec in zip(labels, cl["confusion_matrix"], cl["recall"]):
-        lines.append(label[:width - 1].rjust(width) + "".join(str(v).rjust(width) for v in row)
+    lines.append(" " * first + "".join(x[:width - 1].rjust(width) for x in labels) + "  recall".rjust(width + 2))
+    for label, row, rec in zip(rows, cl["confusion_matrix"], cl["recall"]):
+        lines.append(label.rjust(first) + "".join(str(v).rjust(width) for v in row)
                      + ("" if rec is None else f"{rec:.3f}".rjust(width + 2)))
     return "\n".join(lines)
 
@@ -329,7 +333,7 @@ def plot_confusion(rep: dict[str, Any], path: str) -> str:
 
     C = np.asarray(rep["classifier"]["confusion_matrix"], dtype=np.float64)
     K = len(C)
-    labels = [_label(c) for c in rep["model"]["classes"]]
+    labels = [_label(c) for c in rep["model"].get("class_names") or rep["model"]["classes"]]
     side = min(max(4.0, 0.55 * K + 2.0), 16.0)
     fig = _figure(side + 1.0, side, layout="constrained")
     ax = fig.subplots()

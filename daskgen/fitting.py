@@ -89,7 +89,8 @@ def fit(
         label_column=label_column,
         feature_names=dataset.feature_names,
         config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                "integer_pixels": bool(dataset.integer_pixels)},
+                "integer_pixels": bool(dataset.integer_pixels),
+                **({"class_names": dataset.class_names} if dataset.class_names else {})},
         inputs=previous + dataset.files,
     )
 

@@ -281,6 +281,14 @@ class BayesClassifier:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def class_names(self) -> list[str]:
+        """What to show for each class: the dataset's name for it (Fashion-MNIST's
+        "Trouser", say, stored by ``daskgen data``), else the label as text. Display
+        metadata only: ``classes`` holds the labels as stored."""
+        names = self.config.get("class_names") or {}
+        return [str(names.get(str(c), c)) for c in self.classes.tolist()]
+
     def class_index(self, label: Any) -> int:
         """Position of ``label`` in ``classes``; accepts the label or its string form."""
         for i, c in enumerate(self.classes.tolist()):

@@ -284,3 +284,32 @@ def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and err.splitlines()[0] == "daskgen: interrupted", err
     assert "Traceback" not in err and "CancelledError" not in err and "WARNING" not in err, err
+
+
+def test_fashion_mnist_class_names_are_stored_and_shown(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"):
+        pytest.skip("Fashion-MNIST is not installed")
+    r = run("data", "fashion-mnist", "--split", "test", "--out", tmp_path / "t.zarr", "--chunk-rows", 5000)
+    assert r.exit_code == 0, r.output
+    import zarr
+
+    names = zarr.open_group(str(tmp_path / "t.zarr"), mode="r").attrs["daskgen"]["class_names"]
+    assert names["1"] == "Trouser" and names["9"] == "Ankle boot" and len(names) == 10
+    assert run("fit", tmp_path / "t.zarr", "--out", tmp_path / "m.zarr", "--covariance", "diag").exit_code == 0
+    model = daskgen.load_model(str(tmp_path / "m.zarr"))
+    assert model.classes.tolist() == list(range(10))  # labels as stored
+    assert model.class_names[1] == "Trouser" and model.class_names[9] == "Ankle boot"
+    r = run("evaluate", tmp_path / "m.zarr", tmp_path / "t.zarr", "--out", tmp_path / "ev")
+    assert r.exit_code == 0 and "1 Trouser" in r.output and "9 Ankle boot" in r.output, r.output
+    rep = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert rep["model"]["classes"] == list(range(10)) and rep["model"]["class_names"][0] == "T-shirt/top"
+    # the figures' row labels are the names
+    import daskgen.plot as plot
+
+    shown = []
+    real = plot._show
+    monkeypatch.setattr(plot, "_show", lambda ax, image, style, title=None, ylabel=None: (
+        shown.append((title, ylabel)), real(ax, image, style, title, ylabel))[1])
+    plot.plot_means_and_samples(model, str(tmp_path / "f.png"))
+    assert [y for _, y in shown if y is not None][:2] == ["T-shirt/top", "Trouser"]

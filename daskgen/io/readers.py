@@ -56,6 +56,8 @@ class Dataset:
     blocksize: int = DEFAULT_BLOCKSIZE
     #: the stored values are integers (pixel counts: dequantization applies)
     integer_values: bool = False
+    #: display names of the classes, by label as text (a Zarr dataset's ``class_names``)
+    class_names: dict[str, str] | None = None
 
     @property
     def n_features(self) -> int:
@@ -581,7 +583,7 @@ def open_zarr_group(url: str, storage_options: dict | None = None, mode: str = "
 def _open_zarr(entries, label_column, blocksize, storage_options):
     blocks, files = [], []
     features, image_shape, integer, stored_scale = None, None, True, None
-    eight_bit = True
+    eight_bit, class_names = True, None
     for _, fs, path in entries:
         url = _unstrip(fs, path)
         try:
@@ -616,6 +618,8 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
             integer = False
         if images.dtype != np.uint8:
             eight_bit = False
+        if meta.get("class_names") and class_names is None:
+            class_names = {str(k): str(v) for k, v in dict(meta["class_names"]).items()}
         if meta.get("scale") and stored_scale is None:
             stored_scale = float(meta["scale"])  # e.g. 1/16 for the digits' 0..16 pixels
         if images.dtype.kind not in "iufb":
@@ -628,7 +632,7 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
         for a in range(0, N, step):
             blocks.append(Block("zarr", url, a, min(a + step, N), options=(label_name,)))
         files.append({"path": url, "size": int(N), "mtime": "", "etag": _zarr_token(group)})
-    return blocks, files, features, integer, image_shape, stored_scale, integer and eight_bit
+    return blocks, files, features, integer, image_shape, stored_scale, integer and eight_bit, class_names
 
 
 def _zarr_token(group) -> str:
@@ -686,13 +690,13 @@ def open_inputs(
     if len(kinds) > 1:
         raise InputError(f"inputs mix formats ({', '.join(sorted(kinds))}); fit one format at a time")
     (kind,) = kinds
-    inferred_shape, stored_scale, eight_bit = None, None, False
+    inferred_shape, stored_scale, eight_bit, class_names = None, None, False, None
     if kind == "csv":
         blocks, files, features, integer = _open_csv(entries, label_column, blocksize, storage_options)
     elif kind == "parquet":
         blocks, files, features, integer = _open_parquet(entries, label_column, blocksize, storage_options)
     else:
-        blocks, files, features, integer, inferred_shape, stored_scale, eight_bit = _open_zarr(
+        blocks, files, features, integer, inferred_shape, stored_scale, eight_bit, class_names = _open_zarr(
             entries, label_column, blocksize, storage_options
         )
     if not features:
@@ -724,6 +728,7 @@ def open_inputs(
         fmt=kind,
         blocksize=blocksize,
         integer_values=bool(integer),
+        class_names=class_names,
     )
 
 
