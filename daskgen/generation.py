@@ -35,8 +35,9 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
 IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class", "draw")
 #: Version of the draw (bit generator, class choice, factor, panels): a store begun by
-#: another version is refused rather than finished with different bits.
-DRAW_VERSION = 2
+#: another version is refused rather than finished with different bits. 3: a mixture's
+#: components are factored by Cholesky.
+DRAW_VERSION = 3
 
 
 @dataclass
