@@ -169,7 +169,7 @@ class _UserErrorFilter(logging.Filter):
     """Drop an in-process worker's "Compute Failed" report of a daskgen user error
     (bad input, say): the error reaches the command, which prints it as one line."""
 
-    _NAMES = ("DaskgenError(", "InputError(", "ModelError(", "OutputExistsError(")
+    _NAMES = ("DaskgenError(", "InputError(", "ModelError(", "OutputExistsError(", "NotEightBitError(")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Compute Failed"):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .errors import InputError
-from .io.readers import Dataset, open_inputs
+from .io.readers import Dataset, NotEightBitError, open_inputs
 from .model import GaussianClassModel
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 from .stats import ClassStats, merge
@@ -65,11 +66,20 @@ def fit(
     if reg_covar is None:
         reg_covar = default_reg_covar(dataset)
     diagonal = covariance == "diag" and (update is None or update.stats.diagonal)
-    stats = (
-        compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
-        if dataset.blocks
-        else ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
-    )
+    if not dataset.blocks:
+        stats = ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
+    elif dataset.integer_values and not dataset.integer_pixels and not diagonal:
+        # Integer CSV/Parquet columns with an explicit scale: 8-bit pixels take the exact
+        # integer path (the same bits as a fit with --scale auto, or of a uint8 Zarr
+        # copy); wider integers, found by a read, the general one.
+        try:
+            stats = compute_stats(replace(dataset, integer_pixels=True), diagonal=False,
+                                  split_every=int(split_every), progress=progress)
+            dataset = replace(dataset, integer_pixels=True)
+        except NotEightBitError:
+            stats = compute_stats(dataset, diagonal=False, split_every=int(split_every), progress=progress)
+    else:
+        stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
     previous: list[dict[str, Any]] = []
     if update is not None:
         try:

@@ -238,7 +238,14 @@ def test_the_exact_8bit_path_does_not_depend_on_how_the_scale_is_given(tmp_path,
     csv = daskgen.fit(str(tmp_path / "d.csv"), blocksize=3000)
     recorded = daskgen.fit(str(tmp_path / "d.zarr"))
     explicit = daskgen.fit(str(tmp_path / "d.zarr"), scale=1 / 255)
-    np.testing.assert_array_equal(recorded.covariances, csv.covariances)
-    np.testing.assert_array_equal(explicit.covariances, csv.covariances)
-    np.testing.assert_array_equal(recorded.means, csv.means)
-    assert recorded.config["integer_pixels"] and explicit.config["integer_pixels"]
+    csv_explicit = daskgen.fit(str(tmp_path / "d.csv"), blocksize=3000, scale="1/255")
+    for m in (recorded, explicit, csv_explicit):
+        np.testing.assert_array_equal(m.covariances, csv.covariances)
+        np.testing.assert_array_equal(m.means, csv.means)
+        assert m.config["integer_pixels"]
+    # integers wider than 8 bits with an explicit scale: the general path, still exact to rounding
+    wide = images.reshape(700, -1).astype(int) * 16
+    write_csv(tmp_path / "w.csv", wide, labels)
+    m = daskgen.fit(str(tmp_path / "w.csv"), blocksize=3000, scale=1 / 4080, reg_covar=0)
+    assert not m.config["integer_pixels"]
+    np.testing.assert_allclose(m.covariances, csv.covariances - csv.config["reg_covar"] * np.eye(16), rtol=1e-9, atol=1e-15)

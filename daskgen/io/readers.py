@@ -364,7 +364,7 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
             convert_options=pacsv.ConvertOptions(column_types=types, **convert),
         )
     except pa.ArrowInvalid as exc:
-        raise InputError(_explain_csv_error(_where(block), header, exc, label_column)) from None
+        raise _pixel_error(_explain_csv_error(_where(block), header, exc, label_column)) from None
     return _table_to_xy(table, header, label_column, _where(block), pixels)
 
 
@@ -395,6 +395,15 @@ def _reject_hex(raw, lo: int, hi: int, block: Block, header: list[str], label_co
                     what = "label" if column == label_column else "feature"
                     raise InputError(f"{_where(block)}: column {column!r}: non-numeric {what} value {token!r} (hexadecimal)")
             at = raw.find(marker, at + 2, hi)
+
+
+class NotEightBitError(InputError):
+    """Data read as 8-bit pixels holds a value that is not one (outside 0..255, or not an integer)."""
+
+
+def _pixel_error(message: str) -> InputError:
+    """The error for a CSV conversion message: NotEightBitError when it says the value is no 8-bit pixel."""
+    return NotEightBitError(message) if message.endswith("pass --scale") else InputError(message)
 
 
 def _outside_pixel_range(where: str, feature: str, value) -> str:
@@ -470,7 +479,7 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
             raise InputError(f"{where}: feature {c!r} has a missing, NaN or infinite value")
         if pixels:
             if not pat.is_integer(col.type):
-                raise InputError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
+                raise NotEightBitError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
             if pat.is_uint8(col.type):
                 Xt[j] = _column_values(col)
                 continue
@@ -478,7 +487,7 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
 
             lo, hi = (v.as_py() for v in pc.min_max(col).values())
             if lo is not None and (lo < 0 or hi > 255):
-                raise InputError(_outside_pixel_range(where, repr(c), lo if lo < 0 else hi))
+                raise NotEightBitError(_outside_pixel_range(where, repr(c), lo if lo < 0 else hi))
         Xt[j] = _column_values(col)
     return Xt.T, y
 
@@ -657,7 +666,7 @@ def _read_zarr_block(block: Block, storage_options: dict | None, pixels: bool):
         lo, hi = X.min(), X.max()
         if lo < 0 or hi > 255:
             col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
-            raise InputError(_outside_pixel_range(_where(block), f"pixel{col}", lo if lo < 0 else hi))
+            raise NotEightBitError(_outside_pixel_range(_where(block), f"pixel{col}", lo if lo < 0 else hi))
         X = X.astype(np.uint8)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise InputError(f"{block.url} (rows {block.start}-{block.stop}): 'labels' has NaN or infinite values")
