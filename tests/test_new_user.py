@@ -162,6 +162,7 @@ with connect(workers=workers, threads_per_worker=1, quiet=sys.argv[2] == "quiet"
 """
 
 
+@pytest.mark.slow  # a subprocess, and worker processes
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 @pytest.mark.parametrize("quiet", ["quiet", "loud"])
 def test_local_clusters_listen_on_loopback_only(kind, quiet):
@@ -263,6 +264,7 @@ def test_progress_is_a_line_per_tenth_when_not_a_terminal(tmp_path):
         assert bars[-1].split("]")[1].split()[0] == "100%", bars
 
 
+@pytest.mark.slow  # a real process, interrupted
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
 def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
     import signal
@@ -286,6 +288,7 @@ def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
     assert "Traceback" not in err and "CancelledError" not in err and "WARNING" not in err, err
 
 
+@pytest.mark.slow  # reads Fashion-MNIST's 10,000 test images
 def test_fashion_mnist_class_names_are_stored_and_shown(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     if not os.path.exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"):
