@@ -76,11 +76,16 @@ def _block_estep(xy, comps: Components, scale: float) -> WeightedStats:
 def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
     """Bytes the blocks take in memory once read, and how that was estimated.
 
-    Zarr: exact (rows x features x stored item size). Parquet: row counts from the
+    Zarr and arrays: exact (rows x features x item size). Parquet: row counts from the
     file metadata. CSV: an upper bound, each value taking at least two characters.
+    Dataframes: unknown (0), so they are persisted.
     """
     D = dataset.n_features
     item = 1 if dataset.integer_pixels else 8
+    if dataset.fmt == "array":
+        return sum(b.stop - b.start for b in dataset.blocks) * D * item, "exact (array shape)"
+    if dataset.fmt == "dataframe":
+        return 0, "unknown (a dataframe's partition lengths are not computed)"
     if dataset.fmt == "zarr":
         total = 0
         for url in {b.url for b in dataset.blocks}:
@@ -232,7 +237,7 @@ def fit_mixture(
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
     reads = [
         delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                       dask_key_name=f"read-{token}-{i}")
+                                       dataset.rows(i), dask_key_name=f"read-{token}-{i}")
         for i, block in enumerate(dataset.blocks)
     ]
     blocks, persisted = persist_blocks(reads, dataset, persist)
