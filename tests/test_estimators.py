@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import daskgen
 from daskgen import GaussianClassifier, GaussianMixtureClassifier
 from daskgen.datasets import load_digits_dataset, write_csv_dataset, write_zarr_dataset
+from daskgen.io.arrays import from_arrays
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,9 @@ def test_dataframes_and_xarray_give_the_numpy_model(pixels, sync_scheduler):
     by_pandas = GaussianClassifier(blocksize=400).fit(frame, "label")
     by_dask_frame = GaussianClassifier().fit(dd.from_pandas(frame, npartitions=5), y="label")
     images = xr.DataArray(X.reshape(-1, 8, 8), dims=("image", "y", "x"), coords={"digit": ("image", y)})
-    by_coord = GaussianClassifier(sample_dim="image").fit(images.chunk({"image": 300, "x": 4}), y="digit")
+    chunked = images.chunk({"image": 300, "x": 4})
+    assert [b.stop for b in from_arrays(chunked, "digit", sample_dim="image").blocks] == [*range(300, 1797, 300), 1797]
+    by_coord = GaussianClassifier(sample_dim="image").fit(chunked, y="digit")
     by_array = GaussianClassifier(sample_dim="image").fit(images.transpose("x", "image", "y"), xr.DataArray(y, dims="image"))
     for est in (by_pandas, by_dask_frame, by_coord):
         assert_same_model(est.model_, ref.model_)

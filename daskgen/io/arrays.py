@@ -88,7 +88,7 @@ def as_rows(X: Any, sample_dim: str = "sample"):
         if any(len(chunks) > 1 for chunks in X.chunks[1:]):
             X = X.rechunk({i: -1 for i in range(1, X.ndim)})  # a block holds whole rows
         if X.ndim == 3:
-            X = X.reshape((X.shape[0], -1), merge_chunks=False)
+            X = X.reshape((X.shape[0], -1))  # feature dims are one chunk: row chunks are kept
     elif X.ndim == 3:
         X = X.reshape(len(X), -1)
     return X, shape
