@@ -83,6 +83,7 @@ def test_any_row_chunks_give_the_same_8bit_model(pixels, cuts, split_every):
 
 
 # ---------------------------------------------------------------------------- other inputs, same model
+@pytest.mark.slow  # integration: several fits
 def test_dataframes_and_xarray_give_the_numpy_model(pixels, sync_scheduler):
     import dask.dataframe as dd
     import pandas as pd
@@ -104,6 +105,10 @@ def test_dataframes_and_xarray_give_the_numpy_model(pixels, sync_scheduler):
     assert list(by_dask_frame.feature_names_in_) == [f"p{i}" for i in range(64)]
     np.testing.assert_array_equal(by_pandas.predict(frame.drop(columns="label")), ref.predict(X))
     np.testing.assert_allclose(by_coord.score_samples(images), ref.score_samples(X), rtol=1e-12)
+    opts = dict(n_components=2, max_iter=2, reg_covar=1e-2)
+    mix = GaussianMixtureClassifier(**opts).fit(dd.from_pandas(frame, npartitions=5), "label")
+    assert mix.model_.config["em"]["persist"]["persisted"]  # a dataframe's size is unknown: kept
+    np.testing.assert_allclose(mix.means_, GaussianMixtureClassifier(**opts).fit(X, y).means_, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- references
@@ -148,6 +153,7 @@ def test_score_samples_is_the_density_of_the_data_units(pixels, sync_scheduler):
     assert Xs.shape == (400, 64) and set(ys) <= set(est.classes_)
 
 
+@pytest.mark.slow  # integration: several fits
 def test_mixture_is_the_file_path_mixture_and_one_sklearn_em_step(pixels, tmp_path, sync_scheduler):
     from sklearn.mixture import GaussianMixture
 
@@ -179,6 +185,7 @@ def test_mixture_is_the_file_path_mixture_and_one_sklearn_em_step(pixels, tmp_pa
 
 
 # ---------------------------------------------------------------------------- schedulers
+@pytest.mark.slow  # integration: several fits
 def test_fits_on_a_threaded_distributed_client(pixels, dequantized):
     from distributed import Client, LocalCluster
 
