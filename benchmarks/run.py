@@ -197,7 +197,7 @@ def bench_sample(repeat: int, n: int = 1_000_000) -> dict:
     for _ in range(5):
         Z @ A
     flops = 5 * 2 * 20_000 * 784 * 784 / (time.perf_counter() - t)
-    from daskgen.model import Sampler
+    from daskgen.models.gaussian import Sampler
 
     sampler = Sampler(model, np.float32)
     r = float(np.dot(model.priors, [f.rank for f in model.factors]))

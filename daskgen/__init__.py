@@ -9,20 +9,20 @@ from importlib import import_module
 from ._version import __version__
 
 _EXPORTS = {
-    "ClassStats": ".stats",
+    "ClassStats": ".kernels.class_stats",
     "DaskgenError": ".errors",
-    "GaussianClassModel": ".model",
-    "GaussianMixtureClassModel": ".mixture",
+    "GaussianClassModel": ".models.gaussian",
+    "GaussianMixtureClassModel": ".models.mixture",
     "GenerateResult": ".generation",
     "InputError": ".errors",
     "ModelError": ".errors",
     "OutputExistsError": ".errors",
-    "chunk_stats": ".stats",
+    "chunk_stats": ".kernels.class_stats",
     "fit": ".fitting",
     "fit_mixture": ".em",
     "generate": ".generation",
     "load_model": ".io.store",
-    "merge": ".stats",
+    "merge": ".kernels.class_stats",
 }
 _RENAMED = {"load_model": "read_model"}
 

@@ -3,8 +3,8 @@
 Per block, a task scores the rows under the model and returns sums and a
 confusion matrix (:class:`EvalStats`); a tree of combine tasks adds them up
 (:func:`daskgen.reduce.tree_reduce`). Works for a single Gaussian per class
-(:class:`~daskgen.model.GaussianClassModel`) and for mixtures
-(:class:`~daskgen.mixture.GaussianMixtureClassModel`).
+(:class:`~daskgen.models.gaussian.GaussianClassModel`) and for mixtures
+(:class:`~daskgen.models.mixture.GaussianMixtureClassModel`).
 
 Conventions
 -----------
@@ -50,7 +50,7 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from .errors import InputError
 from .io.readers import Dataset, read_block
-from .model import logsumexp_rows
+from .models.gaussian import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")

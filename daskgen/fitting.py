@@ -6,9 +6,9 @@ from typing import Any
 
 from .errors import InputError
 from .io.readers import Dataset, open_inputs
-from .model import GaussianClassModel
+from .kernels.class_stats import ClassStats, merge
+from .models.gaussian import GaussianClassModel
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
-from .stats import ClassStats, merge
 
 
 def fit(

@@ -28,7 +28,7 @@ from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
 from .io.store import label_array
-from .model import GaussianClassModel, Sampler
+from .models.gaussian import GaussianClassModel, Sampler
 
 DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000

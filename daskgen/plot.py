@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import InputError
-from .model import GaussianClassModel
+from .models.gaussian import GaussianClassModel
 
 #: Resolution of every saved figure, in dots per inch.
 DPI = 100

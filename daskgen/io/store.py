@@ -4,7 +4,7 @@ Model store — a group with arrays ``classes`` (K,), ``counts`` (K,), ``priors`
 ``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw centered
 statistics, same shape as covariances) and attributes under ``daskgen``.
 
-A per-class mixture (``daskgen.mixture.GaussianMixtureClassModel``, M components)
+A per-class mixture (``daskgen.models.mixture.GaussianMixtureClassModel``, M components)
 has the attribute ``components: M`` and arrays ``classes`` (K,), ``counts`` (K,),
 ``priors`` (K,), ``weights`` (K, M), ``mass`` (K, M) (responsibility mass per
 component), ``means`` (K, M, D) and ``covariances`` (K, M, D, D) or (K, M, D); no
@@ -26,7 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ModelError, OutputExistsError, first_line
-from ..stats import ClassStats
+from ..kernels.class_stats import ClassStats
 from .readers import _fs, _is_local, as_labels, open_zarr_group
 
 MODEL_FORMAT = 1
@@ -166,7 +166,7 @@ def _alive(pid: int) -> bool:
 
 def read_model(url: str, storage_options: dict | None = None):
     """Load a model store written by :func:`write_model`."""
-    from ..model import GaussianClassModel
+    from ..models.gaussian import GaussianClassModel
 
     fs, path = _fs(url, storage_options)
     if not fs.exists(path):
@@ -186,7 +186,7 @@ def read_model(url: str, storage_options: dict | None = None):
     if not meta.get("complete"):
         raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
     if meta.get("components") is not None:
-        from ..mixture import GaussianMixtureClassModel
+        from ..models.mixture import GaussianMixtureClassModel
 
         try:
             classes = read_labels(group["classes"])

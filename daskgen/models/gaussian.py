@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .stats import ClassStats, to_diagonal
+from ..errors import InputError
+from ..kernels.class_stats import ClassStats, to_diagonal
 
 #: Eigenvalues below ``EIG_RTOL * max(eigenvalue)`` count as zero (scipy's _PSD default).
 EIG_RTOL = 1e6 * np.finfo(np.float64).eps
@@ -302,7 +302,7 @@ class BayesClassifier:
 
     def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
         """Write the model store (a Zarr v3 group) atomically; see ``daskgen.io.store``."""
-        from .io.store import write_model
+        from ..io.store import write_model
 
         write_model(self, path, overwrite=overwrite, storage_options=storage_options)
 

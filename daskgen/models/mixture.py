@@ -2,7 +2,7 @@
 
 The class-conditional density of class y is a mixture of M Gaussians,
 ``p(x | y) = sum_m w[y, m] N(x; mu[y, m], Sigma[y, m])``, and the class prior is
-``p(y) = n_y / n`` as in :class:`~daskgen.model.GaussianClassModel`. Labels are
+``p(y) = n_y / n`` as in :class:`~daskgen.models.gaussian.GaussianClassModel`. Labels are
 known, so EM runs independently per class, but one pass over the data serves
 every class at once.
 
@@ -16,7 +16,7 @@ component), the weighted statistic of :class:`WeightedStats`:
 * ``means``    ``mu = sum_i r_i x_i / W``,
 * ``scatter``  the centered scatter ``S = sum_i r_i (x_i - mu)(x_i - mu)^T``.
 
-They merge exactly like :class:`~daskgen.stats.ClassStats` (the Chan, Golub &
+They merge exactly like :class:`~daskgen.kernels.class_stats.ClassStats` (the Chan, Golub &
 LeVeque update with real-valued weights instead of counts)::
 
     W = Wa + Wb;  d = mu_b - mu_a
@@ -65,10 +65,10 @@ from scipy.linalg import LinAlgError
 from scipy.linalg.blas import dtrmm
 from scipy.linalg.lapack import dpotrf, dtrtri
 
-from ._blas import one_blas_thread
-from .errors import InputError, ModelError, first_line
-from .model import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
-from .stats import _centered_scatter, _union_classes, value_range
+from .._blas import one_blas_thread
+from ..errors import InputError, ModelError, first_line
+from ..kernels.class_stats import _centered_scatter, _union_classes, value_range
+from .gaussian import BayesClassifier, ClassFactor, Sampler, _fingerprint, factor_covariance, logsumexp_rows
 
 log = logging.getLogger("daskgen")
 
@@ -969,10 +969,10 @@ class _FlatView:
 
 
 class MixtureSampler(Sampler):
-    """:class:`~daskgen.model.Sampler` of a mixture: a class, then one of its components, then a draw.
+    """:class:`~daskgen.models.gaussian.Sampler` of a mixture: a class, then one of its components, then a draw.
 
     The components are the Sampler's sub-Gaussians (flat index ``k * M + m``, PSD roots
-    from :func:`~daskgen.model.factor_covariance`). ``draw_classes`` returns class
+    from :func:`~daskgen.models.gaussian.factor_covariance`). ``draw_classes`` returns class
     indices, as for a single Gaussian per class, so ``daskgen.generate`` labels rows
     the same way; ``draw`` picks each row's component from its class's weights.
     """
@@ -998,7 +998,7 @@ class MixtureSampler(Sampler):
 class GaussianMixtureClassModel(BayesClassifier):
     """A prior over classes and a mixture of Gaussians per class.
 
-    The interface of :class:`~daskgen.model.GaussianClassModel` (``classes``,
+    The interface of :class:`~daskgen.models.gaussian.GaussianClassModel` (``classes``,
     ``priors``, ``class_log_likelihood``, ``log_prob``, ``predict``, ``sample``,
     ``fingerprint``, ``image_shape``, ``scale``, ``save``, and what
     ``daskgen.generate`` uses) with, per class k and component m:

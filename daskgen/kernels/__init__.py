@@ -1,0 +1,1 @@
+"""Numeric kernels: pure numpy functions on blocks of rows (no Dask, no model classes)."""

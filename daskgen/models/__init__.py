@@ -1,0 +1,1 @@
+"""Model kinds: one module per kind (pure numpy)."""
