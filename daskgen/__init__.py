@@ -9,6 +9,7 @@ from importlib import import_module
 from ._version import __version__
 
 _EXPORTS = {
+    "ClassModel": ".models.base",
     "ClassStats": ".kernels.class_stats",
     "DaskgenError": ".errors",
     "GaussianClassModel": ".models.gaussian",
@@ -18,13 +19,18 @@ _EXPORTS = {
     "ModelError": ".errors",
     "OutputExistsError": ".errors",
     "chunk_stats": ".kernels.class_stats",
+    "evaluate": ".evaluate",
     "fit": ".fitting",
+    "fit_em": ".models.mixture_em",
     "fit_mixture": ".em",
     "generate": ".generation",
     "load_model": ".io.store",
     "merge": ".kernels.class_stats",
+    "model_kind": ".models.registry",
+    "register_model_kind": ".models.registry",
+    "save_model": ".io.store",
 }
-_RENAMED = {"load_model": "read_model"}
+_RENAMED = {"load_model": "read_model", "model_kind": "get", "register_model_kind": "register", "save_model": "write_model"}
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -15,7 +15,7 @@ from daskgen.datasets import load_digits_dataset, write_zarr_dataset
 from daskgen.evaluate import BATCH, evaluate, format_table, write_outputs
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
-from daskgen.models.mixture import fit_em
+from daskgen.models.mixture_em import fit_em
 
 S = 1 / 16  # the digits' pixels are 0..16
 

@@ -9,7 +9,8 @@ from scipy import stats as sps
 import daskgen
 from daskgen.errors import InputError, ModelError
 from daskgen.kernels.class_stats import chunk_stats
-from daskgen.models.gaussian import GaussianClassModel, factor_covariance
+from daskgen.kernels.linalg import factor_covariance
+from daskgen.models.gaussian import GaussianClassModel
 
 
 @pytest.fixture
