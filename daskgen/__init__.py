@@ -19,7 +19,6 @@ _EXPORTS = {
     "ModelError": ".errors",
     "OutputExistsError": ".errors",
     "chunk_stats": ".kernels.class_stats",
-    "evaluate": ".evaluate",
     "fit": ".fitting",
     "fit_em": ".models.mixture_em",
     "fit_mixture": ".em",

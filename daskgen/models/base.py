@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -87,30 +88,28 @@ def read_arrays(group: Any, names: tuple[str, ...], url: str) -> dict[str, np.nd
         raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
 
 
+@dataclass(kw_only=True)
 class ClassModel(ABC):
     """The interface of a model kind: a prior over classes and a density per class.
 
-    Attributes every kind has (dataclass fields or properties): ``classes`` (K,)
-    sorted labels, ``counts`` (K,) int64 training rows, ``priors`` (K,) float64,
-    ``image_shape`` (H, W) or None, ``scale`` (pixel units -> model units),
-    ``label_column``, ``feature_names``, ``config`` (the fit's options, JSON-able)
-    and ``inputs`` (the fit's input manifest).
-
-    A kind implements the abstract members below; the rest have defaults built on them.
+    Attributes every kind has: ``classes`` (K,) sorted labels, ``counts`` (K,) int64
+    training rows, ``priors`` (K,) float64 (the kind's fields or properties), and the
+    keyword-only fields declared here (:data:`META_FIELDS`): ``image_shape`` (H, W) or
+    None, ``scale`` (pixel units -> model units), ``label_column``, ``feature_names``,
+    ``config`` (the fit's options, JSON-able) and ``inputs`` (the fit's input manifest).
+    A kind is a ``@dataclass`` subclass; it implements the abstract members below, and
+    the rest have defaults built on them.
     """
 
     #: The name of the kind in the model store (attribute ``model_kind``) and the registry.
     kind: ClassVar[str]
 
-    classes: np.ndarray
-    counts: np.ndarray
-    priors: np.ndarray
-    image_shape: tuple[int, ...] | None
-    scale: float
-    label_column: str
-    feature_names: list[str] | None
-    config: dict[str, Any]
-    inputs: list[dict[str, Any]]
+    image_shape: tuple[int, ...] | None = None
+    scale: float = 1.0
+    label_column: str = "label"
+    feature_names: list[str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     # -- what a kind implements -----------------------------------------------
     @property
@@ -169,6 +168,24 @@ class ClassModel(ABC):
         """
 
     # -- defaults ----------------------------------------------------------------
+    @classmethod
+    def diagonal_stats(cls, covariance: str) -> bool | None:
+        """Whether the kind is fitted from diagonal (True) or full (False) per-class
+        statistics (:class:`~daskgen.kernels.class_stats.ClassStats`) for this
+        ``covariance`` option, by :meth:`from_stats` — what :func:`daskgen.fit` computes
+        in one pass. None (the default): the kind is not fitted from class statistics.
+        """
+        return None
+
+    @classmethod
+    def from_stats(cls, stats: Any, covariance: str = "full", reg_covar: float = 0.0, shrinkage: str = "none",
+                   **meta: Any) -> ClassModel:
+        """The model of per-class statistics (kinds whose :meth:`diagonal_stats` is not None).
+
+        ``meta`` are the attributes of :data:`META_FIELDS`.
+        """
+        raise InputError(f"a {cls.kind} model is not fitted from per-class statistics")
+
     @property
     def n_components(self) -> int:
         """Gaussians per class (1 unless the kind is a mixture)."""

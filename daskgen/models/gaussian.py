@@ -7,7 +7,7 @@ p(x | y) per class, registered as the model kind ``"gaussian"``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -174,12 +174,10 @@ class GaussianClassModel(ClassModel):
     means: np.ndarray
     covariances: np.ndarray
     stats: ClassStats
-    image_shape: tuple[int, ...] | None = None
-    scale: float = 1.0
-    label_column: str = "label"
-    feature_names: list[str] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def diagonal_stats(cls, covariance: str) -> bool:
+        return covariance == "diag"
 
     @classmethod
     def from_stats(

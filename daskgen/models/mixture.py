@@ -9,7 +9,7 @@ in memory, :mod:`daskgen.em` on Dask). Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -110,12 +110,6 @@ class GaussianMixtureClassModel(ClassModel):
     covariances: np.ndarray
     mass: np.ndarray
     data_range: tuple[float, float] = (np.nan, np.nan)
-    image_shape: tuple[int, ...] | None = None
-    scale: float = 1.0
-    label_column: str = "label"
-    feature_names: list[str] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_params(cls, params: Params, stats: WeightedStats, summary: dict[str, Any],
