@@ -1,5 +1,8 @@
 """Per-class sufficient statistics: chunk, merge — pure numpy, no Dask.
 
+Also the row grouping every per-class kernel shares (:func:`class_rows`,
+:func:`as_model_units`).
+
 The statistic of a set of rows with labels is, per class k:
 
 * ``counts[k]``   number of rows,

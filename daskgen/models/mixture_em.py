@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .._blas import one_blas_thread
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..kernels.class_stats import plain_label
 from ..kernels.estep import Components, estep_stats, hard_stats
 from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
@@ -89,8 +89,12 @@ class Params:
         return self.weights == 0
 
     def components(self) -> Components:
-        if self.prec_chol is None:
-            return Components.from_covariances(self.classes, self.weights, self.means, self.covariances)
+        """What an E-step under these parameters needs (factored now unless the M-step did)."""
+        if self.prec_chol is None:  # given parameters (init_params)
+            try:
+                return Components.from_covariances(self.classes, self.weights, self.means, self.covariances)
+            except ValueError as exc:
+                raise ModelError(f"init_params: {exc}") from None
         with np.errstate(divide="ignore"):
             log_w = np.log(self.weights)
         return Components(np.asarray(self.classes), log_w, self.means, self.prec_chol, self.log_det)
