@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
-from .model import logsumexp_rows
+from .kernels.linalg import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
@@ -337,7 +337,7 @@ class GaussianMixtureClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        from .mixture import check_options
+        from .models.mixture_em import check_options
 
         check_options(self.n_components, self.covariance, float(self.reg_covar), self.max_iter, float(self.tol),
                       self.init)

@@ -34,7 +34,7 @@ from dask.delayed import Delayed, delayed
 
 from ._blas import one_blas_thread
 from .io.readers import Dataset, read_block
-from .stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from .kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
 
 DEFAULT_SPLIT_EVERY = 8
 
