@@ -133,7 +133,7 @@ def test_sample_count_and_repr(small_model):
 
 
 def test_a_mixture_factors_once_for_every_figure(tmp_path):
-    from daskgen.mixture import fit_em
+    from daskgen.models.mixture_em import fit_em
 
     rng = np.random.default_rng(4)
     X, y = rng.normal(size=(300, 4)), rng.integers(0, 2, 300)
