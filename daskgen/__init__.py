@@ -15,6 +15,7 @@ _EXPORTS = {
     "GaussianMixtureClassModel": ".mixture",
     "GenerateResult": ".generation",
     "InputError": ".errors",
+    "NDBResult": ".evaluate_samples",
     "ModelError": ".errors",
     "OutputExistsError": ".errors",
     "chunk_stats": ".stats",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "generate": ".generation",
     "load_model": ".io.store",
     "merge": ".stats",
+    "ndb": ".evaluate_samples",
 }
 _RENAMED = {"load_model": "read_model"}
 
