@@ -4,9 +4,9 @@ NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.
 
 1. **Bins.** k-means on the training rows, on Dask. k-means++ seeding
    (:func:`daskgen.mixture.kmeans_plusplus`) runs on the client on a sample of at most
-   ``init_sample`` training rows — those with the smallest hash of their values
-   (:func:`daskgen.mixture.sample_chunk`), so the same rows whatever the chunking —
-   from a stream seeded by ``seed``. Then Lloyd's iterations: per block, a task
+   ``init_sample`` training rows (:data:`INIT_PER_BIN` per bin by default) — those with
+   the smallest hash of their values (:func:`daskgen.mixture.sample_chunk`), so the
+   same rows whatever the chunking — from a stream seeded by ``seed``. Then Lloyd's iterations: per block, a task
    assigns the rows to their nearest centre and returns per-bin counts and sums;
    a tree of combine tasks adds them up; the client computes the new centres. Empty
    bins move to the rows farthest from their centre. The iterations stop when the
@@ -62,8 +62,9 @@ from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 FILES = {"json": "ndb.json", "bins": "ndb-bins.png"}
 DEFAULT_BINS = 100
 DEFAULT_ALPHA = 0.05
-#: Most training rows k-means++ seeds the bins from.
-INIT_SAMPLE = 10_000
+#: Training rows per bin k-means++ seeds the bins from, by default (2,500 for k = 100;
+#: its cost grows with rows x k; Lloyd's iterations then see every row).
+INIT_PER_BIN = 25
 #: Bins listed (table, JSON) and drawn (figure) on each side: over- and under-represented.
 TOP = 5
 SETS = ("samples", "reference", "train")
@@ -218,7 +219,7 @@ def fit_bins(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-4,
-    init_sample: int = INIT_SAMPLE,
+    init_sample: int | None = None,
     centres: np.ndarray | None = None,
     split_every: int = DEFAULT_SPLIT_EVERY,
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -234,6 +235,7 @@ def fit_bins(
         raise InputError(f"the number of bins must be at least 1, got {k}")
     scale = float(train.scale)
     so = train.storage_options or None
+    init_sample = int(init_sample or INIT_PER_BIN * k)
     token = _token(train, "ndb", seed, init_sample)
     start = time.perf_counter()
     reads = [delayed(read_block, pure=True)(b, train.integer_pixels, so, dask_key_name=f"read-{token}-{i}")
@@ -311,7 +313,7 @@ def ndb(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = 1e-4,
-    init_sample: int = INIT_SAMPLE,
+    init_sample: int | None = None,
     centres: np.ndarray | None = None,
     label_column: str = "label",
     blocksize: int | None = None,
@@ -332,7 +334,7 @@ def ndb(
         raise InputError(f"alpha must be between 0 and 1, got {alpha}")
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
-    if init_sample < 1 or max_iter < 1 or tol < 0:
+    if (init_sample is not None and init_sample < 1) or max_iter < 1 or tol < 0:
         raise InputError("init_sample and max_iter must be at least 1, tol at least 0")
     sets = open_sets(samples, reference, train, label_column=label_column, blocksize=blocksize, fmt=fmt,
                      scale=scale, storage_options=storage_options)

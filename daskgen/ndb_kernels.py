@@ -14,7 +14,8 @@ pixel-to-model factor (1/255 for 8-bit images read with ``--scale auto``, the
 ``scale`` a Zarr store records — a uint8 samples store records its model's — and 1
 for float data, e.g. a float samples store, which is in model units already).
 Blocks arrive in their stored dtype (uint8 pixels or floats) and are converted to
-float64 model units here, :data:`BATCH` rows at a time.
+float64 here, :data:`BATCH` rows at a time; the scale enters the distances (the rows
+themselves are never multiplied) and the centres are in model units.
 
 Kernels
 -------
@@ -39,40 +40,35 @@ from .mixture import row_keys
 from .stats import value_range
 
 #: Rows converted to float64 and compared with the centres at once (bounds a task's memory:
-#: BATCH x (D + k) float64 values).
+#: about BATCH x (D + k) float64 values besides the block).
 BATCH = 4096
 #: Seed of the row keys that break ties between equally far rows (re-seeding empty bins).
 _KEY_SEED = 0x4E4442
 
 
-def as_model_units(X: np.ndarray, scale: float) -> np.ndarray:
-    """Rows ``X`` (n, D) of any numeric dtype as float64 model units ``X * scale``."""
-    out = np.asarray(X, dtype=np.float64)
-    return out * scale if scale != 1.0 else out
+def nearest_centre(X: np.ndarray, centres: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest centre of each row and the squared distance to it, in model units.
 
-
-def nearest_centre(X: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The nearest centre of each row and the squared distance to it.
-
-    ``X`` (n, D) and ``centres`` (k, D), float64, same units. Returns ``labels`` (n,)
-    intp (the lowest index on a tie) and ``d2`` (n,) float64, computed as
-    ``|x|^2 - 2 x.c + |c|^2`` (one matrix product) and clipped at 0.
+    ``X`` (n, D) float64 in stored units (model units times 1/``scale``), ``centres``
+    (k, D) float64 in model units. Returns ``labels`` (n,) intp (the lowest index on a
+    tie) and ``d2`` (n,) float64, computed as ``scale^2 |x|^2 - 2 scale x.c + |c|^2``
+    (one matrix product; the rows are never scaled) and clipped at 0.
     """
     c2 = np.einsum("ij,ij->i", centres, centres)
     d = X @ centres.T
-    d *= -2.0
+    d *= -2.0 * scale
     d += c2[None, :]
     labels = np.argmin(d, axis=1)
-    d2 = d[np.arange(len(X)), labels] + np.einsum("ij,ij->i", X, X)
+    d2 = d[np.arange(len(X)), labels] + (scale * scale) * np.einsum("ij,ij->i", X, X)
     np.maximum(d2, 0.0, out=d2)
     return labels, d2
 
 
 def _labels_batched(X: np.ndarray, centres: np.ndarray, scale: float):
-    """Yield ``(start, Xb, labels, d2)`` per :data:`BATCH` rows, Xb in model units."""
+    """Yield ``(start, Xb, labels, d2)`` per :data:`BATCH` rows, Xb float64 in stored units."""
     for a in range(0, len(X), BATCH):
-        Xb = as_model_units(X[a : a + BATCH], scale)
-        labels, d2 = nearest_centre(Xb, centres)
+        Xb = np.asarray(X[a : a + BATCH], dtype=np.float64)
+        labels, d2 = nearest_centre(Xb, centres, scale)
         yield a, Xb, labels, d2
 
 
@@ -110,13 +106,13 @@ def lloyd_block(X: np.ndarray, centres: np.ndarray, scale: float = 1.0) -> Lloyd
     for a, Xb, labels, d2 in _labels_batched(X, centres, scale):
         order = np.argsort(labels, kind="stable")
         present, starts = np.unique(labels[order], return_index=True)
-        raw = np.asarray(X[a : a + len(Xb)])[order]
-        sums[present] += np.add.reduceat(raw, starts, axis=0, dtype=sums.dtype)
+        raw = X[a : a + len(Xb)] if exact else Xb
+        sums[present] += np.add.reduceat(raw[order], starts, axis=0, dtype=sums.dtype)
         counts += np.bincount(labels, minlength=k)
         inertia += float(d2.sum())
         top = np.argsort(-d2, kind="stable")[:k]
-        keys = row_keys(Xb[top], _KEY_SEED)
-        far = _keep_far(far[0], far[1], far[2], d2[top], keys, Xb[top], k)
+        far_x = Xb[top] * scale
+        far = _keep_far(far[0], far[1], far[2], d2[top], row_keys(far_x, _KEY_SEED), far_x, k)
     lo, hi = (float(X.min()) * scale, float(X.max()) * scale) if X.size else (np.nan, np.nan)
     return LloydStats(counts, sums, inertia, *far, minimum=lo, maximum=hi)
 
