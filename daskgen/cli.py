@@ -78,6 +78,8 @@ _REMEDY = {
     "read": "pass a smaller --blocksize or give workers more memory",
     "chunk-stats": "pass a smaller --blocksize, --covariance diag, or give workers more memory",
     "combine": "pass a smaller --split-every, --covariance diag, or give workers more memory",
+    "ndb-count": "pass a smaller --blocksize or give workers more memory",
+    "ndb-lloyd": "pass a smaller --blocksize or give workers more memory",
 }
 
 
