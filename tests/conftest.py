@@ -76,3 +76,24 @@ def sync_scheduler():
 
     with dask.config.set(scheduler="synchronous"):
         yield
+
+
+# ---------------------------------------------------------------------------- tiers
+#: Fixtures that make a test part of the slow tier: real clusters (worker processes
+#: to start), the 70,000-image Fashion-MNIST set, a local S3 server.
+SLOW_FIXTURES = frozenset(
+    {"cluster", "client", "start_cluster", "fashion", "fashion_zarr", "fashion_csv", "fashion_small", "s3"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a slow fixture as ``slow``.
+
+    ``pytest -m "not slow"`` is then the fast tier (kernels, models, CLI parsing and
+    errors on small data, in-process schedulers); plain ``pytest`` runs everything.
+    Tests that are slow for another reason (a real subprocess, a long computation)
+    carry ``@pytest.mark.slow`` themselves.
+    """
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
