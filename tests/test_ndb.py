@@ -237,6 +237,7 @@ def test_outputs_json_table_and_figure(stores, samples_store, tmp_path, sync_sch
         write_outputs(r, str(tmp_path / "out"))
 
 
+@pytest.mark.slow  # a local cluster of worker processes
 def test_cli_table_outputs_and_overwrite(stores, samples_store, tmp_path):
     out = tmp_path / "ndb"
     args = ["evaluate-samples", samples_store, "--reference", stores["half-b"], "--train", stores["half-a"],
@@ -263,6 +264,7 @@ def test_cli_one_line_errors(stores, samples_store, tmp_path):
     assert_one_line_error(run_cli("evaluate-samples", tmp_path / "missing.zarr", *base), "no such file")
 
 
+@pytest.mark.slow  # a real process and its worker processes
 def test_cli_in_a_subprocess(stores, samples_store, tmp_path):
     out = tmp_path / "sub"
     proc = subprocess.run(
