@@ -328,7 +328,9 @@ def ndb(
     Each set is a path, URL, glob or list of them (CSV, Parquet, Zarr; a samples store
     of ``daskgen sample`` is a Zarr input) or an opened :class:`~daskgen.io.readers.Dataset`.
     Runs on the active ``distributed.Client``, else on Dask's local scheduler; seeded
-    (``seed``) and deterministic. See the module docstring for the stages.
+    (``seed``) and deterministic. ``centres`` (bins, D), model units, replaces the
+    k-means++ start; ``progress`` shows a bar for the counting stage. See the module
+    docstring for the stages.
     """
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be between 0 and 1, got {alpha}")

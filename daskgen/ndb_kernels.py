@@ -132,6 +132,8 @@ def merge_lloyd(parts: list[LloydStats]) -> LloydStats:
     counts = sum((p.counts for p in parts), np.zeros(k, dtype=np.int64))
     sums = first.sums.copy()
     for p in parts[1:]:
+        if sums.dtype != p.sums.dtype:  # integer and float blocks of one set: float64
+            sums = sums.astype(np.float64)
         sums += p.sums
     far = [first.far_d2, first.far_keys, first.far_x]
     for p in parts[1:]:

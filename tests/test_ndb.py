@@ -126,6 +126,13 @@ def test_lloyd_kernel_merges_to_the_whole_statistic(digits_data):
     np.testing.assert_array_equal(whole.far_x, parts.far_x)
 
 
+def test_integer_and_float_blocks_merge(digits_data):
+    X, _ = digits_data
+    C = X[:5] * S + 0.01
+    merged = merge_lloyd([lloyd_block(X[:900], C, S), lloyd_block(X[900:].astype(np.float32), C, S)])
+    np.testing.assert_allclose(merged.sums, lloyd_block(X, C, S).sums, rtol=1e-12)
+
+
 def test_an_empty_bin_moves_to_the_farthest_row(digits_data):
     X, _ = digits_data
     C = np.vstack([X[:3] * S, np.full((1, 64), 100.0)])  # the last centre attracts nothing
