@@ -61,7 +61,8 @@ def prepare(tiles: int = 10, x10: bool = True) -> tuple[np.ndarray, np.ndarray, 
 
 def initial_params(X, y, M, reg, seed, scale):
     """daskgen's initialisation, in memory (it does not depend on the chunking)."""
-    from daskgen.mixture import init_centers, m_step, memory_passes
+    from daskgen.kernels.kmeans import init_centers
+    from daskgen.models.mixture_em import m_step, memory_passes
 
     passes = memory_passes(X, y, scale, block_rows=10_000)
     sample = passes.sample(seed, 10_000)

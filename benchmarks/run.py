@@ -197,9 +197,7 @@ def bench_sample(repeat: int, n: int = 1_000_000) -> dict:
     for _ in range(5):
         Z @ A
     flops = 5 * 2 * 20_000 * 784 * 784 / (time.perf_counter() - t)
-    from daskgen.model import Sampler
-
-    sampler = Sampler(model, np.float32)
+    sampler = model.sampler(np.float32)
     r = float(np.dot(model.priors, [f.rank for f in model.factors]))
     D = model.n_features
     # flops per sample: the full product (2 D r) and the panelled triangular one daskgen runs

@@ -9,24 +9,31 @@ from importlib import import_module
 from ._version import __version__
 
 _EXPORTS = {
-    "ClassStats": ".stats",
+    "ClassModel": ".models.base",
+    "ClassStats": ".kernels.class_stats",
     "DaskgenError": ".errors",
-    "GaussianClassModel": ".model",
-    "GaussianMixtureClassModel": ".mixture",
+    "GaussianClassModel": ".models.gaussian",
+    "GaussianMixtureClassModel": ".models.mixture",
+    "GaussianClassifier": ".estimators",
+    "GaussianMixtureClassifier": ".estimators",
     "GenerateResult": ".generation",
     "InputError": ".errors",
-    "NDBResult": ".evaluate_samples",
     "ModelError": ".errors",
+    "NDBResult": ".evaluate_samples",
     "OutputExistsError": ".errors",
-    "chunk_stats": ".stats",
+    "chunk_stats": ".kernels.class_stats",
     "fit": ".fitting",
+    "fit_em": ".models.mixture_em",
     "fit_mixture": ".em",
     "generate": ".generation",
     "load_model": ".io.store",
-    "merge": ".stats",
+    "merge": ".kernels.class_stats",
+    "model_kind": ".models.registry",
     "ndb": ".evaluate_samples",
+    "register_model_kind": ".models.registry",
+    "save_model": ".io.store",
 }
-_RENAMED = {"load_model": "read_model"}
+_RENAMED = {"load_model": "read_model", "model_kind": "get", "register_model_kind": "register", "save_model": "write_model"}
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -14,7 +14,7 @@ pass is a task per block on the persisted data plus a tree of combine tasks
 
 The parameters of a pass (a few hundred MB for 10 classes x 5 full 784-dimensional
 components) are scattered to the workers once per pass. The M-step runs on the
-client (:func:`daskgen.mixture.m_step`).
+client (:func:`daskgen.models.mixture_em.m_step`).
 """
 
 from __future__ import annotations
@@ -32,21 +32,11 @@ from ._blas import one_blas_thread
 from .cluster import active_client, compute
 from .errors import InputError
 from .io.readers import Dataset, _fs, open_zarr_group, read_block
-from .mixture import (
-    DEFAULTS,
-    Components,
-    GaussianMixtureClassModel,
-    InitSample,
-    Passes,
-    WeightedStats,
-    _config,
-    estep_stats,
-    hard_stats,
-    merge_samples,
-    merge_weighted,
-    run_em,
-    sample_chunk,
-)
+from .kernels.estep import Components, estep_stats, hard_stats
+from .kernels.init_sample import InitSample, merge_samples, sample_chunk
+from .kernels.weighted import WeightedStats, merge_weighted
+from .models.mixture import GaussianMixtureClassModel
+from .models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 log = logging.getLogger("daskgen")
@@ -76,11 +66,16 @@ def _block_estep(xy, comps: Components, scale: float) -> WeightedStats:
 def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
     """Bytes the blocks take in memory once read, and how that was estimated.
 
-    Zarr: exact (rows x features x stored item size). Parquet: row counts from the
+    Zarr and arrays: exact (rows x features x item size). Parquet: row counts from the
     file metadata. CSV: an upper bound, each value taking at least two characters.
+    Dataframes: unknown (0), so they are persisted.
     """
     D = dataset.n_features
     item = 1 if dataset.integer_pixels else 8
+    if dataset.fmt == "array":
+        return sum(b.stop - b.start for b in dataset.blocks) * D * item, "exact (array shape)"
+    if dataset.fmt == "dataframe":
+        return 0, "unknown (a dataframe's partition lengths are not computed)"
     if dataset.fmt == "zarr":
         total = 0
         for url in {b.url for b in dataset.blocks}:
@@ -209,7 +204,7 @@ def fit_mixture(
     """Fit, per class, a mixture of ``n_components`` Gaussians by EM on the current Dask scheduler.
 
     ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
-    Options as :func:`daskgen.mixture.run_em`: ``covariance`` full|diag, ``reg_covar``
+    Options as :func:`daskgen.models.mixture_em.run_em`: ``covariance`` full|diag, ``reg_covar``
     (> 0, added to every component covariance), ``max_iter``, ``tol`` (on the change of
     the mean log-likelihood per row), ``init`` kmeans++|random, ``seed``,
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
@@ -226,13 +221,11 @@ def fit_mixture(
         storage_options=storage_options)
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
-    from .mixture import check_options
-
     check_options(n_components, covariance, reg_covar, max_iter, tol, init)
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
     reads = [
         delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                       dask_key_name=f"read-{token}-{i}")
+                                       dataset.rows(i), dask_key_name=f"read-{token}-{i}")
         for i, block in enumerate(dataset.blocks)
     ]
     blocks, persisted = persist_blocks(reads, dataset, persist)
@@ -241,7 +234,7 @@ def fit_mixture(
     params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
-    config = _config(n_components, em_options)
+    config = em_config(n_components, em_options)
     config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt)
     return GaussianMixtureClassModel.from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,

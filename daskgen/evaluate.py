@@ -2,9 +2,9 @@
 
 Per block, a task scores the rows under the model and returns sums and a
 confusion matrix (:class:`EvalStats`); a tree of combine tasks adds them up
-(:func:`daskgen.reduce.tree_reduce`). Works for a single Gaussian per class
-(:class:`~daskgen.model.GaussianClassModel`) and for mixtures
-(:class:`~daskgen.mixture.GaussianMixtureClassModel`).
+(:func:`daskgen.reduce.tree_reduce`). Works for every model kind through its
+:meth:`~daskgen.models.base.ClassModel.scorer` (what a task needs to score rows) and
+its :meth:`~daskgen.models.base.ClassModel.summary`.
 
 Conventions
 -----------
@@ -50,7 +50,7 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from .errors import InputError
 from .io.readers import Dataset, read_block
-from .model import logsumexp_rows
+from .kernels.linalg import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")
@@ -143,11 +143,6 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
     return out
 
 
-def scoring_model(model):
-    """What a worker needs to score rows: small, picklable, factors computed once."""
-    return model.scoring_copy()
-
-
 def open_for_model(
     model,
     inputs: list[str] | str,
@@ -197,7 +192,7 @@ def evaluate(
         raise InputError(f"split_every must be at least 2, got {split_every}")
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
-    scorer = scoring_model(model)
+    scorer = model.scorer()
     client = active_client()
     shared = client.scatter(scorer, broadcast=True, hash=False) if client is not None else scorer
     token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)
@@ -226,18 +221,8 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
     K = model.n_classes
     correct = int(np.trace(s.confusion))
     per_true = s.confusion.sum(axis=1)
-    mixture = hasattr(model, "weights")
     return {
-        "model": {
-            "kind": "mixture" if mixture else "gaussian",
-            "fingerprint": model.fingerprint,
-            "classes": [_plain(c) for c in model.classes.tolist()],
-            "components": int(model.n_components) if mixture else 1,
-            "covariance": model.covariance_type,
-            "reg_covar": model.config.get("reg_covar"),
-            "scale": scale,
-            "features": D,
-        },
+        "model": model.summary(),
         "input": {"rows": n, "labelled_rows": s.labelled, "files": [f["path"] for f in dataset.files],
                   "unknown_labels": s.unknown},
         "dequantization": {
@@ -271,10 +256,6 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
 def _num(x: float | None) -> float | None:
     """A finite float, else None (JSON has no infinities; ``neg_inf_rows`` tells why)."""
     return float(x) if x is not None and np.isfinite(x) else None
-
-
-def _plain(c: Any) -> Any:
-    return c.item() if hasattr(c, "item") else c
 
 
 def format_table(rep: dict[str, Any]) -> str:

@@ -3,9 +3,9 @@
 NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.ndb_kernels`):
 
 1. **Bins.** k-means on the training rows, on Dask. k-means++ seeding
-   (:func:`daskgen.mixture.kmeans_plusplus`) runs on the client on a sample of at most
+   (:func:`daskgen.kernels.kmeans.kmeans_plusplus`) runs on the client on a sample of at most
    ``init_sample`` training rows (:data:`INIT_PER_BIN` per bin by default) — those with
-   the smallest hash of their values (:func:`daskgen.mixture.sample_chunk`), so the
+   the smallest hash of their values (:func:`daskgen.kernels.init_sample.sample_chunk`), so the
    same rows whatever the chunking — from a stream seeded by ``seed``. Then Lloyd's iterations: per block, a task
    assigns the rows to their nearest centre and returns per-bin counts and sums;
    a tree of combine tasks adds them up; the client computes the new centres. Empty
@@ -169,12 +169,17 @@ def open_sets(
     for name in ("samples", "reference"):
         if sets[name].n_features != D:
             raise InputError(f"the {name} set has {sets[name].n_features} features, the training set {D}: "
-                             f"{_paths(sets[name])[0]} and {_paths(sets['train'])[0]} are not the same kind of image")
+                             f"{_where(sets[name])} and {_where(sets['train'])} are not the same kind of image")
     return sets
 
 
 def _paths(dataset: Dataset) -> list[str]:
     return [f["path"] for f in dataset.files]
+
+
+def _where(dataset: Dataset) -> str:
+    paths = _paths(dataset)
+    return paths[0] if paths else f"the {dataset.fmt} input"
 
 
 def check_outputs(out: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
@@ -189,7 +194,7 @@ def check_outputs(out: str, overwrite: bool = False, storage_options: dict | Non
 
 # ---------------------------------------------------------------------------- block tasks
 def _block_sample(xy, seed: int, size: int, scale: float):
-    from .mixture import sample_chunk
+    from .kernels.init_sample import sample_chunk
 
     X, _ = xy
     return sample_chunk(X, np.zeros(len(X), dtype=np.int64), seed, size, scale)
@@ -201,8 +206,8 @@ def _block_lloyd(xy, centres: np.ndarray, scale: float) -> LloydStats:
 
 
 def _block_counts(block: Block, check_pixel_range: bool, storage_options: dict | None, centres: np.ndarray,
-                  scale: float) -> BinCounts:
-    X, _ = read_block(block, check_pixel_range, storage_options)  # read in the task: one block in memory
+                  scale: float, rows=None) -> BinCounts:
+    X, _ = read_block(block, check_pixel_range, storage_options, rows)  # read in the task: one block in memory
     with one_blas_thread():
         return bin_counts(X, centres, scale)
 
@@ -229,7 +234,8 @@ def fit_bins(
     """
     from .cluster import compute
     from .em import persist_blocks
-    from .mixture import kmeans_plusplus, merge_samples
+    from .kernels.init_sample import merge_samples
+    from .kernels.kmeans import kmeans_plusplus
 
     if k < 1:
         raise InputError(f"the number of bins must be at least 1, got {k}")
@@ -238,7 +244,8 @@ def fit_bins(
     init_sample = int(init_sample or INIT_PER_BIN * k)
     token = _token(train, "ndb", seed, init_sample)
     start = time.perf_counter()
-    reads = [delayed(read_block, pure=True)(b, train.integer_pixels, so, dask_key_name=f"read-{token}-{i}")
+    reads = [delayed(read_block, pure=True)(b, train.integer_pixels, so, train.rows(i),
+                                            dask_key_name=f"read-{token}-{i}")
              for i, b in enumerate(train.blocks)]
     if not reads:
         raise InputError("the training set has no rows")
@@ -295,7 +302,7 @@ def count_bins(
     for name, ds in sets.items():
         token = _token(ds, name, centres)
         parts = [delayed(_block_counts, pure=True)(b, ds.integer_pixels, ds.storage_options or None, shared,
-                                                   float(ds.scale), dask_key_name=f"ndb-count-{token}-{i}")
+                                                   float(ds.scale), ds.rows(i), dask_key_name=f"ndb-count-{token}-{i}")
                  for i, b in enumerate(ds.blocks)]
         if not parts:
             raise InputError(f"the {name} set has no rows")

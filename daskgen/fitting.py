@@ -6,9 +6,11 @@ from typing import Any
 
 from .errors import InputError
 from .io.readers import Dataset, open_inputs
-from .model import GaussianClassModel
+from .kernels.class_stats import ClassStats, merge
+from .models import registry
+from .models.base import ClassModel
+from .models.gaussian import GaussianClassModel
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
-from .stats import ClassStats, merge
 
 
 def fit(
@@ -26,8 +28,10 @@ def fit(
     update: GaussianClassModel | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
-) -> GaussianClassModel:
-    """Fit one Gaussian per class to labelled rows read from ``inputs``.
+    kind: str = "gaussian",
+) -> ClassModel:
+    """Fit one Gaussian per class (or another kind fitted from per-class statistics,
+    ``kind``) to labelled rows read from ``inputs``.
 
     Parameters
     ----------
@@ -47,12 +51,21 @@ def fit(
         features are kept and must match the new inputs. Inputs the model's
         manifest (``model.inputs``) lists unchanged are skipped, so a growing
         folder can be updated every night and only new files are read.
+    kind : str
+        The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
+        from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
 
     Runs on the active ``distributed.Client`` if there is one, else on Dask's local
     scheduler.
     """
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
+    if update is not None and update.kind != kind:
+        raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
+    model_class = registry.get(kind)
+    diagonal_stats = model_class.diagonal_stats(covariance)
+    if diagonal_stats is None:
+        raise InputError(f"a {kind} model is not fitted from per-class statistics")
     dataset = (
         inputs
         if isinstance(inputs, Dataset)
@@ -60,7 +73,7 @@ def fit(
                      scale=scale, fmt=fmt, update=update, storage_options=storage_options)
     )
     label_column = dataset.label_column
-    diagonal = covariance == "diag" and (update is None or update.stats.diagonal)
+    diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     stats = (
         compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
         if dataset.blocks
@@ -75,7 +88,7 @@ def fit(
         previous = list(update.inputs)
     if stats.n_rows == 0:
         raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
-    return GaussianClassModel.from_stats(
+    return model_class.from_stats(
         stats,
         covariance=covariance,
         reg_covar=reg_covar,

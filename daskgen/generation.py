@@ -28,7 +28,7 @@ from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
 from .io.store import label_array
-from .model import GaussianClassModel, Sampler
+from .models.base import ClassModel, ModelSampler
 
 DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000
@@ -60,7 +60,7 @@ def chunk_rng(seed: int, index: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class _Plan:
-    sampler: Sampler
+    sampler: ModelSampler
     classes: np.ndarray
     class_index: int | None
     dtype: str
@@ -143,7 +143,7 @@ def _existing_identity(url, storage_options) -> dict | None:
 
 
 def generate(
-    model: GaussianClassModel,
+    model: ClassModel,
     n: int,
     out: str,
     *,

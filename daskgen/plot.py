@@ -13,7 +13,8 @@ Display scale (``vmin``/``vmax``), one common scale per figure and per kind of i
 so panels can be compared and samples do not look washed out:
 
 * float images (model units: class means, ``model.sample`` output, float sample
-  stores) use ``[min(model.means), max(model.means)]``. Gaussian samples spill past
+  stores) use ``model.display_range()`` (the range of the model's mean images: its
+  class means, or a mixture's component means). Gaussian samples spill past
   the range of the data; values outside it are clipped to black / white rather than
   stretching the scale, which would turn the background grey.
 * integer images (pixel units, e.g. a uint8 sample store) use the range of the
@@ -33,7 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import InputError
-from .model import GaussianClassModel
+from .models.base import ClassModel
 
 #: Resolution of every saved figure, in dots per inch.
 DPI = 100
@@ -112,7 +113,7 @@ def _as_str(values: np.ndarray) -> np.ndarray:
 
 
 def _check_samples(
-    model: GaussianClassModel, samples: tuple[np.ndarray, np.ndarray]
+    model: ClassModel, samples: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     X, y = (np.asarray(a) for a in samples)
     if X.ndim == 3:
@@ -124,7 +125,7 @@ def _check_samples(
     return X, y
 
 
-def _one_per_class(model: GaussianClassModel, samples, seed: int | None) -> np.ndarray:
+def _one_per_class(model: ClassModel, samples, seed: int | None) -> np.ndarray:
     """The first sample of each class (K, D); classes without one are drawn from the model.
 
     Labels match by their string form (a store's "3" is the model's class 3). When
@@ -141,12 +142,12 @@ def _one_per_class(model: GaussianClassModel, samples, seed: int | None) -> np.n
     return np.stack(rows) if len(kinds) == 1 else np.stack([_to_model_units(model, r) for r in rows])
 
 
-def _to_model_units(model: GaussianClassModel, x: np.ndarray) -> np.ndarray:
+def _to_model_units(model: ClassModel, x: np.ndarray) -> np.ndarray:
     return x * model.scale if x.dtype.kind in "iub" else x.astype(np.float64)
 
 
 # ---------------------------------------------------------------------------- drawing
-def _image_shape(model: GaussianClassModel) -> tuple[int, int]:
+def _image_shape(model: ClassModel) -> tuple[int, int]:
     D = model.n_features
     if model.image_shape is not None and len(model.image_shape) == 2 and math.prod(model.image_shape) == D:
         return tuple(int(s) for s in model.image_shape)
@@ -154,7 +155,7 @@ def _image_shape(model: GaussianClassModel) -> tuple[int, int]:
     return (side, side) if side * side == D else (1, D)
 
 
-def _style(model: GaussianClassModel, images: np.ndarray) -> _Style:
+def _style(model: ClassModel, images: np.ndarray) -> _Style:
     """How to draw ``images`` (one figure's panels of one kind): shape, panel box, common scale.
 
     Panels keep the image's aspect up to 4:1 with the short side at least 0.5 inch;
@@ -169,7 +170,7 @@ def _style(model: GaussianClassModel, images: np.ndarray) -> _Style:
     if images.dtype.kind in "iub":
         lo, hi = float(images.min()), float(images.max())
     else:
-        lo, hi = float(model.means.min()), float(model.means.max())
+        lo, hi = model.display_range()
     return _Style((H, W), aspect, lo, hi if hi > lo else lo + 1.0, panel)
 
 
@@ -247,7 +248,7 @@ def _save(fig: Figure, path: str) -> str:
 
 # ---------------------------------------------------------------------------- figures
 def plot_means_and_samples(
-    model: GaussianClassModel,
+    model: ClassModel,
     path: str,
     samples: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int | None = 0,
@@ -256,7 +257,7 @@ def plot_means_and_samples(
 
     Parameters
     ----------
-    model : GaussianClassModel
+    model : ClassModel
     path : str
         PNG to write (local path or fsspec URL).
     samples : (X, y), optional
@@ -271,7 +272,7 @@ def plot_means_and_samples(
     growing with longer ones. Returns ``path``.
     """
     picked = _one_per_class(model, samples, seed)
-    means = getattr(model, "class_means", model.means)  # a mixture's class means: sum_m w_m mu_m
+    means = model.class_means  # a mixture's: sum_m w_m mu_m
     means_style, sample_style = _style(model, means), _style(model, picked)
     (pw, ph), K = means_style.panel, model.n_classes
     labels = [_label(c) for c in model.classes.tolist()]
@@ -286,7 +287,7 @@ def plot_means_and_samples(
 
 
 def plot_sample_grid(
-    model: GaussianClassModel,
+    model: ClassModel,
     path: str,
     samples: tuple[np.ndarray, np.ndarray] | None = None,
     rows: int = 10,
@@ -328,7 +329,7 @@ def _directions(eigvals: np.ndarray, fraction: float) -> int:
     return int(np.searchsorted(np.cumsum(eigvals) / total, fraction - 1e-12)) + 1
 
 
-def plot_spectrum(model: GaussianClassModel, path: str) -> str:
+def plot_spectrum(model: ClassModel, path: str) -> str:
     """Left: each class's covariance eigenvalues, descending, on a log axis; right: the priors.
 
     The legend gives, per class, how many directions carry 90% and 99% of its
@@ -342,17 +343,16 @@ def plot_spectrum(model: GaussianClassModel, path: str) -> str:
     colors = [cmap(k) if K <= 20 else cmap(k / max(K - 1, 1)) for k in range(K)]
     fig = _figure(*SPECTRUM_SIZE, layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(2, 1))
-    for k, f in enumerate(model.factors):
-        counts = " / ".join(str(_directions(f.eigvals, q)) for q in FRACTIONS)
+    for k, eigvals in enumerate(model.spectra()):
+        counts = " / ".join(str(_directions(eigvals, q)) for q in FRACTIONS)
         left.plot(
-            np.arange(1, f.rank + 1), f.eigvals, color=colors[k], lw=1.5, label=f"{labels[k]}: {counts}"
+            np.arange(1, len(eigvals) + 1), eigvals, color=colors[k], lw=1.5, label=f"{labels[k]}: {counts}"
         )
     left.set_yscale("log")
     left.set_xlabel("direction (eigenvalue rank)", fontsize=_FONT + 1)
     left.set_ylabel("variance (model units²)", fontsize=_FONT + 1)
     kind = "per-pixel variances (diagonal model)" if model.covariance_type == "diag" else "eigenvalues"
-    whole = " (of each class's whole mixture)" if hasattr(model, "class_covariances") else ""
-    left.set_title(f"Covariance {kind} per class{whole}, D = {model.n_features}", fontsize=_FONT + 2)
+    left.set_title(f"Covariance {kind} per class{model.spectrum_scope}, D = {model.n_features}", fontsize=_FONT + 2)
     left.tick_params(labelsize=_FONT)
     left.grid(True, which="major", alpha=0.3)
     pct = " / ".join(f"{q:.0%}" for q in FRACTIONS)
@@ -376,32 +376,37 @@ def plot_spectrum(model: GaussianClassModel, path: str) -> str:
     return _save(fig, path)
 
 
-def plot_component_means(model, path: str) -> str:
-    """For a per-class mixture: one row per class, its component means by decreasing weight.
+def plot_component_means(model: ClassModel, path: str) -> str:
+    """For a model with several components per class (:meth:`ClassModel.component_means`):
+    one row per class, its component means by decreasing weight.
 
     Each panel is titled with the component's weight; dropped components (weight 0)
     are left out. The figure is ``(M * PANEL + label width, K * (PANEL + TITLE))``
     inches for square images. Returns ``path``.
     """
-    style = _style(model, model.means)
-    (pw, ph), K, M = style.panel, model.n_classes, model.n_components
+    parts = model.component_means()
+    if parts is None:
+        raise InputError(f"a {model.kind} model has one density per class, no component means to draw")
+    means, weights = parts
+    style = _style(model, means)
+    (pw, ph), K, M = style.panel, model.n_classes, weights.shape[1]
     labels = [_label(c) for c in model.classes.tolist()]
     label_width = _row_label_width(labels)
     fig = _figure(M * pw + label_width, K * (ph + TITLE))
     axes = _panels(fig, K, M, (pw, ph), left=label_width, top=0.0, title=TITLE)
     for k, label in enumerate(labels):
-        order = [m for m in np.argsort(-model.weights[k], kind="stable") if model.weights[k, m] > 0]
+        order = [m for m in np.argsort(-weights[k], kind="stable") if weights[k, m] > 0]
         for j in range(M):
             if j < len(order):
                 m = order[j]
-                _show(axes[k, j], model.means[k, m], style, f"w = {model.weights[k, m]:.2f}", label if j == 0 else None)
+                _show(axes[k, j], means[k, m], style, f"w = {weights[k, m]:.2f}", label if j == 0 else None)
             else:
                 axes[k, j].set_axis_off()
     return _save(fig, path)
 
 
 def plot_all(
-    model: GaussianClassModel,
+    model: ClassModel,
     out_dir: str,
     samples: tuple[np.ndarray, np.ndarray] | None = None,
     seed: int | None = 0,
@@ -409,10 +414,10 @@ def plot_all(
     """Write the three figures into ``out_dir`` (created if missing; a path or fsspec URL).
 
     Returns ``{"means-and-samples": path, "samples-grid": path, "spectrum": path}``
-    with the file names of :data:`FILES`; for a per-class mixture also
-    ``"component-means"`` (:data:`MIXTURE_FILES`, :func:`plot_component_means`).
+    with the file names of :data:`FILES`; for a model with components (a per-class
+    mixture) also ``"component-means"`` (:data:`MIXTURE_FILES`, :func:`plot_component_means`).
     """
-    mixture = hasattr(model, "weights")
+    mixture = model.component_means() is not None
     files = {**FILES, **MIXTURE_FILES} if mixture else FILES
     out = {name: posixpath.join(str(out_dir), file) for name, file in files.items()}
     plot_means_and_samples(model, out["means-and-samples"], samples=samples, seed=seed)

@@ -18,6 +18,11 @@ Two reductions:
 * Other data (floats, diagonal statistics) carries centered statistics merged by
   Chan's update, whose rounding depends on the order: a fixed tree of ``split_every``
   fan-in, so results are bit-identical run to run.
+
+Array inputs (``daskgen.io.arrays``) take the same reductions: a block's rows are
+then the result of a Dask task (``Dataset.rows(i)``), passed to ``read_block``
+instead of being read from a file, and the leaves of the as-completed merge are
+submitted with those tasks as dependencies.
 """
 
 from __future__ import annotations
@@ -29,21 +34,28 @@ from dask.delayed import Delayed, delayed
 
 from ._blas import one_blas_thread
 from .io.readers import Dataset, read_block
-from .stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from .kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
 
 DEFAULT_SPLIT_EVERY = 8
 
 
-def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diagonal: bool, scale: float) -> ClassStats:
-    X, y = read_block(block, integer_pixels, storage_options)
+def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diagonal: bool, scale: float,
+                 rows=None) -> ClassStats:
+    X, y = read_block(block, integer_pixels, storage_options, rows)
     with one_blas_thread():  # Dask runs a task per core already
         return chunk_stats(X, y, diagonal=diagonal, scale=scale)
 
 
-def _block_sums(block, storage_options: dict | None) -> PixelSums:
-    X, y = read_block(block, True, storage_options)
+def _block_sums(block, storage_options: dict | None, rows=None) -> PixelSums:
+    X, y = read_block(block, True, storage_options, rows)
     with one_blas_thread():
         return pixel_sums(X, y)
+
+
+def _sums_task(dataset: Dataset, token: str, i: int) -> Delayed:
+    return delayed(_block_sums, pure=True)(
+        dataset.blocks[i], dataset.storage_options or None, dataset.rows(i), dask_key_name=f"chunk-stats-{token}-{i}"
+    )
 
 
 def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
@@ -74,15 +86,12 @@ def stats_graph(
     """A Delayed ClassStats over every block of ``dataset``."""
     token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal)
     if exact_sums(dataset, diagonal):
-        sums = [
-            delayed(_block_sums, pure=True)(block, dataset.storage_options or None, dask_key_name=f"chunk-stats-{token}-{i}")
-            for i, block in enumerate(dataset.blocks)
-        ]
+        sums = [_sums_task(dataset, token, i) for i in range(len(dataset.blocks))]
         total = tree_reduce(sums, split_every, token, combine=add_sums)
         return delayed(PixelSums.to_class_stats, pure=True)(total, dataset.scale, dask_key_name=f"finalize-{token}")
     parts = [
         delayed(_block_stats, pure=True)(
-            block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale,
+            block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale, dataset.rows(i),
             dask_key_name=f"chunk-stats-{token}-{i}",
         )
         for i, block in enumerate(dataset.blocks)
@@ -127,10 +136,13 @@ def reduce_as_completed(client, dataset: Dataset, split_every: int = DEFAULT_SPL
     pending = None
     try:
         with span("fit"):
-            leaves = [
-                client.submit(_block_sums, block, dataset.storage_options or None, key=f"chunk-stats-{token}-{i}", pure=True)
-                for i, block in enumerate(dataset.blocks)
-            ]
+            if dataset.parts is None:
+                leaves = [
+                    client.submit(_block_sums, block, dataset.storage_options or None, key=f"chunk-stats-{token}-{i}", pure=True)
+                    for i, block in enumerate(dataset.blocks)
+                ]
+            else:  # each leaf depends on the task that yields its rows
+                leaves = client.compute([_sums_task(dataset, token, i) for i in range(len(dataset.blocks))])
             pending = as_completed(leaves)
             del leaves
             combines = 0

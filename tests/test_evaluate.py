@@ -13,9 +13,9 @@ import daskgen
 from daskgen.cli import main
 from daskgen.datasets import load_digits_dataset, write_zarr_dataset
 from daskgen.evaluate import BATCH, evaluate, format_table, write_outputs
-from daskgen.mixture import fit_em
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.models.gaussian import GaussianClassModel
+from daskgen.models.mixture_em import fit_em
 
 S = 1 / 16  # the digits' pixels are 0..16
 

@@ -16,8 +16,8 @@ from scipy import stats as sps
 
 import daskgen
 from daskgen.generation import generate
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.models.gaussian import GaussianClassModel
 
 
 @pytest.fixture(scope="module")

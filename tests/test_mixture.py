@@ -18,16 +18,12 @@ from daskgen.cli import main
 from daskgen.datasets import write_zarr_dataset
 from daskgen.em import fit_mixture
 from daskgen.errors import InputError
-from daskgen.mixture import (
-    Components,
-    GaussianMixtureClassModel,
-    estep_stats,
-    fit_em,
-    memory_passes,
-    merge_weighted,
-)
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.kernels.estep import Components, estep_stats
+from daskgen.kernels.weighted import merge_weighted
+from daskgen.models.gaussian import GaussianClassModel
+from daskgen.models.mixture import GaussianMixtureClassModel
+from daskgen.models.mixture_em import fit_em, memory_passes
 
 DIGITS_SCALE = 1 / 16
 
@@ -118,7 +114,7 @@ def test_one_component_is_the_single_gaussian(digits_pixels):
 
 
 def test_prior_rows_shrink_each_component_toward_its_class(digits_pixels):
-    from daskgen.mixture import m_step
+    from daskgen.models.mixture_em import m_step
 
     X, y = digits_pixels
     passes = memory_passes(X, y, DIGITS_SCALE, block_rows=500)

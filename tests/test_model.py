@@ -8,8 +8,9 @@ from scipy import stats as sps
 
 import daskgen
 from daskgen.errors import InputError, ModelError
-from daskgen.model import GaussianClassModel, factor_covariance
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.kernels.linalg import factor_covariance
+from daskgen.models.gaussian import GaussianClassModel
 
 
 @pytest.fixture

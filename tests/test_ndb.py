@@ -16,7 +16,7 @@ import daskgen
 from daskgen.datasets import write_zarr_dataset
 from daskgen.evaluate_samples import FILES, count_bins, fit_bins, format_table, ndb, open_sets, write_outputs
 from daskgen.io.readers import open_inputs
-from daskgen.mixture import kmeans_plusplus
+from daskgen.kernels.kmeans import kmeans_plusplus
 from daskgen.ndb_kernels import bin_counts, lloyd_block, merge_lloyd, ndb_test, two_proportion_z, update_centres
 
 S = 1 / 16  # the digits' pixels are 0..16
@@ -154,6 +154,19 @@ def test_result_does_not_depend_on_the_chunking(stores, blocksize, sync_schedule
     assert r.kmeans["iterations"] == ref.kmeans["iterations"]
 
 
+def test_array_inputs_give_the_result_of_the_stores(stores, digits_data, sync_scheduler):
+    """Datasets of in-memory arrays (daskgen.io.arrays) run the same tasks as Zarr stores."""
+    from daskgen.io.arrays import from_arrays
+
+    X, y = digits_data
+    ref = ndb(stores["zeros"], stores["all"], stores["all"], bins=10, seed=1)
+    zeros = y == 0
+    r = ndb(from_arrays(X[zeros], y[zeros], scale=S, blocksize=70), from_arrays(X, y, scale=S, blocksize=500),
+            from_arrays(X, y, scale=S, blocksize=300), bins=10, seed=1)
+    np.testing.assert_array_equal(r.centres, ref.centres)
+    np.testing.assert_array_equal(r.test.z, ref.test.z)
+
+
 def test_result_on_a_cluster_equals_the_local_one(stores, client):
     import dask
 
@@ -214,8 +227,8 @@ def test_counting_reads_one_block_per_task_never_the_whole_store(stores, monkeyp
 def samples_store(digits_data, tmp_path_factory):
     """2,000 uint8 samples of a digits model (the store records the scale 1/16)."""
     from daskgen.generation import generate
-    from daskgen.model import GaussianClassModel
-    from daskgen.stats import chunk_stats
+    from daskgen.kernels.class_stats import chunk_stats
+    from daskgen.models.gaussian import GaussianClassModel
 
     X, y = digits_data
     model = GaussianClassModel.from_stats(chunk_stats(X, y, scale=S), reg_covar=1e-2, image_shape=(8, 8), scale=S)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskgen.model import finalize
-from daskgen.stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from daskgen.kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from daskgen.models.gaussian import finalize
 
 
 def reference(X, y):

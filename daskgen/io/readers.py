@@ -6,6 +6,11 @@ sniffs types, and cuts the data into :class:`Block` descriptions (small and
 picklable). ``read_block`` runs on a worker: it reads one block and returns
 ``(X, y)`` as numpy arrays, raising :class:`~daskgen.errors.InputError` that names
 the file and column at fault. Readers know nothing of statistics.
+
+In-memory and lazy arrays (``daskgen.io.arrays``) give the same :class:`Dataset`:
+their blocks (formats ``"array"`` and ``"dataframe"``) are row chunks whose rows
+come from a Dask task (``Dataset.parts``) instead of a file; ``read_block`` checks
+them exactly as it checks rows read from files.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ import numpy as np
 from ..errors import InputError, first_line
 
 FORMATS = ("csv", "parquet", "zarr")
+#: Blocks whose rows are handed to ``read_block`` (``Dataset.parts``), not read from a file.
+ARRAY_FORMATS = ("array", "dataframe")
 DEFAULT_BLOCKSIZE = 32 * 2**20
 
 
 @dataclass(frozen=True)
 class Block:
-    """One unit of reading work: a byte range of a CSV, a Parquet row group, or Zarr rows."""
+    """One unit of reading work: a byte range of a CSV, a Parquet row group, Zarr rows,
+    or a row chunk of an array (a partition of a dataframe)."""
 
     fmt: str
-    url: str  # fsspec URL (or local path)
-    start: int  # byte offset (csv), row group (parquet), first row (zarr)
-    stop: int  # byte end (csv), row group + 1 (parquet), row end (zarr)
+    url: str  # fsspec URL (or local path); arrays: the collection's name
+    start: int  # byte offset (csv), row group (parquet), first row (zarr, array), partition (dataframe)
+    stop: int  # byte end (csv), row group + 1 (parquet), row end (zarr, array), partition + 1 (dataframe)
     first: bool = False  # csv: this block holds the header line
     options: tuple = ()  # hashable reading options, shared per source
 
@@ -52,10 +60,17 @@ class Dataset:
     storage_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "csv"
     blocksize: int = DEFAULT_BLOCKSIZE
+    #: Array inputs only: per block, a Delayed ``(X, y)`` (numpy once computed) that
+    #: ``read_block`` receives as ``rows``; None for files (each block reads itself).
+    parts: list | None = None
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def rows(self, i: int):
+        """Where block ``i``'s rows come from: its Delayed ``(X, y)``, or None (a file)."""
+        return None if self.parts is None else self.parts[i]
 
     def unseen(self, manifest: list[dict[str, Any]]) -> Dataset:
         """This dataset without the files ``manifest`` lists (already folded into a model).
@@ -172,6 +187,33 @@ def parse_image_shape(text: str | tuple | None) -> tuple[int, ...] | None:
     if not shape or any(s <= 0 for s in shape):
         raise InputError(f"image shape must be positive, got {text!r}")
     return shape
+
+
+def resolve_image_shape(
+    n_features: int, image_shape: str | tuple | None = None, found: tuple[int, ...] | None = None
+) -> tuple[int, ...] | None:
+    """The image shape of rows of ``n_features``: as given (checked), else as the input
+    stores it (``found``), else square when ``n_features`` is a square, else None."""
+    shape = parse_image_shape(image_shape)
+    if shape is not None:
+        if int(np.prod(shape)) != n_features:
+            raise InputError(f"image shape {shape} has {int(np.prod(shape))} pixels, the data {n_features} features")
+        return shape
+    if found is not None:
+        return found
+    if math.isqrt(n_features) ** 2 == n_features and n_features > 1:
+        return (math.isqrt(n_features), math.isqrt(n_features))
+    return None
+
+
+def resolve_scale(scale: str | float | None, integer: bool, stored: float | None = None) -> tuple[float, bool]:
+    """``(scale, integer_pixels)`` of an input: ``scale`` 'auto' takes the input's stored
+    scale, else 1/255 for integer values (then read as 8-bit pixels, checked to lie in
+    0..255), else 1; a number is used as given and the values as stored."""
+    fixed = parse_scale(scale)
+    if fixed is None and stored is not None:
+        fixed = stored
+    return (fixed if fixed is not None else (1 / 255 if integer else 1.0)), bool(integer and fixed is None)
 
 
 def parse_scale(scale: str | float | None) -> float | None:
@@ -628,16 +670,29 @@ def _read_zarr_block(block: Block, storage_options: dict | None, pixels: bool):
     group = open_zarr_group(block.url, storage_options)
     images = group["images"][block.start : block.stop]
     y = as_labels(group[label_name][block.start : block.stop])
-    X = np.asarray(images).reshape(len(y), -1)
+    return _checked_rows(block, np.asarray(images).reshape(len(y), -1), y, pixels)
+
+
+def _checked_rows(block: Block, X: np.ndarray, y: np.ndarray, pixels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of an array-like source (Zarr, numpy, Dask): 8-bit pixels checked to lie in
+    0..255 and made uint8, labels checked to be finite."""
     if pixels and X.dtype != np.uint8 and X.size:
         lo, hi = X.min(), X.max()
         if lo < 0 or hi > 255:
             col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
-            raise InputError(_outside_pixel_range(_where(block), f"pixel{col}", lo if lo < 0 else hi))
+            raise InputError(_outside_pixel_range(_where(block), _feature(block, col), lo if lo < 0 else hi))
         X = X.astype(np.uint8)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise InputError(f"{block.url} (rows {block.start}-{block.stop}): 'labels' has NaN or infinite values")
+        raise InputError(f"{_where(block)}: 'labels' has NaN or infinite values")
     return X, y
+
+
+def _read_array_block(block: Block, rows, pixels: bool) -> tuple[np.ndarray, np.ndarray]:
+    X, y = rows
+    X, y = np.asarray(X), as_labels(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise InputError(f"{_where(block)}: X has shape {X.shape} and y {y.shape}; expected (n, D) and (n,)")
+    return _checked_rows(block, X, y, pixels)
 
 
 # ---------------------------------------------------------------------------- public
@@ -672,25 +727,14 @@ def open_inputs(
         )
     if not features:
         raise InputError(f"{files[0]['path']}: no feature columns besides {label_column!r}")
-    D = len(features)
-    shape = parse_image_shape(image_shape)
-    if shape is not None:
-        if int(np.prod(shape)) != D:
-            raise InputError(f"image shape {shape} has {int(np.prod(shape))} pixels, the data {D} features")
-    elif inferred_shape is not None:
-        shape = inferred_shape
-    elif math.isqrt(D) ** 2 == D and D > 1:
-        shape = (math.isqrt(D), math.isqrt(D))
-    fixed = parse_scale(scale)
-    if fixed is None and stored_scale is not None:
-        fixed = stored_scale
+    scale, integer_pixels = resolve_scale(scale, integer, stored_scale)
     return Dataset(
         blocks=blocks,
         feature_names=list(features),
         label_column=label_column,
-        image_shape=shape,
-        scale=fixed if fixed is not None else (1 / 255 if integer else 1.0),
-        integer_pixels=integer and fixed is None,
+        image_shape=resolve_image_shape(len(features), image_shape, inferred_shape),
+        scale=scale,
+        integer_pixels=integer_pixels,
         files=files,
         storage_options=dict(storage_options or {}),
         fmt=kind,
@@ -702,8 +746,12 @@ def read_block(
     block: Block,
     check_pixel_range: bool = False,
     storage_options: dict | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one block: ``X`` (n, D) in pixel units, ``y`` (n,) labels.
+
+    A block of an array input (``Dataset.rows(i)``) is not read: its ``rows``
+    ``(X, y)`` are passed in (computed by Dask) and checked like rows of a file.
 
     With ``check_pixel_range`` (``--scale auto`` on integer images) X is uint8 and
     every value was checked to lie in 0..255; otherwise X holds the stored numbers
@@ -711,9 +759,12 @@ def read_block(
     finite. The conversion to float64 and the scale are applied by ``chunk_stats``,
     which keeps the bytes moved per block small. Errors name the file and column.
     """
-    reader = {"csv": _read_csv_block, "parquet": _read_parquet_block, "zarr": _read_zarr_block}[block.fmt]
     try:
-        X, y = reader(block, storage_options, check_pixel_range)
+        if block.fmt in ARRAY_FORMATS:
+            X, y = _read_array_block(block, rows, check_pixel_range)
+        else:
+            reader = {"csv": _read_csv_block, "parquet": _read_parquet_block, "zarr": _read_zarr_block}[block.fmt]
+            X, y = reader(block, storage_options, check_pixel_range)
     except InputError:
         raise
     except (FileNotFoundError, PermissionError, OSError) as exc:
@@ -729,8 +780,8 @@ def read_block(
 
 
 def _where(block: Block) -> str:
-    unit = {"csv": "bytes", "parquet": "row group", "zarr": "rows"}[block.fmt]
-    span = f"{block.start}" if block.fmt == "parquet" else f"{block.start}-{block.stop}"
+    unit = {"csv": "bytes", "parquet": "row group", "zarr": "rows", "array": "rows", "dataframe": "partition"}[block.fmt]
+    span = f"{block.start}" if block.fmt in ("parquet", "dataframe") else f"{block.start}-{block.stop}"
     return f"{block.url} ({unit} {span})"
 
 
@@ -738,4 +789,6 @@ def _feature(block: Block, col: int) -> str:
     if block.fmt in ("csv", "parquet"):
         header, label_column = block.options[0], block.options[1]
         return repr([c for c in header if c != label_column][col])
+    if block.fmt == "dataframe":
+        return repr(block.options[0][col])  # the feature columns
     return f"pixel{col}"

@@ -1,14 +1,23 @@
 """daskgen's on-disk layouts (Zarr v3) and how they are published safely.
 
-Model store — a group with arrays ``classes`` (K,), ``counts`` (K,), ``priors`` (K,),
-``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw centered
-statistics, same shape as covariances) and attributes under ``daskgen``.
+Model store — a group with an array ``classes`` (K,), the arrays of the model's kind
+and attributes under ``daskgen``: ``kind: "model"``, ``format``, ``model_kind`` (the
+registered name of the model kind, :mod:`daskgen.models.registry`), ``image_shape``,
+``scale``, ``label_column``, ``feature_names``, ``covariance_type``, ``config``,
+``inputs``, ``data_range``, ``fingerprint``, the kind's own attributes and
+``complete``. The store reads a model back through the registry by ``model_kind``
+and imports no model class.
 
-A per-class mixture (``daskgen.mixture.GaussianMixtureClassModel``, M components)
-has the attribute ``components: M`` and arrays ``classes`` (K,), ``counts`` (K,),
-``priors`` (K,), ``weights`` (K, M), ``mass`` (K, M) (responsibility mass per
-component), ``means`` (K, M, D) and ``covariances`` (K, M, D, D) or (K, M, D); no
-``scatter``. A one-Gaussian model has no ``components`` attribute. On a local
+* ``gaussian`` (one Gaussian per class): arrays ``counts`` (K,), ``priors`` (K,),
+  ``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw
+  centered statistics, same shape as covariances).
+* ``mixture`` (``daskgen.models.mixture.GaussianMixtureClassModel``, M components):
+  the attribute ``components: M`` and arrays ``counts`` (K,), ``priors`` (K,),
+  ``weights`` (K, M), ``mass`` (K, M) (responsibility mass per component),
+  ``means`` (K, M, D) and ``covariances`` (K, M, D, D) or (K, M, D); no ``scatter``.
+
+Stores written before ``model_kind`` was recorded are read as a mixture when they
+have a ``components`` attribute and as one Gaussian per class otherwise. On a local
 disk the group is written under a temporary name beside the target and renamed
 into place; on object storage (no rename) ``complete: true`` is written last and a
 store without it is refused by :func:`read_model`.
@@ -20,13 +29,12 @@ import os
 import shutil
 import socket
 import uuid
-from typing import Any
 
 import numpy as np
 
 from .._version import __version__
 from ..errors import ModelError, OutputExistsError, first_line
-from ..stats import ClassStats
+from ..models import registry
 from .readers import _fs, _is_local, as_labels, open_zarr_group
 
 MODEL_FORMAT = 1
@@ -35,10 +43,6 @@ MODEL_FORMAT = 1
 def output_exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = _fs(url, storage_options)
     return fs.exists(path)
-
-
-def is_local(url: str, storage_options: dict | None = None) -> bool:
-    return _is_local(_fs(url, storage_options)[0])
 
 
 def label_array(values: np.ndarray) -> np.ndarray:
@@ -59,7 +63,8 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
     from zarr.codecs import ZstdCodec
 
     group = open_zarr_group(url, storage_options, mode="w")
-    arrays = {"classes": label_array(model.classes), **model.store_arrays()}
+    kind_arrays, kind_attrs = model.to_store()
+    arrays = {"classes": label_array(model.classes), **kind_arrays}
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
         dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
@@ -74,6 +79,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         "kind": "model",
         "format": MODEL_FORMAT,
         "version": __version__,
+        "model_kind": model.kind,
         "image_shape": list(model.image_shape) if model.image_shape else None,
         "scale": float(model.scale),
         "label_column": model.label_column,
@@ -83,10 +89,9 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         "inputs": model.inputs,
         "data_range": [_jsonable(model.data_range[0]), _jsonable(model.data_range[1])],
         "fingerprint": model.fingerprint,
+        **kind_attrs,
         "complete": False,
     }
-    if hasattr(model, "n_components"):  # a per-class mixture
-        meta["components"] = int(model.n_components)
     group.attrs["daskgen"] = meta
     meta["complete"] = True  # written last: a store without it is refused
     group.attrs["daskgen"] = meta
@@ -165,9 +170,7 @@ def _alive(pid: int) -> bool:
 
 
 def read_model(url: str, storage_options: dict | None = None):
-    """Load a model store written by :func:`write_model`."""
-    from ..model import GaussianClassModel
-
+    """Load a model store written by :func:`write_model`, as the class registered for its kind."""
     fs, path = _fs(url, storage_options)
     if not fs.exists(path):
         raise ModelError(f"{url}: no such model store")
@@ -185,52 +188,12 @@ def read_model(url: str, storage_options: dict | None = None):
         )
     if not meta.get("complete"):
         raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
-    if meta.get("components") is not None:
-        from ..mixture import GaussianMixtureClassModel
-
-        try:
-            classes = read_labels(group["classes"])
-        except Exception as exc:
-            raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
-        return GaussianMixtureClassModel.from_store(group, meta, classes, url)
     try:
-        a = {k: np.asarray(group[k][...]) for k in ("counts", "priors", "means", "covariances", "scatter")}
+        kind = registry.get(registry.stored_kind(meta))
+    except ModelError as exc:
+        raise ModelError(f"{url}: {exc}") from None
+    try:
         classes = read_labels(group["classes"])
     except Exception as exc:
         raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
-    K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
-    full = (K, D, D)
-    if (
-        K < 1
-        or classes.shape != (K,)
-        or a["counts"].shape != (K,)
-        or a["priors"].shape != (K,)
-        or a["covariances"].shape not in (full, (K, D))
-        or a["scatter"].shape not in (full, (K, D))
-        or not all(np.isfinite(a[k]).all() for k in ("priors", "means", "covariances", "scatter"))
-    ):
-        raise ModelError(f"{url}: corrupted model store (array shapes or values are inconsistent)")
-    lo, hi = meta.get("data_range") or [None, None]
-    stats = ClassStats(
-        classes, a["counts"], a["means"], a["scatter"],
-        np.nan if lo is None else lo, np.nan if hi is None else hi,
-    )
-    shape = meta.get("image_shape")
-    return GaussianClassModel(
-        classes=classes,
-        counts=a["counts"],
-        priors=a["priors"],
-        means=a["means"],
-        covariances=a["covariances"],
-        stats=stats,
-        image_shape=tuple(shape) if shape else None,
-        scale=float(meta.get("scale", 1.0)),
-        label_column=meta.get("label_column", "label"),
-        feature_names=meta.get("feature_names"),
-        config=meta.get("config", {}),
-        inputs=meta.get("inputs", []),
-    )
-
-
-def model_attrs(url: str, storage_options: dict | None = None) -> dict[str, Any]:
-    return dict(open_zarr_group(url, storage_options).attrs).get("daskgen", {})
+    return kind.from_store(group, meta, classes, url)

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 
 import daskgen
 from daskgen.cli import main
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.models.gaussian import GaussianClassModel
 
 
 @pytest.fixture

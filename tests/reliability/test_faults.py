@@ -20,8 +20,8 @@ from _helpers import store_bytes
 
 import daskgen
 from daskgen.datasets import write_zarr_dataset
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.models.gaussian import GaussianClassModel
 
 N_FIT_ROWS, FIT_CHUNK_ROWS = 9600, 300  # 32 chunk-stats tasks, each result 10 x 784 x 784 float64
 N_SAMPLES, SAMPLE_CHUNK = 60_000, 400  # 150 generate + write tasks

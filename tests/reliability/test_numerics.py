@@ -14,8 +14,8 @@ import zarr
 import daskgen
 from daskgen.datasets import write_zarr_dataset
 from daskgen.generation import generate
-from daskgen.model import GaussianClassModel
-from daskgen.stats import chunk_stats
+from daskgen.kernels.class_stats import chunk_stats
+from daskgen.models.gaussian import GaussianClassModel
 
 # Dask's synchronous scheduler: the numerics do not depend on the cluster (the fault
 # tests show a cluster's result is bit-identical).

@@ -1,5 +1,8 @@
 """Per-class sufficient statistics: chunk, merge — pure numpy, no Dask.
 
+Also the row grouping every per-class kernel shares (:func:`class_rows`,
+:func:`as_model_units`).
+
 The statistic of a set of rows with labels is, per class k:
 
 * ``counts[k]``   number of rows,
@@ -16,13 +19,14 @@ two statistics merge exactly (Chan, Golub & LeVeque) with::
     scatter = Sa + Sb + (na * nb / n) * d d^T
 
 Chunk -> merge -> finalize mirrors flox's chunk/combine/finalize split: each step is
-a plain function on numpy arrays, and the Dask graph is built elsewhere (``reduce``).
+a plain function on numpy arrays, and the Dask graph is built elsewhere (``daskgen.reduce``).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +77,7 @@ class ClassStats:
         )
 
 
-def _centered_scatter(C: np.ndarray) -> np.ndarray:
+def centered_scatter(C: np.ndarray) -> np.ndarray:
     """``C.T @ C`` for a C-contiguous (n, D) float64 block.
 
     NumPy recognises ``A.T @ A`` and calls BLAS syrk (half the flops of gemm), mirrors
@@ -128,7 +132,7 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
             C -= correction
             m += correction
         means[k] = m
-        scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else _centered_scatter(C)
+        scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else centered_scatter(C)
     if scale != 1.0:
         means *= scale
         scatter *= scale * scale
@@ -236,7 +240,7 @@ def add_sums(parts: list[PixelSums] | tuple[PixelSums, ...]) -> PixelSums:
     if not parts:
         raise ValueError("add_sums needs at least one PixelSums")
     D = parts[0].sums.shape[1]
-    classes = _union_classes(parts)
+    classes = union_classes(parts)
     K = len(classes)
     counts = np.zeros(K, dtype=np.int64)
     sums = np.zeros((K, D))
@@ -264,7 +268,7 @@ def value_range(parts) -> tuple[float, float]:
     return (min(lows) if lows else np.nan, max(highs) if highs else np.nan)
 
 
-def _union_classes(parts: list) -> np.ndarray:
+def union_classes(parts: list) -> np.ndarray:
     labelled = [p.classes for p in parts if len(p.classes)]
     if not labelled:
         return parts[0].classes
@@ -297,7 +301,7 @@ def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
     for p in parts:
         if p.n_features != D or p.diagonal != diagonal:
             raise ValueError("cannot merge statistics of different shapes")
-    classes = _union_classes(parts)
+    classes = union_classes(parts)
     K = len(classes)
     counts = np.zeros(K, dtype=np.int64)
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
@@ -341,3 +345,39 @@ def to_diagonal(stats: ClassStats) -> ClassStats:
         return stats
     diag = np.ascontiguousarray(np.diagonal(stats.scatter, axis1=1, axis2=2))
     return ClassStats(stats.classes, stats.counts, stats.means, diag, stats.minimum, stats.maximum)
+
+
+def as_model_units(X: np.ndarray, rows: np.ndarray, scale: float) -> np.ndarray:
+    """Rows ``rows`` of ``X`` as a new float64 C-ordered array, times ``scale``. Indexing
+    copies already, so float64 rows are scaled in that copy (no second one)."""
+    Xs = np.asarray(X)[rows].astype(np.float64, order="C", copy=False)
+    if scale != 1.0:
+        Xs *= scale
+    return Xs
+
+
+def class_rows(y: np.ndarray, classes: np.ndarray | None):
+    """(positions in ``classes``, row indices per class, the classes present) of labels ``y``.
+
+    Raises ``ValueError`` when ``y`` has a label that is not in ``classes``.
+    """
+    present, inverse = np.unique(y, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(present)))
+    rows, start = [], 0
+    for stop in bounds:
+        rows.append(order[start:stop])
+        start = stop
+    if classes is None:
+        return np.arange(len(present)), rows, present
+    pos = np.searchsorted(classes, present)
+    ok = (pos < len(classes)) & (classes[np.minimum(pos, len(classes) - 1)] == present)
+    if not ok.all():
+        missing = present[~ok].tolist()
+        raise ValueError(f"labels {missing[:5]} are not among the model's classes")
+    return pos, rows, present
+
+
+def plain_label(label: Any) -> Any:
+    """A numpy scalar label as the Python value (for logs and JSON); others unchanged."""
+    return label.item() if hasattr(label, "item") else label

@@ -1,0 +1,282 @@
+"""The interface every model kind implements, and the Bayes classifier they share.
+
+A model kind is a prior over classes p(y) and a class-conditional density p(x | y)
+in model units (pixel values times ``scale``). Everything outside ``daskgen.models``
+— the model store, generation, evaluation, the figures, the CLI — uses a model only
+through :class:`ClassModel`, never by asking which class it is. A kind subclasses
+:class:`ClassModel`, sets ``kind`` (the name written in the model store) and
+registers itself with :func:`daskgen.models.registry.register`.
+
+Pure numpy; this module imports neither Dask nor the model store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from ..errors import InputError, ModelError, first_line
+from ..kernels.class_stats import plain_label
+from ..kernels.linalg import factor_covariance, logsumexp_rows
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """A short (16 hex digits) SHA-256 of the arrays' bytes (labels: of their text)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.asarray(a)
+        if a.dtype.kind in "OUS":
+            h.update("\x1f".join(map(str, a.tolist())).encode())
+        else:
+            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the same bytes, not copied
+    return h.hexdigest()[:16]
+
+
+class Scorer(Protocol):
+    """What a task needs to score rows: small and picklable (see :meth:`ClassModel.scorer`)."""
+
+    classes: np.ndarray
+    priors: np.ndarray
+    fingerprint: str
+
+    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray: ...
+
+
+class ModelSampler(Protocol):
+    """What draws samples (see :meth:`ClassModel.sampler`); picklable, prepared once per run."""
+
+    def draw_classes(self, n: int, rng: np.random.Generator, class_index: int | None = None) -> np.ndarray:
+        """Class indices (n,) of ``n`` samples: from the prior, or all ``class_index``."""
+
+    def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One sample per entry of ``class_index``: (n, D) in model units, float32 or float64."""
+
+
+#: The attributes every kind keeps besides its parameters, as stored under ``daskgen``.
+META_FIELDS = ("image_shape", "scale", "label_column", "feature_names", "config", "inputs")
+
+
+def meta_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :data:`META_FIELDS` from a model store's ``daskgen`` attributes."""
+    shape = meta.get("image_shape")
+    return {
+        "image_shape": tuple(shape) if shape else None,
+        "scale": float(meta.get("scale", 1.0)),
+        "label_column": meta.get("label_column", "label"),
+        "feature_names": meta.get("feature_names"),
+        "config": meta.get("config", {}),
+        "inputs": meta.get("inputs", []),
+    }
+
+
+def stored_data_range(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """``data_range`` of a model store's attributes (NaN where unknown)."""
+    lo, hi = meta.get("data_range") or [None, None]
+    return (np.nan if lo is None else float(lo), np.nan if hi is None else float(hi))
+
+
+def read_arrays(group: Any, names: tuple[str, ...], url: str) -> dict[str, np.ndarray]:
+    """The named arrays of an open store group; ``ModelError`` when one cannot be read."""
+    try:
+        return {k: np.asarray(group[k][...]) for k in names}
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
+
+
+@dataclass(kw_only=True)
+class ClassModel(ABC):
+    """The interface of a model kind: a prior over classes and a density per class.
+
+    Attributes every kind has: ``classes`` (K,) sorted labels, ``counts`` (K,) int64
+    training rows, ``priors`` (K,) float64 (the kind's fields or properties), and the
+    keyword-only fields declared here (:data:`META_FIELDS`): ``image_shape`` (H, W) or
+    None, ``scale`` (pixel units -> model units), ``label_column``, ``feature_names``,
+    ``config`` (the fit's options, JSON-able) and ``inputs`` (the fit's input manifest).
+    A kind is a ``@dataclass`` subclass; it implements the abstract members below, and
+    the rest have defaults built on them.
+    """
+
+    #: The name of the kind in the model store (attribute ``model_kind``) and the registry.
+    kind: ClassVar[str]
+
+    image_shape: tuple[int, ...] | None = None
+    scale: float = 1.0
+    label_column: str = "label"
+    feature_names: list[str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- what a kind implements -----------------------------------------------
+    @property
+    @abstractmethod
+    def n_features(self) -> int:
+        """D, the number of features of a row."""
+
+    @property
+    @abstractmethod
+    def covariance_type(self) -> str:
+        """``"full"`` or ``"diag"`` (as reported and stored)."""
+
+    @property
+    @abstractmethod
+    def data_range(self) -> tuple[float, float]:
+        """Smallest and largest training value, in model units (NaN when unknown)."""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash of the parameters: equal fingerprints sample and score identically."""
+
+    @property
+    @abstractmethod
+    def class_means(self) -> np.ndarray:
+        """The mean of each class's density, (K, D) float64, model units."""
+
+    @property
+    @abstractmethod
+    def class_covariances(self) -> np.ndarray:
+        """The covariance of each class's density, (K, D, D) or diagonal (K, D), model units squared."""
+
+    @abstractmethod
+    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """log p(x | y = k) for rows ``X`` (n, D) in model units: (n, K) float64 (``-inf`` allowed)."""
+
+    @abstractmethod
+    def sampler(self, dtype: Any = np.float64) -> ModelSampler:
+        """What draws samples of this model in ``dtype`` (float32 or float64), prepared once per run."""
+
+    @abstractmethod
+    def to_store(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The kind's arrays of the model store (besides ``classes``) and its extra attributes.
+
+        The store writes ``classes``, the attributes of :data:`META_FIELDS`,
+        ``covariance_type``, ``data_range``, ``fingerprint`` and ``model_kind`` itself.
+        """
+
+    @classmethod
+    @abstractmethod
+    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> ClassModel:
+        """The model from an open store group, its ``daskgen`` attributes and its classes.
+
+        Raises :class:`~daskgen.errors.ModelError` naming ``url`` when arrays are
+        missing or inconsistent (:func:`read_arrays` reads them so).
+        """
+
+    # -- defaults ----------------------------------------------------------------
+    @classmethod
+    def diagonal_stats(cls, covariance: str) -> bool | None:
+        """Whether the kind is fitted from diagonal (True) or full (False) per-class
+        statistics (:class:`~daskgen.kernels.class_stats.ClassStats`) for this
+        ``covariance`` option, by :meth:`from_stats` — what :func:`daskgen.fit` computes
+        in one pass. None (the default): the kind is not fitted from class statistics.
+        """
+        return None
+
+    @classmethod
+    def from_stats(cls, stats: Any, covariance: str = "full", reg_covar: float = 0.0, shrinkage: str = "none",
+                   **meta: Any) -> ClassModel:
+        """The model of per-class statistics (kinds whose :meth:`diagonal_stats` is not None).
+
+        ``meta`` are the attributes of :data:`META_FIELDS`.
+        """
+        raise InputError(f"a {cls.kind} model is not fitted from per-class statistics")
+
+    @property
+    def n_components(self) -> int:
+        """Gaussians per class (1 unless the kind is a mixture)."""
+        return 1
+
+    def component_means(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """For kinds with several components per class: their means (K, M, D) and weights (K, M).
+
+        None (the default) for one density per class; the figures draw them when given.
+        """
+        return None
+
+    def spectra(self) -> list[np.ndarray]:
+        """Per class, the eigenvalues of its covariance (descending, those above the rank
+        tolerance), model units squared; for a diagonal covariance the sorted variances."""
+        return [factor_covariance(c).eigvals for c in self.class_covariances]
+
+    #: What :meth:`spectra` describe, appended to the spectrum figure's title.
+    spectrum_scope: ClassVar[str] = ""
+
+    def display_range(self) -> tuple[float, float]:
+        """The range of the mean images (model units): the display scale of float images."""
+        means = self.class_means
+        return float(means.min()), float(means.max())
+
+    def scorer(self) -> Scorer:
+        """What a task needs to score rows (the model itself by default): kinds whose
+        parameters are large return a small picklable object with ``classes``,
+        ``priors``, ``fingerprint`` and ``class_log_likelihood``."""
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """The model as reports describe it (JSON-able): kind, fingerprint, classes,
+        components, covariance, reg_covar, scale, features."""
+        return {
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "classes": [plain_label(c) for c in self.classes.tolist()],
+            "components": int(self.n_components),
+            "covariance": self.covariance_type,
+            "reg_covar": self.config.get("reg_covar"),
+            "scale": float(self.scale),
+            "features": int(self.n_features),
+        }
+
+    # -- the Bayes classifier and in-memory sampling -----------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_index(self, label: Any) -> int:
+        """Position of ``label`` in ``classes``; accepts the label or its string form."""
+        for i, c in enumerate(self.classes.tolist()):
+            if c == label or str(c) == str(label):
+                return i
+        raise InputError(
+            f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
+        )
+
+    def log_prob(self, X: np.ndarray) -> np.ndarray:
+        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)], shape (n,)."""
+        return logsumexp_rows(self.class_log_likelihood(X) + np.log(self.priors))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
+        return self.classes[np.argmax(self.class_log_likelihood(X) + np.log(self.priors), axis=1)]
+
+    def sample(
+        self, n: int, seed: int | None = None, label: Any = None, dtype: Any = np.float64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` samples in memory: classes from the prior (or only ``label``).
+
+        Returns ``(X, y)``: X of shape (n, D) in model units, y of shape (n,) labels.
+        For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
+        """
+        rng = np.random.default_rng(seed)
+        sampler = self.sampler(dtype)
+        idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
+        return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
+
+    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
+        """Write the model store (a Zarr v3 group) atomically: :func:`daskgen.io.store.write_model`."""
+        from ..io.store import write_model  # the store imports only the registry, not this module
+
+        write_model(self, path, overwrite=overwrite, storage_options=storage_options)
+
+
+def check_features(X: np.ndarray, n_features: int) -> np.ndarray:
+    """``X`` as a 2-D float64 array of ``n_features`` columns (``InputError`` otherwise)."""
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    if X.shape[1] != n_features:
+        raise InputError(f"X has {X.shape[1]} features, the model {n_features}")
+    return X
+
