@@ -362,6 +362,7 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
     so = _storage_options(storage)
     if out:
         check_outputs(out, overwrite, so)
+        _check_output(f"{out.rstrip('/')}/ndb.json", so)
     start = time.perf_counter()
     # Inputs are checked (features, a complete samples store) before a cluster is started.
     sets = open_sets(samples, list(reference), list(train), label_column=label_column,
@@ -371,7 +372,8 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
                      max_iter=max_iter, split_every=split_every, progress=not cluster["quiet"])
     click.echo(format_table(result))
     if out:
-        paths = write_outputs(result, out, overwrite=overwrite, storage_options=so)
+        with _writing(out):
+            paths = write_outputs(result, out, overwrite=overwrite, storage_options=so)
         _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
     _say(cluster["quiet"], f"daskgen: NDB of {result.sets['samples']['rows']:,} samples in {time.perf_counter() - start:.1f}s")
 

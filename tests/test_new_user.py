@@ -93,6 +93,8 @@ def test_unwritable_outputs_fail_at_once_in_one_line(small_model, tmp_path):
     assert_one_line_error(run("plot", model, "--out", out), "cannot write")
     assert_one_line_error(run("data", "digits", "--out", out / "d.zarr"), "cannot write")
     assert_one_line_error(run("run", "--out", out), "cannot write")
+    assert_one_line_error(run("evaluate-samples", data, "--reference", data, "--train", data, "--bins", 5, "--out", out),
+                          "cannot write")
     assert blocker.read_text() == "not a folder"
 
 
