@@ -31,7 +31,8 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from .cluster import active_client, compute
 from .errors import InputError
-from .io.readers import Dataset, _fs, open_zarr_group, read_block
+from .io.fs import open_zarr_group, url_to_fs
+from .io.inputs import Dataset, read_block
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
 from .kernels.weighted import WeightedStats, merge_weighted
@@ -87,7 +88,7 @@ def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
 
         rows = 0
         for url in {b.url for b in dataset.blocks}:
-            fs, path = _fs(url, dataset.storage_options or None)
+            fs, path = url_to_fs(url, dataset.storage_options or None)
             with fs.open(path, "rb") as f:
                 rows += pq.ParquetFile(f).metadata.num_rows
         return rows * D * item, "Parquet row counts"

@@ -2,7 +2,7 @@
 :class:`GaussianMixtureClassifier`.
 
 They are thin, as dask-ml's: ``fit`` turns its input into the
-:class:`~daskgen.io.readers.Dataset` the file readers give
+:class:`~daskgen.io.inputs.Dataset` the file readers give
 (:func:`daskgen.io.arrays.from_arrays`) and hands it to :func:`daskgen.fit` or
 :func:`daskgen.fit_mixture`, so the same block statistics and merges run (exact
 8-bit sums merged as blocks finish on a distributed client, a fixed tree

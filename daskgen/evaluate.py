@@ -49,7 +49,7 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from .errors import InputError
-from .io.readers import Dataset, read_block
+from .io.inputs import Dataset, read_block
 from .kernels.linalg import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
@@ -162,7 +162,7 @@ def open_for_model(
     as the fit checked them.
     """
     from .fitting import check_compatible, pixels_8bit
-    from .io.readers import open_inputs
+    from .io.inputs import open_inputs
 
     dataset = open_inputs(inputs, label_column=label_column or model.label_column, blocksize=blocksize,
                           image_shape=model.image_shape, scale=model.scale, fmt=fmt,

@@ -45,7 +45,8 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from .errors import InputError, OutputExistsError
-from .io.readers import Block, Dataset, open_inputs, read_block
+from .io.blocks import Block
+from .io.inputs import Dataset, open_inputs, read_block
 from .ndb_kernels import (
     BinCounts,
     LloydStats,
@@ -333,7 +334,7 @@ def ndb(
     """NDB of the generated set ``samples`` against ``reference``, on ``bins`` k-means bins of ``train``.
 
     Each set is a path, URL, glob or list of them (CSV, Parquet, Zarr; a samples store
-    of ``daskgen sample`` is a Zarr input) or an opened :class:`~daskgen.io.readers.Dataset`.
+    of ``daskgen sample`` is a Zarr input) or an opened :class:`~daskgen.io.inputs.Dataset`.
     Runs on the active ``distributed.Client``, else on Dask's local scheduler; seeded
     (``seed``) and deterministic. ``centres`` (bins, D), model units, replaces the
     k-means++ start; ``progress`` shows a bar for the counting stage. See the module

@@ -6,7 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 from .errors import InputError
-from .io.readers import Dataset, NotEightBitError, open_inputs
+from .io.blocks import NotEightBitError
+from .io.inputs import Dataset, open_inputs
 from .kernels.class_stats import ClassStats, merge
 from .models import registry
 from .models.base import ClassModel
@@ -160,7 +161,7 @@ def prepare(
 ) -> Dataset:
     """Open and validate the inputs (headers and metadata only, no cluster needed).
 
-    Returns the :class:`~daskgen.io.readers.Dataset` that :func:`fit` accepts in place
+    Returns the :class:`~daskgen.io.inputs.Dataset` that :func:`fit` accepts in place
     of ``inputs``; with ``update``, the new data must match the model's features and
     takes its scale and image shape.
     """

@@ -26,8 +26,9 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from ._version import __version__
 from .errors import InputError, OutputExistsError
-from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import consolidate, label_array
+from .io.fs import is_local, open_zarr_group, url_to_fs
+from .io.labels import as_labels
+from .io.store import consolidate
 from .models.base import ClassModel, ModelSampler
 
 DTYPES = ("float32", "float64", "uint8")
@@ -82,7 +83,7 @@ def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.nd
         X = np.rint(X).astype(np.uint8)
     else:
         X = X.astype(plan.dtype, copy=False)
-    return X.reshape((rows,) + plan.shape), label_array(plan.classes[idx])
+    return X.reshape((rows,) + plan.shape), as_labels(plan.classes[idx], widen=True)
 
 
 def _write_chunk(url: str, storage_options: dict | None, index: int, start: int, data) -> int:
@@ -99,8 +100,8 @@ def _write_chunk(url: str, storage_options: dict | None, index: int, start: int,
 
 def _remove_partials(url: str, storage_options: dict | None) -> int:
     """Delete ``*.partial`` files a killed local writer left behind."""
-    fs, path = _fs(url, storage_options)
-    if not _is_local(fs):
+    fs, path = url_to_fs(url, storage_options)
+    if not is_local(fs):
         return 0
     removed = 0
     for root, _, files in os.walk(path):
@@ -120,7 +121,7 @@ def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, l
         "images", shape=(n,) + shape, dtype=dtype, chunks=(chunk_size,) + shape,
         compressors=ZstdCodec(level=1), dimension_names=dims, fill_value=0,
     )
-    labels = label_array(label_values)
+    labels = as_labels(label_values, widen=True)
     group.create_array(
         "labels", shape=(n,), dtype=labels.dtype if labels.dtype.kind != "U" else str,
         chunks=(chunk_size,), compressors=ZstdCodec(level=1), dimension_names=("sample",),
@@ -135,7 +136,7 @@ def _create_store(url, storage_options, identity, n, shape, chunk_size, dtype, l
     return group
 
 
-def _existing_identity(url, storage_options) -> dict | None:
+def existing_identity(url, storage_options) -> dict | None:
     try:
         meta = dict(open_zarr_group(url, storage_options).attrs).get("daskgen")
     except Exception:
@@ -177,8 +178,8 @@ def generate(
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     class_index = None if label is None else model.class_index(label)
-    fs, path = _fs(out, storage_options)
-    existing = _existing_identity(out, storage_options) if fs.exists(path) else None
+    fs, path = url_to_fs(out, storage_options)
+    existing = existing_identity(out, storage_options) if fs.exists(path) else None
     if seed is None:
         seed = int(existing["seed"]) if existing else int(np.random.SeedSequence().entropy % 2**63)
     identity = {

@@ -44,6 +44,8 @@ from typing import Any
 
 from .datasets import DATASETS
 from .errors import InputError
+from .io.fs import is_url as _is_url
+from .io.fs import join as _join
 
 __all__ = ["DEFAULTS", "Job", "default_job", "load_job"]
 
@@ -384,15 +386,6 @@ def _memory(v: Any, base: str = "") -> str | int | None:
     if isinstance(v, str) and v.strip():
         return v
     raise _Bad(f"expected a size such as 4GiB, got {_show(v)}")
-
-
-def _is_url(p: str) -> bool:
-    return "://" in p or p.startswith(("s3:", "gs:", "gcs:", "az:", "abfs:"))
-
-
-def _join(base: str, *parts: str) -> str:
-    """``base/part/...`` for a local folder or an fsspec URL."""
-    return "/".join([base.rstrip("/"), *parts]) if _is_url(base) else os.path.join(base, *parts)
 
 
 def _resolve(p: str, base: str) -> str:

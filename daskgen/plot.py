@@ -83,7 +83,8 @@ def load_samples(url: str, n: int = 40, storage_options: dict | None = None) -> 
     Returns ``(X, y)``: X of shape (min(n, N), D) with the stored dtype (so the plots
     can tell pixel units from model units), y of shape (min(n, N),).
     """
-    from .io.readers import as_labels, open_zarr_group
+    from .io.fs import open_zarr_group
+    from .io.labels import as_labels
 
     if n < 1:
         raise InputError(f"n must be >= 1, got {n}")

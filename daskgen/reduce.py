@@ -33,7 +33,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
 from ._blas import one_blas_thread
-from .io.readers import Dataset, read_block
+from .io.inputs import Dataset, read_block
 from .kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
 
 DEFAULT_SPLIT_EVERY = 8

@@ -23,8 +23,10 @@ from fractions import Fraction
 from typing import Any
 
 from .errors import ModelError, OutputExistsError, one_line
+from .io.fs import is_url as _is_url
+from .io.fs import join as _join
 from .io.store import output_exists
-from .job import Job, _is_url, _join
+from .job import Job
 
 #: Samples shown in the figures of a run.
 PLOT_SAMPLES = 40
@@ -111,7 +113,7 @@ def _data_stage(job: Job, overwrite: bool, say: Callable[[str], None]) -> tuple[
 
 def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
     """Whether ``target`` is a complete dataset store converted from what ``cfg`` names."""
-    from .io.readers import open_zarr_group
+    from .io.fs import open_zarr_group
 
     if not output_exists(target):
         return False
@@ -156,7 +158,7 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
     fan-in and the block size do not: they change how, not what, is computed.
     """
     from .fitting import default_reg_covar
-    from .io.readers import open_inputs
+    from .io.inputs import open_inputs
 
     dataset = open_inputs(
         inputs, label_column=options["label_column"], blocksize=options["blocksize"],
@@ -281,9 +283,9 @@ def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, q
 
 def _samples_model(path: str) -> str | None:
     """The model fingerprint a samples store records (None if it is not one)."""
-    from .generation import _existing_identity
+    from .generation import existing_identity
 
-    return (_existing_identity(path, None) or {}).get("model_fingerprint")
+    return (existing_identity(path, None) or {}).get("model_fingerprint")
 
 
 def _plot_stage(job: Job, model, seed: int, say) -> dict[str, Any]:

@@ -255,7 +255,7 @@ def test_zarr_remote_url_and_bad_input():
 
 
 def test_written_layouts_are_what_the_reader_reads(tmp_path):
-    readers = pytest.importorskip("daskgen.io.readers")
+    readers = pytest.importorskip("daskgen.io.inputs")
     images, labels = ds.load_digits_dataset()
     for path, writer in (
         (tmp_path / "d.zarr", ds.write_zarr_dataset),

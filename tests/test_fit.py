@@ -187,7 +187,8 @@ def test_local_csv_blocks_are_exactly_fsspecs(tmp_path_factory, lines, final_new
     import fsspec
     from fsspec.utils import read_block
 
-    from daskgen.io.readers import Block, _csv_block_bytes
+    from daskgen.io.blocks import Block
+    from daskgen.io.csv_input import csv_block_bytes
 
     text = ("\n".join(lines) + ("\n" if final_newline and lines else "")).encode()
     path = tmp_path_factory.mktemp("blocks") / "f.csv"
@@ -196,10 +197,10 @@ def test_local_csv_blocks_are_exactly_fsspecs(tmp_path_factory, lines, final_new
     local, remote = [], []
     for off in range(0, max(len(text), 1), blocksize):
         block = Block("csv", str(path), off, min(off + blocksize, len(text)), first=off == 0)
-        raw, lo, hi = _csv_block_bytes(block, None)
+        raw, lo, hi = csv_block_bytes(block, None)
         local.append(bytes(raw[lo:hi]))
         mem = Block("csv", "memory:///blocks/f.csv", block.start, block.stop, first=block.first)
-        raw, lo, hi = _csv_block_bytes(mem, None)
+        raw, lo, hi = csv_block_bytes(mem, None)
         remote.append(bytes(raw[lo:hi]))
         with open(path, "rb") as f:
             assert local[-1] == read_block(f, block.start, block.stop - block.start, delimiter=b"\n")

@@ -15,7 +15,7 @@ from _helpers import assert_one_line_error, run_cli
 import daskgen
 from daskgen.datasets import write_zarr_dataset
 from daskgen.evaluate_samples import FILES, count_bins, fit_bins, format_table, ndb, open_sets, write_outputs
-from daskgen.io.readers import open_inputs
+from daskgen.io.inputs import open_inputs
 from daskgen.kernels.kmeans import kmeans_plusplus
 from daskgen.ndb_kernels import bin_counts, lloyd_block, merge_lloyd, ndb_test, two_proportion_z, update_centres
 

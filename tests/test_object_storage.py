@@ -180,7 +180,7 @@ def test_a_model_store_without_its_completion_mark_is_refused(csv_model, options
     written last, and a store without it (a fit that died while writing) is never used."""
     import zarr
 
-    from daskgen.io.readers import open_zarr_group
+    from daskgen.io.fs import open_zarr_group
 
     half = f"s3://{BUCKET}/models/half-written.zarr"
     fs.copy(csv_model.removeprefix("s3://"), half.removeprefix("s3://"), recursive=True)
@@ -235,7 +235,7 @@ def _interrupt_generation(fs, url: str, args: list, env: dict, options: dict) ->
         finished = proc.wait(timeout=30) == 0
     if not finished:
         return "killed"
-    from daskgen.io.readers import open_zarr_group
+    from daskgen.io.fs import open_zarr_group
 
     root = url.removeprefix("s3://")
     for i in (1, 7, N_CHUNKS - 1):

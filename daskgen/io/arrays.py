@@ -1,4 +1,4 @@
-"""In-memory and lazy arrays as a :class:`~daskgen.io.readers.Dataset`: numpy, dask.array,
+"""In-memory and lazy arrays as a :class:`~daskgen.io.inputs.Dataset`: numpy, dask.array,
 pandas or dask dataframes with a label column, xarray DataArrays with a sample dimension.
 
 The result is the Dataset the file readers give, so the fit and the EM passes run
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .readers import DEFAULT_BLOCKSIZE, Block, Dataset, resolve_image_shape, resolve_scale
+from .blocks import Block, FrameOptions
+from .inputs import DEFAULT_BLOCKSIZE, Dataset, resolve_image_shape, resolve_scale
 
 
 def default_block_rows(n_features: int) -> int:
@@ -201,7 +202,7 @@ def _from_dask_dataframe(frame, label, scale, image_shape) -> Dataset:
     features = frame.drop(columns=[label])
     names = _check_numeric_columns(features)
     parts = [delayed(_frame_rows, pure=True)(p, label) for p in frame.to_delayed()]
-    blocks = [Block("dataframe", f"dask.dataframe {frame._name}", i, i + 1, options=(tuple(names),))
+    blocks = [Block("dataframe", f"dask.dataframe {frame._name}", i, i + 1, options=FrameOptions(tuple(names)))
               for i in range(len(parts))]
     dtype = np.result_type(*[np.dtype(t) for t in features.dtypes])
     return _dataset(blocks, parts, names, dtype, scale, image_shape, None, "dataframe", label)

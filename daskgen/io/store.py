@@ -26,8 +26,6 @@ store without it is refused by :func:`read_model`.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import uuid
 from typing import Any
 
@@ -36,13 +34,15 @@ import numpy as np
 from .._version import __version__
 from ..errors import ModelError, OutputExistsError, first_line
 from ..models import registry
-from .readers import _fs, _is_local, as_labels, open_zarr_group
+from .fs import is_local, open_zarr_group, url_to_fs
+from .labels import as_labels
+from .publish import publish_local
 
 MODEL_FORMAT = 1
 
 
 def output_exists(url: str, storage_options: dict | None = None) -> bool:
-    fs, path = _fs(url, storage_options)
+    fs, path = url_to_fs(url, storage_options)
     return fs.exists(path)
 
 
@@ -58,8 +58,8 @@ def check_writable(url: str, storage_options: dict | None = None) -> None:
 
     from ..errors import OutputError
 
-    fs, path = _fs(url, storage_options)
-    if not _is_local(fs):
+    fs, path = url_to_fs(url, storage_options)
+    if not is_local(fs):
         return
     path = os.path.abspath(path)
     where = os.path.dirname(path)
@@ -86,26 +86,12 @@ def consolidate(group: Any) -> None:
         zarr.consolidate_metadata(group.store, path=group.path or None)
 
 
-def label_array(values: np.ndarray) -> np.ndarray:
-    """Labels in a dtype Zarr v3 stores: int64, float64 or variable-length strings."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iub":
-        return values.astype(np.int64)
-    if values.dtype.kind == "f":
-        return values.astype(np.float64)
-    return values.astype(str)
-
-
-def read_labels(arr) -> np.ndarray:
-    return as_labels(arr[...])
-
-
 def _write_model_group(model, url: str, storage_options: dict | None) -> None:
     from zarr.codecs import ZstdCodec
 
     group = open_zarr_group(url, storage_options, mode="w")
     kind_arrays, kind_attrs = model.to_store()
-    arrays = {"classes": label_array(model.classes), **kind_arrays}
+    arrays = {"classes": as_labels(model.classes, widen=True), **kind_arrays}
     for name, data in arrays.items():
         chunks = data.shape if data.ndim < 3 else (1,) + data.shape[1:]
         dtype = str if data.dtype.kind == "U" else data.dtype  # variable-length UTF-8
@@ -145,11 +131,11 @@ def _jsonable(x: float) -> float | None:
 
 def write_model(model, url: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
     """Publish ``model`` at ``url``; refuse an existing path unless ``overwrite``."""
-    fs, path = _fs(url, storage_options)
+    fs, path = url_to_fs(url, storage_options)
     exists = fs.exists(path)
     if exists and not overwrite:
         raise OutputExistsError(f"{url} already exists; pass --overwrite to replace it")
-    if not _is_local(fs):
+    if not is_local(fs):
         if not exists:
             _write_model_group(model, url, storage_options)
             return
@@ -164,56 +150,12 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
             fs.copy(f, path.rstrip("/") + f[len(tmp):])
         fs.rm(tmp, recursive=True)
         return
-    path = os.path.abspath(path)
-    parent, name = os.path.split(path.rstrip(os.sep))
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_temporaries(parent, name)
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    tmp = os.path.join(parent, f".{name}.tmp-{owner}-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_model_group(model, tmp, None)
-        if exists:
-            trash = os.path.join(parent, f".{name}.old-{owner}-{uuid.uuid4().hex[:8]}")
-            os.rename(path, trash)
-            os.rename(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_stale_temporaries(parent: str, name: str) -> None:
-    """Delete what writers on this host that were killed before they could clean up left
-    beside ``name`` (a SIGKILLed fit would otherwise leave a store-sized folder per kill):
-    their ``.NAME.tmp-HOST-PID-*`` folders, and their ``.NAME.old-HOST-PID-*`` folders
-    while ``NAME`` exists (without it, the old one is the only copy of the model)."""
-    host = socket.gethostname()
-    published = os.path.exists(os.path.join(parent, name))
-    for entry in os.listdir(parent):
-        for kind in ("tmp", "old"):
-            prefix = f".{name}.{kind}-"
-            if not entry.startswith(prefix) or (kind == "old" and not published):
-                continue
-            owner = entry[len(prefix):].rsplit("-", 2)
-            if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    publish_local(path, exists, lambda tmp: _write_model_group(model, tmp, None))
 
 
 def read_model(url: str, storage_options: dict | None = None):
     """Load a model store written by :func:`write_model`, as the class registered for its kind."""
-    fs, path = _fs(url, storage_options)
+    fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         raise ModelError(f"{url}: no such model store")
     try:
@@ -235,7 +177,7 @@ def read_model(url: str, storage_options: dict | None = None):
     except ModelError as exc:
         raise ModelError(f"{url}: {exc}") from None
     try:
-        classes = read_labels(group["classes"])
+        classes = as_labels(group["classes"][...])
     except Exception as exc:
         raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
     return kind.from_store(group, meta, classes, url)
