@@ -309,13 +309,13 @@ def format_table(rep: dict[str, Any]) -> str:
 
 def plot_confusion(rep: dict[str, Any], path: str) -> str:
     """The confusion matrix as a PNG: shares of each true class, counts written in the cells."""
-    from .plot import _FONT, _figure, _label, _save
+    from .plot import FONT, display_label, new_figure, save_figure
 
     C = np.asarray(rep["classifier"]["confusion_matrix"], dtype=np.float64)
     K = len(C)
-    labels = [_label(c) for c in rep["model"].get("class_names") or rep["model"]["classes"]]
+    labels = [display_label(c) for c in rep["model"].get("class_names") or rep["model"]["classes"]]
     side = min(max(4.0, 0.55 * K + 2.0), 16.0)
-    fig = _figure(side + 1.0, side, layout="constrained")
+    fig = new_figure(side + 1.0, side, layout="constrained")
     ax = fig.subplots()
     share = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="none")
@@ -323,21 +323,21 @@ def plot_confusion(rep: dict[str, Any], path: str) -> str:
         for i in range(K):
             for j in range(K):
                 if C[i, j]:
-                    ax.text(j, i, f"{int(C[i, j])}", ha="center", va="center", fontsize=_FONT - 1,
+                    ax.text(j, i, f"{int(C[i, j])}", ha="center", va="center", fontsize=FONT - 1,
                             color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(np.arange(K), labels, fontsize=_FONT, rotation=90 if K > 12 or max(map(len, labels)) > 3 else 0)
-    ax.set_yticks(np.arange(K), labels, fontsize=_FONT)
-    ax.set_xlabel("predicted class", fontsize=_FONT + 1)
-    ax.set_ylabel("true class", fontsize=_FONT + 1)
+    ax.set_xticks(np.arange(K), labels, fontsize=FONT, rotation=90 if K > 12 or max(map(len, labels)) > 3 else 0)
+    ax.set_yticks(np.arange(K), labels, fontsize=FONT)
+    ax.set_xlabel("predicted class", fontsize=FONT + 1)
+    ax.set_ylabel("true class", fontsize=FONT + 1)
     acc = rep["classifier"]["accuracy"]
     m = rep["model"]
     kind = f"K = {m['components']} per class" if m["kind"] == "mixture" else "one Gaussian per class"
     ax.set_title(f"Bayes classifier, {kind}: accuracy {acc:.4f}" if acc is not None else "Bayes classifier",
-                 fontsize=_FONT + 2)
+                 fontsize=FONT + 2)
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
-    cb.set_label("share of the true class", fontsize=_FONT)
-    cb.ax.tick_params(labelsize=_FONT)
-    return _save(fig, path)
+    cb.set_label("share of the true class", fontsize=FONT)
+    cb.ax.tick_params(labelsize=FONT)
+    return save_figure(fig, path)
 
 
 def write_outputs(rep: dict[str, Any], out_dir: str) -> dict[str, str]:

@@ -68,7 +68,6 @@ DEFAULT_ALPHA = 0.05
 INIT_PER_BIN = 25
 #: Bins listed (table, JSON) and drawn (figure) on each side: over- and under-represented.
 TOP = 5
-SETS = ("samples", "reference", "train")
 
 
 @dataclass
@@ -420,11 +419,7 @@ def plot_bins(result: NDBResult, path: str, top: int = TOP, storage_options: dic
     Each panel is titled with its bin and the generated / reference proportions; one
     grey scale (the range of the centres shown) for all panels. Returns ``path``.
     """
-    import fsspec
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .plot import DPI, PANEL, TITLE
+    from .plot import PANEL, TITLE, new_figure, save_figure
 
     over, under = result.top_bins(top)
     cols = max(len(over), len(under), 1)
@@ -433,8 +428,7 @@ def plot_bins(result: NDBResult, path: str, top: int = TOP, storage_options: dic
         (math.isqrt(D),) * 2 if math.isqrt(D) ** 2 == D else (1, D))
     shown = result.centres[over + under] if over + under else result.centres[:1]
     vmin, vmax = float(shown.min()), float(shown.max())
-    fig = Figure(figsize=(cols * PANEL + 1.0, 2 * (PANEL + 2 * TITLE) + 0.4), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(cols * PANEL + 1.0, 2 * (PANEL + 2 * TITLE) + 0.4, layout="constrained")
     axes = fig.subplots(2, cols, squeeze=False)
     t = result.test
     for r, (label, picked) in enumerate((("over-represented", over), ("under-represented", under))):
@@ -454,11 +448,7 @@ def plot_bins(result: NDBResult, path: str, top: int = TOP, storage_options: dic
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(f"NDB = {t.ndb} of {t.k} bins (alpha = {t.alpha:g}): centres, generated vs reference share "
                  "(* differs)", fontsize=9)
-    fs, where = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-    fs.makedirs(posixpath.dirname(where) or ".", exist_ok=True)
-    with fs.open(where, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI)
-    return str(path)
+    return save_figure(fig, path, storage_options)
 
 
 def write_outputs(result: NDBResult, out_dir: str, top: int = TOP, overwrite: bool = False,

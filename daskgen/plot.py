@@ -57,7 +57,7 @@ FILES = {
 #: The extra figure :func:`plot_all` writes for a per-class mixture.
 MIXTURE_FILES = {"component-means": "component-means.png"}
 
-_FONT = 9  # points; 12.5 px at DPI 100
+FONT = 9  # points; 12.5 px at DPI 100
 _GAP = 0.1  # inches between image panels
 _MAX_LABEL = 18  # characters of a class label shown in a title
 
@@ -110,7 +110,9 @@ def _as_str(values: np.ndarray) -> np.ndarray:
 
     Via object: numpy 2.4 cannot cast zarr's StringDType straight to "U".
     """
-    return np.asarray(values).astype(object).astype(str)
+    from .io.labels import as_labels
+
+    return as_labels(np.asarray(values, dtype=object))
 
 
 def _check_samples(
@@ -175,7 +177,7 @@ def _style(model: ClassModel, images: np.ndarray) -> _Style:
     return _Style((H, W), aspect, lo, hi if hi > lo else lo + 1.0, panel)
 
 
-def _label(c: Any) -> str:
+def display_label(c: Any) -> str:
     """A class label for display; long ones lose their middle (their ends tell them apart)."""
     text = str(c)
     if len(text) <= _MAX_LABEL:
@@ -202,12 +204,13 @@ def _show(ax, image: np.ndarray, style: _Style, title: str | None = None, ylabel
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
-        ax.set_title(title, fontsize=_FONT, pad=3)
+        ax.set_title(title, fontsize=FONT, pad=3)
     if ylabel is not None:
-        ax.set_ylabel(ylabel, fontsize=_FONT + 1, rotation=0, ha="right", va="center", labelpad=6)
+        ax.set_ylabel(ylabel, fontsize=FONT + 1, rotation=0, ha="right", va="center", labelpad=6)
 
 
-def _figure(width: float, height: float, layout: str | None = None) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
+    """A figure of ``width`` x ``height`` inches at :data:`DPI`, drawn by Agg (no GUI backend)."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
@@ -234,11 +237,11 @@ def _panels(
     return axes
 
 
-def _save(fig: Figure, path: str) -> str:
+def save_figure(fig: Figure, path: str, storage_options: dict | None = None) -> str:
     """Write ``fig`` as PNG to a local path or fsspec URL, creating the parent folder."""
-    import fsspec
+    from .io.fs import url_to_fs
 
-    fs, where = fsspec.core.url_to_fs(str(path))
+    fs, where = url_to_fs(str(path), storage_options)
     parent = posixpath.dirname(where)
     if parent:
         fs.makedirs(parent, exist_ok=True)
@@ -276,15 +279,15 @@ def plot_means_and_samples(
     means = model.class_means  # a mixture's: sum_m w_m mu_m
     means_style, sample_style = _style(model, means), _style(model, picked)
     (pw, ph), K = means_style.panel, model.n_classes
-    labels = [_label(c) for c in model.class_names]
+    labels = [display_label(c) for c in model.class_names]
     label_width = _row_label_width(labels)
-    fig = _figure(2 * pw + label_width, K * ph + TITLE)
+    fig = new_figure(2 * pw + label_width, K * ph + TITLE)
     axes = _panels(fig, K, 2, (pw, ph), left=label_width, top=TITLE, title=0.0)
     for k, label in enumerate(labels):
         first = k == 0
         _show(axes[k, 0], means[k], means_style, "mean" if first else None, label)
         _show(axes[k, 1], picked[k], sample_style, "sample" if first else None)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sample_grid(
@@ -313,14 +316,14 @@ def plot_sample_grid(
     rows = math.ceil(len(X) / cols)
     style = _style(model, X)
     pw, ph = style.panel
-    fig = _figure(cols * pw, rows * (ph + TITLE))
+    fig = new_figure(cols * pw, rows * (ph + TITLE))
     axes = _panels(fig, rows, cols, (pw, ph), left=0.0, top=0.0, title=TITLE).ravel()
     names = {str(c): name for c, name in zip(model.classes.tolist(), model.class_names)}
     for ax, x, c in zip(axes, X, y.tolist()):
-        _show(ax, x, style, _label(names.get(str(c), c)))
+        _show(ax, x, style, display_label(names.get(str(c), c)))
     for ax in axes[len(X) :]:
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _directions(eigvals: np.ndarray, fraction: float) -> int:
@@ -340,10 +343,10 @@ def plot_spectrum(model: ClassModel, path: str) -> str:
     ``SPECTRUM_SIZE`` inches. Returns ``path``.
     """
     K = model.n_classes
-    labels = [_label(c) for c in model.class_names]
+    labels = [display_label(c) for c in model.class_names]
     cmap = colormaps["tab10" if K <= 10 else "tab20" if K <= 20 else "viridis"]
     colors = [cmap(k) if K <= 20 else cmap(k / max(K - 1, 1)) for k in range(K)]
-    fig = _figure(*SPECTRUM_SIZE, layout="constrained")
+    fig = new_figure(*SPECTRUM_SIZE, layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(2, 1))
     for k, eigvals in enumerate(model.spectra()):
         counts = " / ".join(str(_directions(eigvals, q)) for q in FRACTIONS)
@@ -351,17 +354,17 @@ def plot_spectrum(model: ClassModel, path: str) -> str:
             np.arange(1, len(eigvals) + 1), eigvals, color=colors[k], lw=1.5, label=f"{labels[k]}: {counts}"
         )
     left.set_yscale("log")
-    left.set_xlabel("direction (eigenvalue rank)", fontsize=_FONT + 1)
-    left.set_ylabel("variance (model units²)", fontsize=_FONT + 1)
+    left.set_xlabel("direction (eigenvalue rank)", fontsize=FONT + 1)
+    left.set_ylabel("variance (model units²)", fontsize=FONT + 1)
     kind = "per-pixel variances (diagonal model)" if model.covariance_type == "diag" else "eigenvalues"
-    left.set_title(f"Covariance {kind} per class{model.spectrum_scope}, D = {model.n_features}", fontsize=_FONT + 2)
-    left.tick_params(labelsize=_FONT)
+    left.set_title(f"Covariance {kind} per class{model.spectrum_scope}, D = {model.n_features}", fontsize=FONT + 2)
+    left.tick_params(labelsize=FONT)
     left.grid(True, which="major", alpha=0.3)
     pct = " / ".join(f"{q:.0%}" for q in FRACTIONS)
     left.legend(  # beside the axes: the curves fill every corner in general
         title=f"class: directions\nfor {pct} of variance",
-        fontsize=_FONT - 1,
-        title_fontsize=_FONT,
+        fontsize=FONT - 1,
+        title_fontsize=FONT,
         ncols=math.ceil(K / 20),
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
@@ -369,13 +372,13 @@ def plot_spectrum(model: ClassModel, path: str) -> str:
     )
     right.bar(np.arange(K), model.priors, color=colors)
     right.set_xticks(
-        np.arange(K), labels, fontsize=_FONT, rotation=90 if K > 12 or max(map(len, labels)) > 3 else 0
+        np.arange(K), labels, fontsize=FONT, rotation=90 if K > 12 or max(map(len, labels)) > 3 else 0
     )
-    right.set_ylabel("prior p(y)", fontsize=_FONT + 1)
-    right.set_xlabel("class", fontsize=_FONT + 1)
-    right.set_title(f"Class priors ({int(model.counts.sum()):,} training rows)", fontsize=_FONT + 2)
-    right.tick_params(axis="y", labelsize=_FONT)
-    return _save(fig, path)
+    right.set_ylabel("prior p(y)", fontsize=FONT + 1)
+    right.set_xlabel("class", fontsize=FONT + 1)
+    right.set_title(f"Class priors ({int(model.counts.sum()):,} training rows)", fontsize=FONT + 2)
+    right.tick_params(axis="y", labelsize=FONT)
+    return save_figure(fig, path)
 
 
 def plot_component_means(model: ClassModel, path: str) -> str:
@@ -392,9 +395,9 @@ def plot_component_means(model: ClassModel, path: str) -> str:
     means, weights = parts
     style = _style(model, means)
     (pw, ph), K, M = style.panel, model.n_classes, weights.shape[1]
-    labels = [_label(c) for c in model.class_names]
+    labels = [display_label(c) for c in model.class_names]
     label_width = _row_label_width(labels)
-    fig = _figure(M * pw + label_width, K * (ph + TITLE))
+    fig = new_figure(M * pw + label_width, K * (ph + TITLE))
     axes = _panels(fig, K, M, (pw, ph), left=label_width, top=0.0, title=TITLE)
     for k, label in enumerate(labels):
         order = [m for m in np.argsort(-weights[k], kind="stable") if weights[k, m] > 0]
@@ -404,7 +407,7 @@ def plot_component_means(model: ClassModel, path: str) -> str:
                 _show(axes[k, j], means[k, m], style, f"w = {weights[k, m]:.2f}", label if j == 0 else None)
             else:
                 axes[k, j].set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_all(

@@ -146,9 +146,9 @@ def test_directions():
 
 
 def test_long_labels_are_shortened_in_the_middle():
-    label = plot._label("a rather long class name 10")
+    label = plot.display_label("a rather long class name 10")
     assert len(label) == 18 and label.startswith("a rather") and label.endswith("name 10")
-    assert plot._label(3) == "3"
+    assert plot.display_label(3) == "3"
 
 
 def test_threads(model, tmp_path):
