@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from daskgen.cluster import connect
-    from daskgen.evaluate import evaluate, write_outputs
+    from daskgen.evaluation.heldout import evaluate, write_outputs
     from daskgen.plot import plot_component_means, plot_sample_grid
 
     paths = prepare(args.train_rows, args.validation_rows)

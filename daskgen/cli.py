@@ -300,8 +300,8 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     writes evaluation.json and confusion-matrix.png.
     """
     from .cluster import connect
-    from .evaluate import FILES, format_table, open_for_model, write_outputs
-    from .evaluate import evaluate as evaluate_model
+    from .evaluation.heldout import FILES, format_table, open_for_model, write_outputs
+    from .evaluation.heldout import evaluate as evaluate_model
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)
@@ -356,7 +356,7 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
     under-represented bins).
     """
     from .cluster import connect
-    from .evaluate_samples import check_outputs, format_table, ndb, open_sets, write_outputs
+    from .evaluation.ndb import check_outputs, format_table, ndb, open_sets, write_outputs
 
     cluster = _cluster_kwargs(kw)
     so = _storage_options(storage)

@@ -68,7 +68,7 @@ _TOP = ("inputs", "dataset", "out", "label_column", "format", "blocksize", "imag
 _DATASET_KEYS = ("name", "source", "split", "download")
 #: The tutorial's convention: a Kaggle digit-recognizer CSV in the working folder.
 TUTORIAL_CSV = os.path.join("data", "train.csv")
-#: Samples read back for the figures (the 10 x 4 grid).
+#: The run report's file name in the output folder (versions, inputs, model, outputs, timings).
 REPORT_FILE = "run-report.json"
 
 

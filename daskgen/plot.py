@@ -150,10 +150,12 @@ def _to_model_units(model: ClassModel, x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- drawing
-def _image_shape(model: ClassModel) -> tuple[int, int]:
-    D = model.n_features
-    if model.image_shape is not None and len(model.image_shape) == 2 and math.prod(model.image_shape) == D:
-        return tuple(int(s) for s in model.image_shape)
+def display_shape(n_features: int, image_shape: tuple[int, ...] | None) -> tuple[int, int]:
+    """(H, W) to draw rows of ``n_features`` as: ``image_shape`` when it is 2-D and fits,
+    else a square when ``n_features`` is one, else a 1 x D strip."""
+    D = int(n_features)
+    if image_shape is not None and len(image_shape) == 2 and math.prod(image_shape) == D:
+        return tuple(int(s) for s in image_shape)
     side = math.isqrt(D)
     return (side, side) if side * side == D else (1, D)
 
@@ -164,7 +166,7 @@ def _style(model: ClassModel, images: np.ndarray) -> _Style:
     Panels keep the image's aspect up to 4:1 with the short side at least 0.5 inch;
     beyond that (a 1 x D strip) the image is stretched to fill its panel.
     """
-    H, W = _image_shape(model)
+    H, W = display_shape(model.n_features, model.image_shape)
     ratio = max(H / W, W / H)
     long = PANEL * min(ratio, 4.0)
     short = max(long / ratio, 0.5)

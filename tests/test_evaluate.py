@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import daskgen
 from daskgen.cli import main
 from daskgen.datasets import load_digits_dataset, write_zarr_dataset
-from daskgen.evaluate import BATCH, evaluate, format_table, write_outputs
+from daskgen.evaluation.heldout import BATCH, evaluate, format_table, write_outputs
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
 from daskgen.models.mixture_em import fit_em

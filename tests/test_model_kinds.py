@@ -14,7 +14,7 @@ from _helpers import run_cli
 
 import daskgen
 from daskgen.errors import ModelError
-from daskgen.evaluate import evaluate
+from daskgen.evaluation.heldout import evaluate
 from daskgen.io.store import read_model
 from daskgen.kernels.class_stats import ClassStats
 from daskgen.kernels.linalg import factor_covariance

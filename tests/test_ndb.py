@@ -14,10 +14,10 @@ from _helpers import assert_one_line_error, run_cli
 
 import daskgen
 from daskgen.datasets import write_zarr_dataset
-from daskgen.evaluate_samples import FILES, count_bins, fit_bins, format_table, ndb, open_sets, write_outputs
+from daskgen.evaluation.ndb import FILES, count_bins, fit_bins, format_table, ndb, open_sets, write_outputs
 from daskgen.io.inputs import open_inputs
 from daskgen.kernels.kmeans import kmeans_plusplus
-from daskgen.ndb_kernels import bin_counts, lloyd_block, merge_lloyd, ndb_test, two_proportion_z, update_centres
+from daskgen.kernels.ndb import bin_counts, lloyd_block, merge_lloyd, ndb_test, two_proportion_z, update_centres
 
 S = 1 / 16  # the digits' pixels are 0..16
 
@@ -204,7 +204,7 @@ def test_a_set_of_one_class_differs_in_most_bins(stores, sync_scheduler):
 
 def test_counting_reads_one_block_per_task_never_the_whole_store(stores, monkeypatch, sync_scheduler):
     """Memory: each counting task reads one block (one Zarr chunk here) and returns only k counts."""
-    import daskgen.evaluate_samples as es
+    import daskgen.evaluation.ndb as es
 
     seen = []
     real = es.read_block

@@ -124,7 +124,7 @@ def test_image_shape(D, image_shape, shape, tmp_path):
     rng = np.random.default_rng(0)
     X, y = rng.random((40, D)), np.repeat([0, 1], 20)
     m = daskgen.GaussianClassModel.from_stats(daskgen.chunk_stats(X, y), image_shape=image_shape)
-    assert plot._image_shape(m) == shape
+    assert plot.display_shape(m.n_features, m.image_shape) == shape
     out = plot.plot_means_and_samples(m, tmp_path / "m.png")
     assert mpimg.imread(out)[..., :3].std() > 0
 

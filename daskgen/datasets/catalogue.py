@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError, first_line
 from ..io.fs import url_to_fs
-from ..io.inputs import parse_image_shape
+from ..io.inputs import parse_image_shape, resolve_image_shape
 from .digits import DIGITS_SCALE, load_digits_dataset
 from .downloads import cache_dir, download
 from .idx import FASHION_MNIST_DIRS, IDX_FILES, find_local, load_idx_pair
@@ -246,9 +246,7 @@ def convert(
             origin = os.fspath(source)
             images, labels = _read_csv_images(origin, label_column, storage_options)
             if shape is None and images.ndim == 2:
-                side = math.isqrt(images.shape[1])
-                if side > 1 and side * side == images.shape[1]:
-                    shape = (side, side)
+                shape = resolve_image_shape(images.shape[1])  # square when the pixel count is one
     if shape is not None:
         D = int(np.prod(images.shape[1:]))
         if math.prod(shape) != D:

@@ -42,6 +42,7 @@ DEFAULT_BLOCKSIZE = 32 * 2**20
 _OPEN = {"csv": open_csv, "parquet": open_parquet, "zarr": open_zarr}
 _READ = {"csv": read_csv_block, "parquet": read_parquet_block, "zarr": read_zarr_block}
 
+
 @dataclass
 class Dataset:
     """What ``open_inputs`` found: the blocks to read and how to interpret them."""

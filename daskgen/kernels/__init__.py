@@ -11,4 +11,5 @@ takes arrays (and small parameter objects) and returns arrays or statistics that
 * :mod:`.kmeans` — k-means++ seeding and Lloyd iterations on a sample.
 * :mod:`.linalg` — covariance factors, precision Cholesky, log-sum-exp.
 * :mod:`.sampling` — drawing blocks of Gaussian rows from prepared factors.
+* :mod:`.ndb` — NDB's nearest-centre assignment, Lloyd statistics, bin counts and z-test.
 """

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erfc
 
-from .kernels.class_stats import value_range
-from .kernels.init_sample import row_keys
+from .class_stats import value_range
+from .init_sample import row_keys
 
 #: Rows converted to float64 and compared with the centres at once (bounds a task's memory:
 #: about BATCH x (D + k) float64 values besides the block).

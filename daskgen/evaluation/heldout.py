@@ -47,11 +47,11 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from .errors import InputError
-from .io.inputs import Dataset, read_block
-from .kernels.linalg import logsumexp_rows
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+from .._blas import one_blas_thread
+from ..errors import InputError
+from ..io.inputs import Dataset, read_block
+from ..kernels.linalg import logsumexp_rows
+from ..reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
@@ -161,8 +161,8 @@ def open_for_model(
     Integer pixels of a model fitted on 8-bit pixels are checked to lie in 0..255,
     as the fit checked them.
     """
-    from .fitting import check_compatible, pixels_8bit
-    from .io.inputs import open_inputs
+    from ..fitting import check_compatible, pixels_8bit
+    from ..io.inputs import open_inputs
 
     dataset = open_inputs(inputs, label_column=label_column or model.label_column, blocksize=blocksize,
                           image_shape=model.image_shape, scale=model.scale, fmt=fmt,
@@ -189,7 +189,7 @@ def evaluate(
     The inputs are read with the model's scale and must have its features. See the
     module docstring for the conventions.
     """
-    from .cluster import active_client, compute
+    from ..cluster import active_client, compute
 
     if dequantize not in DEQUANTIZE:
         raise InputError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, not {dequantize!r}")
@@ -309,7 +309,7 @@ def format_table(rep: dict[str, Any]) -> str:
 
 def plot_confusion(rep: dict[str, Any], path: str) -> str:
     """The confusion matrix as a PNG: shares of each true class, counts written in the cells."""
-    from .plot import FONT, display_label, new_figure, save_figure
+    from ..plot import FONT, display_label, new_figure, save_figure
 
     C = np.asarray(rep["classifier"]["confusion_matrix"], dtype=np.float64)
     K = len(C)

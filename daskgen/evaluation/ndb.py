@@ -1,6 +1,6 @@
 """``daskgen evaluate-samples``: NDB of a generated set against held-out data, computed distributed.
 
-NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.ndb_kernels`):
+NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.kernels.ndb`):
 
 1. **Bins.** k-means on the training rows, on Dask. k-means++ seeding
    (:func:`daskgen.kernels.kmeans.kmeans_plusplus`) runs on the client on a sample of at most
@@ -43,11 +43,11 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from .errors import InputError, OutputExistsError
-from .io.blocks import Block
-from .io.inputs import Dataset, open_inputs, read_block
-from .ndb_kernels import (
+from .._blas import one_blas_thread
+from ..errors import InputError, OutputExistsError
+from ..io.blocks import Block
+from ..io.inputs import Dataset, open_inputs, read_block
+from ..kernels.ndb import (
     BinCounts,
     LloydStats,
     NDBTest,
@@ -58,7 +58,7 @@ from .ndb_kernels import (
     ndb_test,
     update_centres,
 )
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+from ..reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 FILES = {"json": "ndb.json", "bins": "ndb-bins.png"}
 DEFAULT_BINS = 100
@@ -75,7 +75,7 @@ class NDBResult:
     """NDB of a generated set against a reference set, on k-means bins of a training set.
 
     ``test`` holds the per-bin proportions, z statistics and p-values
-    (:class:`daskgen.ndb_kernels.NDBTest`); ``centres`` (k, D) are the bins' centres in model
+    (:class:`daskgen.kernels.ndb.NDBTest`); ``centres`` (k, D) are the bins' centres in model
     units; ``train`` (k,) the training rows' proportions; ``sets`` describes the
     three inputs (files, rows, scale, value range) and ``kmeans`` the fit of the bins.
     """
@@ -194,7 +194,7 @@ def check_outputs(out: str, overwrite: bool = False, storage_options: dict | Non
 
 # ---------------------------------------------------------------------------- block tasks
 def _block_sample(xy, seed: int, size: int, scale: float):
-    from .kernels.init_sample import sample_chunk
+    from ..kernels.init_sample import sample_chunk
 
     X, _ = xy
     return sample_chunk(X, np.zeros(len(X), dtype=np.int64), seed, size, scale)
@@ -232,10 +232,10 @@ def fit_bins(
 
     ``centres`` (k, D) skips the k-means++ seeding (start Lloyd's iterations there).
     """
-    from .cluster import compute
-    from .em import persist_blocks
-    from .kernels.init_sample import merge_samples
-    from .kernels.kmeans import kmeans_plusplus
+    from ..cluster import compute
+    from ..em import persist_blocks
+    from ..kernels.init_sample import merge_samples
+    from ..kernels.kmeans import kmeans_plusplus
 
     if k < 1:
         raise InputError(f"the number of bins must be at least 1, got {k}")
@@ -295,7 +295,7 @@ def count_bins(
     sets: dict[str, Dataset], centres: np.ndarray, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False
 ) -> dict[str, BinCounts]:
     """Per-bin counts of every set, as tasks that each read one block, in one compute."""
-    from .cluster import compute
+    from ..cluster import compute
 
     shared = delayed(centres, name=f"ndb-centres-{tokenize(centres)}", pure=False)
     graphs = {}
@@ -419,13 +419,12 @@ def plot_bins(result: NDBResult, path: str, top: int = TOP, storage_options: dic
     Each panel is titled with its bin and the generated / reference proportions; one
     grey scale (the range of the centres shown) for all panels. Returns ``path``.
     """
-    from .plot import PANEL, TITLE, new_figure, save_figure
+    from ..plot import PANEL, TITLE, display_shape, new_figure, save_figure
 
     over, under = result.top_bins(top)
     cols = max(len(over), len(under), 1)
     D = result.centres.shape[1]
-    shape = result.image_shape if result.image_shape and math.prod(result.image_shape) == D else (
-        (math.isqrt(D),) * 2 if math.isqrt(D) ** 2 == D else (1, D))
+    shape = display_shape(D, result.image_shape)
     shown = result.centres[over + under] if over + under else result.centres[:1]
     vmin, vmax = float(shown.min()), float(shown.max())
     fig = new_figure(cols * PANEL + 1.0, 2 * (PANEL + 2 * TITLE) + 0.4, layout="constrained")
