@@ -37,7 +37,6 @@ fitted with ``--scale auto``) and ``D`` the number of features.
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 from dataclasses import dataclass, field
@@ -342,13 +341,9 @@ def plot_confusion(rep: dict[str, Any], path: str) -> str:
 
 def write_outputs(rep: dict[str, Any], out_dir: str) -> dict[str, str]:
     """Write ``evaluation.json`` and ``confusion-matrix.png`` into ``out_dir``."""
-    import fsspec
+    from ..io.fs import write_json
 
     paths = {k: posixpath.join(str(out_dir), v) for k, v in FILES.items()}
-    fs, where = fsspec.core.url_to_fs(paths["json"])
-    fs.makedirs(posixpath.dirname(where), exist_ok=True)
-    with fs.open(where, "w") as f:
-        json.dump(rep, f, indent=2)
-        f.write("\n")
+    write_json(paths["json"], rep)
     plot_confusion(rep, paths["confusion"])
     return paths

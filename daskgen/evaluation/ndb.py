@@ -32,7 +32,6 @@ Task keys, for the dashboard::
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import time
@@ -184,10 +183,10 @@ def _where(dataset: Dataset) -> str:
 
 def check_outputs(out: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
     """Refuse to replace ``ndb.json`` or the figure in ``out`` unless ``overwrite``."""
-    import fsspec
+    from ..io.fs import url_to_fs
 
     for name in FILES.values():
-        fs, where = fsspec.core.url_to_fs(posixpath.join(str(out), name), **(storage_options or {}))
+        fs, where = url_to_fs(posixpath.join(str(out), name), storage_options)
         if fs.exists(where) and not overwrite:
             raise OutputExistsError(f"{posixpath.join(str(out), name)} already exists; pass --overwrite to replace it")
 
@@ -453,14 +452,10 @@ def plot_bins(result: NDBResult, path: str, top: int = TOP, storage_options: dic
 def write_outputs(result: NDBResult, out_dir: str, top: int = TOP, overwrite: bool = False,
                   storage_options: dict | None = None) -> dict[str, str]:
     """Write ``ndb.json`` and ``ndb-bins.png`` into ``out_dir``; refuse to replace them unless ``overwrite``."""
-    import fsspec
+    from ..io.fs import write_json
 
     check_outputs(out_dir, overwrite, storage_options)
     paths = {k: posixpath.join(str(out_dir), v) for k, v in FILES.items()}
-    fs, where = fsspec.core.url_to_fs(paths["json"], **(storage_options or {}))
-    fs.makedirs(posixpath.dirname(where), exist_ok=True)
-    with fs.open(where, "w") as f:
-        json.dump(result.to_dict(top), f, indent=2)
-        f.write("\n")
+    write_json(paths["json"], result.to_dict(top), storage_options)
     plot_bins(result, paths["bins"], top, storage_options)
     return paths

@@ -3,12 +3,14 @@
 Every module that opens, lists or writes a location goes through these: the
 filesystem of a path or URL, whether it is the local disk, a path's URL form,
 joining parts onto a folder or a URL, a file's identity (size, mtime, etag), and
-opening a Zarr v3 group at a location.
+opening a Zarr v3 group at a location, and writing a small JSON output.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +55,19 @@ def file_info(fs, path: str) -> dict[str, Any]:
         "mtime": str(info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""),
         "etag": str(info.get("ETag") or info.get("etag") or "").strip('"'),
     }
+
+
+def write_json(path: str, data: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Write ``data`` as indented JSON (and a final newline) at a local path or fsspec URL,
+    creating the parent folder. Returns ``path``."""
+    fs, where = url_to_fs(path, storage_options)
+    parent = posixpath.dirname(where)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(where, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return str(path)
 
 
 def open_zarr_group(url: str, storage_options: Mapping[str, Any] | None = None, mode: str = "r"):
