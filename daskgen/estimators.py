@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from .distributed.reduction import DEFAULT_SPLIT_EVERY
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
-from .reduce import DEFAULT_SPLIT_EVERY
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
 

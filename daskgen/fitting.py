@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError
 from .io.readers import Dataset, open_inputs
 from .kernels.class_stats import ClassStats, merge
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
-from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 
 
 def fit(
