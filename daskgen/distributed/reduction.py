@@ -50,6 +50,7 @@ share its process's threads (kernels never ask which worker they run on).
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -223,11 +224,14 @@ def reduce_blocks(
     token = token or tokenize(reduction.name, _source_token(source), params)
     stage = stage or reduction.name
     client = active_client()
-    if client is None or strategy == TREE or not reduction.exact:
-        graph = reduction_graph(reduction, source, params, split_every=split_every, token=token)
-        return compute(graph, stage=stage, progress=progress)
-    total = merge_as_completed(client, reduction, chunk_tasks(reduction, source, params, token), split_every,
-                               f"{reduction.combine_prefix}-{token}", stage, progress)
+    with warnings.catch_warnings():
+        # the parameters are in the graph once, on purpose (see the module docstring)
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        if client is None or strategy == TREE or not reduction.exact:
+            graph = reduction_graph(reduction, source, params, split_every=split_every, token=token)
+            return compute(graph, stage=stage, progress=progress)
+        total = merge_as_completed(client, reduction, chunk_tasks(reduction, source, params, token), split_every,
+                                   f"{reduction.combine_prefix}-{token}", stage, progress)
     return total if reduction.finalize is None else reduction.finalize(total)
 
 
