@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 
 from .cluster import active_client
-from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
+from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
 from .errors import InputError
-from .io.readers import Dataset, _fs, open_zarr_group, read_block
+from .io.readers import Dataset, _fs, open_zarr_group
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
 from .kernels.weighted import WeightedStats, merge_weighted
@@ -205,12 +204,7 @@ def fit_mixture(
                       init_sample=init_sample, **options)
     check_options(n_components, covariance, reg_covar, max_iter, tol, init)
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
-    reads = [
-        delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                       dataset.rows(i), dask_key_name=f"read-{token}-{i}")
-        for i, block in enumerate(dataset.blocks)
-    ]
-    blocks, persisted = persist_blocks(reads, dataset, persist)
+    blocks, persisted = persist_blocks(read_tasks(dataset, token), dataset, persist)
     em_token = tokenize(token, n_components, em_options)
     passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
     params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)

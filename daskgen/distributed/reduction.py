@@ -132,17 +132,36 @@ def _read_and_run_chunk(reduction: Reduction, block, check_pixel_range: bool, st
     return _run_chunk(reduction, read_block(block, check_pixel_range, storage_options, rows), index, params)
 
 
-def _params_node(reduction: Reduction, params: tuple, token: str):
+def in_graph(obj: Any, key: str) -> Delayed:
+    """``obj`` (read-only, possibly large) as one key ``key`` of the graph, for tasks to
+    depend on rather than embed. Not scattered: scattered data lives only on workers, and
+    once every worker holding it has died the run fails; a graph key is recomputed on a
+    new worker. ``key`` must name this very object (a token of its contents or of a pass)."""
+    return delayed(obj, name=key, pure=False, traverse=False)
+
+
+def _params_node(reduction: Reduction, params: tuple, token: str) -> Delayed | None:
     """The parameters as one key of the graph (None without parameters: no key at all)."""
     if not params:
         return None
-    return delayed(Params(tuple(params)), name=f"{reduction.name}-params-{token}", pure=False, traverse=False)
+    return in_graph(Params(tuple(params)), f"{reduction.name}-params-{token}")
 
 
 def _source_token(source: Source) -> Any:
     if isinstance(source, Dataset):
         return (source.blocks, source.files, source.scale, source.integer_pixels)
     return [getattr(b, "key", b) for b in source]
+
+
+def read_tasks(dataset: Dataset, token: str) -> list[Delayed]:
+    """One task per block that reads its rows, ``(X (n_i, D), y (n_i,))`` in pixel units,
+    keys ``read-<token>-<i>``: the source to persist when several passes read the blocks."""
+    so = dataset.storage_options or None
+    return [
+        delayed(read_block, pure=True)(block, dataset.integer_pixels, so, dataset.rows(i),
+                                       dask_key_name=f"read-{token}-{i}")
+        for i, block in enumerate(dataset.blocks)
+    ]
 
 
 def chunk_tasks(reduction: Reduction, source: Source, params: Sequence[Any] = (), token: str | None = None) -> list[Delayed]:
