@@ -351,7 +351,7 @@ class GaussianMixtureClassifier(_Estimator):
             raise InputError(f"random_state must be an int or None, got {self.random_state!r}")
 
     def _fit_model(self, dataset):
-        from .em import fit_mixture
+        from .distributed.em import fit_mixture
 
         seed = self.random_state
         if seed is None:

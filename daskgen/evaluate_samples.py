@@ -15,7 +15,7 @@ NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.
    centres move by at most ``tol`` times the mean per-pixel variance of the sample
    (squared distance summed over centres, as scikit-learn's ``KMeans``; 0: until no
    centre moves) or after ``max_iter``. The training blocks are kept in the
-   cluster's memory when they fit (:func:`daskgen.em.persist_blocks`).
+   cluster's memory when they fit (:func:`daskgen.distributed.em.persist_blocks`).
 2. **Counts.** One task per block of the training, reference and generated sets
    reads that block, assigns its rows and returns per-bin counts; trees add them.
    A task holds one block (``--blocksize`` bytes, at least one Zarr chunk), so a
@@ -234,7 +234,7 @@ def fit_bins(
 
     ``centres`` (k, D) skips the k-means++ seeding (start Lloyd's iterations there).
     """
-    from .em import persist_blocks
+    from .distributed.em import persist_blocks
     from .kernels.kmeans import kmeans_plusplus
 
     if k < 1:
@@ -287,7 +287,7 @@ def count_bins(
     sets: dict[str, Dataset], centres: np.ndarray, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False
 ) -> dict[str, BinCounts]:
     """Per-bin counts of every set, as tasks that each read one block, in one compute."""
-    from .cluster import compute
+    from .distributed.cluster import compute
 
     graphs = {}
     for name, ds in sets.items():

@@ -226,7 +226,7 @@ def test_counting_reads_one_block_per_task_never_the_whole_store(stores, monkeyp
 @pytest.fixture(scope="module")
 def samples_store(digits_data, tmp_path_factory):
     """2,000 uint8 samples of a digits model (the store records the scale 1/16)."""
-    from daskgen.generation import generate
+    from daskgen.distributed.generation import generate
     from daskgen.kernels.class_stats import chunk_stats
     from daskgen.models.gaussian import GaussianClassModel
 

@@ -232,7 +232,7 @@ def reduce_blocks(
     ``distributed.span`` (default: the reduction's name); ``progress`` draws a bar.
     Returns ``finalize(merged)`` (the merged partial without ``finalize``).
     """
-    from ..cluster import active_client, compute
+    from .cluster import active_client, compute
 
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
@@ -267,7 +267,7 @@ def merge_as_completed(client, reduction: Reduction, leaves: list[Delayed], spli
     """
     from distributed import as_completed, span
 
-    from ..cluster import TextBar
+    from .cluster import TextBar
 
     if not leaves:
         raise ValueError("nothing to reduce: no blocks")

@@ -316,7 +316,7 @@ def test_a_killed_writers_partial_file_is_not_left_in_a_finished_store(fashion_m
     the first attempt at chunk 2 leaves one, as a SIGKILL mid-write does)."""
     import dask
 
-    import daskgen.generation as gen
+    import daskgen.distributed.generation as gen
 
     model = daskgen.load_model(fashion_model)
     real = gen._write_chunk

@@ -23,13 +23,13 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from ._version import __version__
-from .distributed.reduction import in_graph
-from .errors import InputError, OutputExistsError
-from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import label_array
-from .models.base import ClassModel, ModelSampler
+from .._blas import one_blas_thread
+from .._version import __version__
+from ..errors import InputError, OutputExistsError
+from ..io.readers import _fs, _is_local, open_zarr_group
+from ..io.store import label_array
+from ..models.base import ClassModel, ModelSampler
+from .reduction import in_graph
 
 DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000

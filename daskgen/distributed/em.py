@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 from dask.base import tokenize
 
+from ..errors import InputError
+from ..io.readers import Dataset, _fs, open_zarr_group
+from ..kernels.estep import Components, estep_stats, hard_stats
+from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
+from ..kernels.weighted import WeightedStats, merge_weighted
+from ..models.mixture import GaussianMixtureClassModel
+from ..models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
 from .cluster import active_client
-from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
-from .errors import InputError
-from .io.readers import Dataset, _fs, open_zarr_group
-from .kernels.estep import Components, estep_stats, hard_stats
-from .kernels.init_sample import InitSample, merge_samples, sample_chunk
-from .kernels.weighted import WeightedStats, merge_weighted
-from .models.mixture import GaussianMixtureClassModel
-from .models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
+from .reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
 
 log = logging.getLogger("daskgen")
 #: Persist the blocks when their estimated size is at most this fraction of the cluster's memory.
@@ -193,7 +193,7 @@ def fit_mixture(
     ``callback`` is called after every iteration with its number, mean
     log-likelihood, change, events and seconds.
     """
-    from .fitting import prepare
+    from ..fitting import prepare
 
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
