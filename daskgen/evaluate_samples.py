@@ -208,8 +208,9 @@ def _count_rows(X: np.ndarray, y: np.ndarray, centres: np.ndarray, scale: float)
     return bin_counts(X, centres, scale)
 
 
-#: The k-means++ sample (exact in any order), Lloyd's sums (float: a fixed tree), bin counts (exact).
-SAMPLE = Reduction("ndb-sample", _sample_rows, merge_samples, exact=True)
+#: The k-means++ sample and Lloyd's sums merge in a fixed tree (sample ties keep the first row in
+#: merge order; float sums round by order); bin counts are exact in any order.
+SAMPLE = Reduction("ndb-sample", _sample_rows, merge_samples)
 LLOYD = Reduction("ndb-lloyd", _lloyd_rows, merge_lloyd)
 COUNT = Reduction("ndb-count", _count_rows, merge_counts, exact=True)
 

@@ -45,9 +45,10 @@ PERSIST_FRACTION = 0.5
 
 
 # ---------------------------------------------------------------------------- the passes
-#: The initial per-class sample: exact in any order (the rows with the smallest hash keys),
-#: so on a cluster it merges as blocks finish.
-SAMPLE = Reduction("em-sample", sample_chunk, merge_samples, exact=True)
+#: The initial per-class sample (the rows with the smallest hash keys). Not declared exact:
+#: distinct 8-bit rows can share a key, and ties keep the first row in merge order, so the
+#: sample is only reproducible with a fixed merge order (the tree).
+SAMPLE = Reduction("em-sample", sample_chunk, merge_samples)
 #: Hard assignment to the initial centres, and the E-step: Chan-merged weighted statistics.
 ASSIGN = Reduction("em-assign", hard_stats, merge_weighted)
 ESTEP = Reduction("em-estep", estep_stats, merge_weighted)
