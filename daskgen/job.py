@@ -12,7 +12,8 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     blocksize: 32MiB                # bytes of input per read task
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
-    fit: {covariance: full, reg_covar: 0.0, shrinkage: none, split_every: 8}
+    fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8}
+                                    # reg_covar auto: scale²/12 for integer pixels, else 0
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}
@@ -54,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "blocksize": "32MiB",
     "image_shape": None,
     "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": 0.0, "shrinkage": "none", "split_every": 8, "incremental": False},
+    "fit": {"covariance": "full", "reg_covar": "auto", "shrinkage": "none", "split_every": 8, "incremental": False},
     "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
     "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
     "plot": True,
@@ -308,23 +309,25 @@ def _number(v: Any) -> float:
     return x
 
 
-def _reg_covar(v: Any, base: str = "") -> float:
-    x = _number(v)
-    if x < 0:
-        raise _Bad(f"must be >= 0, got {v}")
-    return x
-
-
-def _scale(v: Any, base: str = "") -> str | float:
+def _auto_or_number(v: Any, positive: bool, example: str) -> str | float:
+    """``"auto"``, or a number (fractions such as 1/255 allowed) > 0 or >= 0."""
     if isinstance(v, str) and v.strip().lower() == "auto":
         return "auto"
     try:
         x = _number(v)
     except _Bad:
-        raise _Bad(f"expected 'auto' or a positive number such as 1/255, got {_show(v)}") from None
-    if x <= 0:
-        raise _Bad(f"must be positive, got {v}")
+        raise _Bad(f"expected 'auto' or a {example}, got {_show(v)}") from None
+    if x < 0 or (positive and x == 0):
+        raise _Bad(f"must be {'positive' if positive else '>= 0'}, got {v}")
     return x
+
+
+def _reg_covar(v: Any, base: str = "") -> str | float:
+    return _auto_or_number(v, positive=False, example="number >= 0")
+
+
+def _scale(v: Any, base: str = "") -> str | float:
+    return _auto_or_number(v, positive=True, example="positive number such as 1/255")
 
 
 def _choice(*options: str, optional: bool = False) -> Callable[[Any, str], str | None]:

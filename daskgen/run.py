@@ -141,7 +141,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "scale": job.scale,
         "fmt": job.format,
         "covariance": job.fit["covariance"],
-        "reg_covar": float(job.fit["reg_covar"]),
+        "reg_covar": None if job.fit["reg_covar"] in (None, "auto") else float(job.fit["reg_covar"]),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
     }
@@ -155,6 +155,7 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
     time, or a Zarr group's layout) and the options that change the model. The tree's
     fan-in and the block size do not: they change how, not what, is computed.
     """
+    from .fitting import default_reg_covar
     from .io.readers import open_inputs
 
     dataset = open_inputs(
@@ -166,7 +167,8 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
         if incremental and all(_canonical(f) in known for f in model.inputs):
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
-    want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"]}
+    reg_covar = options["reg_covar"] if options["reg_covar"] is not None else default_reg_covar(dataset)
+    want = {"covariance": options["covariance"], "reg_covar": reg_covar, "shrinkage": options["shrinkage"]}
     have = {
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
