@@ -31,13 +31,14 @@ from dask.delayed import delayed
 from ._blas import one_blas_thread
 from .cluster import active_client, compute
 from .errors import InputError
-from .io.readers import Dataset, _fs, open_zarr_group, read_block
+from .io.readers import Dataset, _fs, open_zarr_group
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
+from .kernels.transform import NONE, Transform, default_reg_covar
 from .kernels.weighted import WeightedStats, merge_weighted
 from .models.mixture import GaussianMixtureClassModel
 from .models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+from .reduce import DEFAULT_SPLIT_EVERY, read_features, tree_reduce
 
 log = logging.getLogger("daskgen")
 #: Persist the blocks when their estimated size is at most this fraction of the cluster's memory.
@@ -63,15 +64,15 @@ def _block_estep(xy, comps: Components, scale: float) -> WeightedStats:
 
 
 # ---------------------------------------------------------------------------- persistence
-def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
-    """Bytes the blocks take in memory once read, and how that was estimated.
+def estimate_bytes(dataset: Dataset, transform: Transform = NONE) -> tuple[int, str]:
+    """Bytes the blocks take in memory once read (and transformed), and how that was estimated.
 
     Zarr and arrays: exact (rows x features x item size). Parquet: row counts from the
     file metadata. CSV: an upper bound, each value taking at least two characters.
-    Dataframes: unknown (0), so they are persisted.
+    Dataframes: unknown (0), so they are persisted. Logit features are float64.
     """
     D = dataset.n_features
-    item = 1 if dataset.integer_pixels else 8
+    item = 1 if dataset.integer_pixels and transform.identity else 8
     if dataset.fmt == "array":
         return sum(b.stop - b.start for b in dataset.blocks) * D * item, "exact (array shape)"
     if dataset.fmt == "dataframe":
@@ -80,7 +81,8 @@ def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
         total = 0
         for url in {b.url for b in dataset.blocks}:
             images = open_zarr_group(url, dataset.storage_options or None)["images"]
-            total += int(np.prod(images.shape)) * (1 if dataset.integer_pixels else images.dtype.itemsize)
+            per_value = item if dataset.integer_pixels or not transform.identity else images.dtype.itemsize
+            total += int(np.prod(images.shape)) * per_value
         return total, "exact (Zarr shapes)"
     if dataset.fmt == "parquet":
         import pyarrow.parquet as pq
@@ -112,9 +114,10 @@ def _host_memory() -> int:
         return 0
 
 
-def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto") -> tuple[list, dict[str, Any]]:
+def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto",
+                   transform: Transform = NONE) -> tuple[list, dict[str, Any]]:
     """Persist the read tasks in the cluster's memory when they fit; returns (blocks, report)."""
-    need, how = estimate_bytes(dataset)
+    need, how = estimate_bytes(dataset, transform)
     client = active_client()
     memory = _cluster_memory(client) if client is not None else _host_memory()
     where = "the cluster's workers" if client is not None else "this process"
@@ -154,9 +157,11 @@ def _share(obj: Any, key: str):
     return delayed(obj, name=key)
 
 
-def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False) -> Passes:
-    """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a task per block + a tree."""
-    scale = float(dataset.scale)
+def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False,
+                scale: float | None = None) -> Passes:
+    """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a task per block + a tree;
+    ``scale`` (default the dataset's) is what the kernels multiply the blocks' rows by."""
+    scale = float(dataset.scale if scale is None else scale)
     counter = iter(range(1, 10**9))
 
     def run(name: str, fn: Callable, args: tuple, combine: Callable):
@@ -188,7 +193,7 @@ def fit_mixture(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = DEFAULTS["covariance"],
-    reg_covar: float = DEFAULTS["reg_covar"],
+    reg_covar: float | None = None,
     max_iter: int = DEFAULTS["max_iter"],
     tol: float = DEFAULTS["tol"],
     init: str = DEFAULTS["init"],
@@ -199,6 +204,8 @@ def fit_mixture(
     storage_options: dict | None = None,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    transform: str | Transform = "none",
+    logit_lambda: float | None = None,
     **options: Any,
 ) -> GaussianMixtureClassModel:
     """Fit, per class, a mixture of ``n_components`` Gaussians by EM on the current Dask scheduler.
@@ -210,27 +217,33 @@ def fit_mixture(
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
     (when the blocks fit in half of the cluster's memory), "always" or "never".
     ``callback`` is called after every iteration with its number, mean
-    log-likelihood, change, events and seconds.
+    log-likelihood, change, events and seconds. ``transform``/``logit_lambda`` as for
+    :func:`daskgen.fit` (the dequantization noise is seeded by ``seed``); ``reg_covar``
+    defaults to 1e-6, or :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` in logit space.
     """
-    from .fitting import prepare
+    from .fitting import fit_transform, prepare
 
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
+    transform = fit_transform(transform, logit_lambda)
+    if reg_covar is None:
+        reg_covar = default_reg_covar(transform, mixture=True)
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
         inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
         storage_options=storage_options)
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
     check_options(n_components, covariance, reg_covar, max_iter, tol, init)
-    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
+    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, transform, seed)
     reads = [
-        delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                       dataset.rows(i), dask_key_name=f"read-{token}-{i}")
+        delayed(read_features, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
+                                          dataset.scale, transform, seed, dataset.rows(i),
+                                          dask_key_name=f"read-{token}-{i}")
         for i, block in enumerate(dataset.blocks)
     ]
-    blocks, persisted = persist_blocks(reads, dataset, persist)
+    blocks, persisted = persist_blocks(reads, dataset, persist, transform)
     em_token = tokenize(token, n_components, em_options)
-    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
+    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress, transform.feature_scale(dataset.scale))
     params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
@@ -239,4 +252,5 @@ def fit_mixture(
     return GaussianMixtureClassModel.from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,
+        transform=transform,
     )

@@ -7,6 +7,7 @@ from typing import Any
 from .errors import InputError
 from .io.readers import Dataset, open_inputs
 from .kernels.class_stats import ClassStats, merge
+from .kernels.transform import Transform, default_reg_covar, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
@@ -22,13 +23,16 @@ def fit(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = "full",
-    reg_covar: float = 0.0,
+    reg_covar: float | None = None,
     shrinkage: str = "none",
     split_every: int = DEFAULT_SPLIT_EVERY,
     update: GaussianClassModel | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
     kind: str = "gaussian",
+    transform: str | Transform = "none",
+    logit_lambda: float | None = None,
+    seed: int = 0,
 ) -> ClassModel:
     """Fit one Gaussian per class (or another kind fitted from per-class statistics,
     ``kind``) to labelled rows read from ``inputs``.
@@ -39,8 +43,10 @@ def fit(
         CSV or Parquet files with a label column, or Zarr groups with ``images``
         (N, H, W) or (N, D) and ``labels`` (N,).
     covariance : {"full", "diag"}
-    reg_covar : float
-        Added to every covariance's diagonal (model units squared).
+    reg_covar : float, optional
+        Added to every covariance's diagonal (model units squared; logit units squared
+        for a logit model). Default: 0, or :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR`
+        with ``transform="logit"``.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     split_every : int
@@ -51,6 +57,15 @@ def fit(
         features are kept and must match the new inputs. Inputs the model's
         manifest (``model.inputs``) lists unchanged are skipped, so a growing
         folder can be updated every night and only new files are read.
+    transform : {"none", "logit"}
+        ``logit``: the statistics are of logit(lam + (1 - 2 lam) x~), x~ = (x + u) / 256
+        the dequantized 8-bit pixels (u from ``seed`` and each row's values: the same
+        fit whatever the chunking), or x~ = x * scale for other data in [0, 1]; they
+        take the float (Chan) path, not the exact integer one.
+    logit_lambda : float, optional
+        lam of the logit transform (default 1e-6).
+    seed : int
+        Seed of the logit transform's dequantization noise.
     kind : str
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
@@ -62,6 +77,9 @@ def fit(
         raise InputError(f"split_every must be at least 2, got {split_every}")
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
+    transform = fit_transform(transform, logit_lambda, update)
+    if reg_covar is None:
+        reg_covar = default_reg_covar(transform, mixture=False)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
     if diagonal_stats is None:
@@ -75,7 +93,8 @@ def fit(
     label_column = dataset.label_column
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     stats = (
-        compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
+        compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress,
+                      transform=transform, seed=int(seed))
         if dataset.blocks
         else ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
     )
@@ -97,9 +116,24 @@ def fit(
         scale=dataset.scale,
         label_column=label_column,
         feature_names=dataset.feature_names,
-        config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt},
+        config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                **({} if transform.identity else {"seed": int(seed)})},
         inputs=previous + dataset.files,
+        transform=transform,
     )
+
+
+def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None
+                  ) -> Transform:
+    """The transform of a fit's options (``InputError`` when bad); an update keeps its model's."""
+    try:
+        transform = make_transform(name, logit_lambda)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if update is not None and update.transform != transform:
+        raise InputError(f"--update folds data into a model of its own transform ({update.transform}), "
+                         f"not {transform}")
+    return transform
 
 
 def prepare(

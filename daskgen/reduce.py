@@ -33,17 +33,31 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
 from ._blas import one_blas_thread
-from .io.readers import Dataset, read_block
+from .errors import InputError
+from .io.readers import Block, Dataset, read_block
 from .kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from .kernels.transform import NONE, Transform
 
 DEFAULT_SPLIT_EVERY = 8
 
 
-def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diagonal: bool, scale: float,
-                 rows=None) -> ClassStats:
+def read_features(block: Block, integer_pixels: bool, storage_options: dict | None, scale: float,
+                  transform: Transform = NONE, seed: int = 0, rows=None) -> tuple:
+    """``(X, y)`` of a block, ``X`` in the model's feature space as far as a kernel needs it
+    (:meth:`~daskgen.kernels.transform.Transform.block`; the kernel then applies
+    ``transform.feature_scale(scale)``). Values a transform refuses are an InputError."""
     X, y = read_block(block, integer_pixels, storage_options, rows)
+    try:
+        return transform.block(X, integer_pixels, scale, seed), y
+    except ValueError as exc:
+        raise InputError(f"{block.url}: {exc}") from None
+
+
+def _block_stats(block, integer_pixels: bool, storage_options: dict | None, diagonal: bool, scale: float,
+                 rows=None, transform: Transform = NONE, seed: int = 0) -> ClassStats:
+    X, y = read_features(block, integer_pixels, storage_options, scale, transform, seed, rows)
     with one_blas_thread():  # Dask runs a task per core already
-        return chunk_stats(X, y, diagonal=diagonal, scale=scale)
+        return chunk_stats(X, y, diagonal=diagonal, scale=transform.feature_scale(scale))
 
 
 def _block_sums(block, storage_options: dict | None, rows=None) -> PixelSums:
@@ -58,9 +72,9 @@ def _sums_task(dataset: Dataset, token: str, i: int) -> Delayed:
     )
 
 
-def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
-    """Whether the fit of ``dataset`` runs on exact integer sums."""
-    return bool(dataset.integer_pixels) and not diagonal
+def exact_sums(dataset: Dataset, diagonal: bool, transform: Transform = NONE) -> bool:
+    """Whether the fit of ``dataset`` runs on exact integer sums (not in logit space)."""
+    return bool(dataset.integer_pixels) and not diagonal and transform.identity
 
 
 def tree_reduce(parts: list, split_every: int, token: str, combine: Callable = merge) -> Delayed:
@@ -81,31 +95,37 @@ def tree_reduce(parts: list, split_every: int, token: str, combine: Callable = m
 
 
 def stats_graph(
-    dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY
+    dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY,
+    transform: Transform = NONE, seed: int = 0,
 ) -> Delayed:
-    """A Delayed ClassStats over every block of ``dataset``."""
-    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal)
-    if exact_sums(dataset, diagonal):
+    """A Delayed ClassStats over every block of ``dataset`` (of its features under ``transform``)."""
+    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal, transform, seed)
+    if exact_sums(dataset, diagonal, transform):
         sums = [_sums_task(dataset, token, i) for i in range(len(dataset.blocks))]
         total = tree_reduce(sums, split_every, token, combine=add_sums)
         return delayed(PixelSums.to_class_stats, pure=True)(total, dataset.scale, dask_key_name=f"finalize-{token}")
     parts = [
         delayed(_block_stats, pure=True)(
             block, dataset.integer_pixels, dataset.storage_options or None, diagonal, dataset.scale, dataset.rows(i),
-            dask_key_name=f"chunk-stats-{token}-{i}",
+            transform, seed, dask_key_name=f"chunk-stats-{token}-{i}",
         )
         for i, block in enumerate(dataset.blocks)
     ]
     return tree_reduce(parts, split_every, token)
 
 
-def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> ClassStats:
-    """Run the statistics on the current Dask scheduler (a distributed Client if one is active)."""
+def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False,
+                  transform: Transform = NONE, seed: int = 0) -> ClassStats:
+    """Run the statistics on the current Dask scheduler (a distributed Client if one is active).
+
+    With a ``logit`` transform the statistics are of the block's logit features (the
+    dequantization noise from ``seed`` and each row's values), by the float path.
+    """
     from .cluster import active_client, compute
 
     client = active_client()
-    if client is None or not exact_sums(dataset, diagonal):
-        return compute(stats_graph(dataset, diagonal, split_every), stage="fit", progress=progress)
+    if client is None or not exact_sums(dataset, diagonal, transform):
+        return compute(stats_graph(dataset, diagonal, split_every, transform, seed), stage="fit", progress=progress)
     return reduce_as_completed(client, dataset, split_every, progress).to_class_stats(dataset.scale)
 
 
