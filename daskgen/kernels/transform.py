@@ -125,7 +125,12 @@ class Transform:
 
     def features(self, X: np.ndarray, pixels: bool, scale: float, seed: int = 0,
                  stream: int = FIT_STREAM) -> np.ndarray:
-        """Feature rows (n, D) float64 of a block ``X`` in pixel units (logit only)."""
+        """Feature rows (n, D) float64 of a block ``X`` in pixel units (logit only).
+
+        ``X`` holds 8-bit pixels when ``pixels`` (the reader checked 0..255) or when its
+        dtype is an integer one (a uint8 Zarr store with a recorded scale, say).
+        """
+        pixels = bool(pixels) or np.asarray(X).dtype.kind in "iub"
         return logit(to_unit(X, pixels, scale, seed, stream), self.lam)
 
     def block(self, X: np.ndarray, pixels: bool, scale: float, seed: int = 0,
