@@ -322,13 +322,16 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per output chunk and task.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), help="Samples dtype (see 'daskgen sample').")
 @click.option("--covariance", type=click.Choice(["full", "diag"]))
-@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal.")
+@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal (default: 0; 0.1 in logit space).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), help="Oracle Approximating Shrinkage of each covariance.")
+@click.option("--transform", type=click.Choice(["none", "logit"]), help="logit: fit in logit space (see 'daskgen fit').")
+@click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
 @click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
 @click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
 @cluster_options
 @handle_errors
-def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, report_html, overwrite, **kw):
+def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, transform, logit_lambda, report_html,
+        overwrite, **kw):
     """Fit, sample, draw the figures and write run-report.json, as a job file says.
 
     Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
@@ -343,7 +346,8 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
     overrides = {
         "out": out,
         "report": report_html,
-        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage},
+        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage, "transform": transform,
+                "logit_lambda": logit_lambda},
         "sample": {"n": n, "seed": seed, "chunk_size": chunk_size, "dtype": dtype},
         "cluster": cluster,
     }

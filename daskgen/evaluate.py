@@ -23,7 +23,8 @@ fitted with ``--scale auto``) and ``D`` the number of features.
   model of 8-bit pixels). For every model kind and transform:
 
   - ``logit`` models are densities of x~ in [0, 1]^D (log-Jacobian included):
-    ``log p_pixel(x + u) = log p(x~) - D log 256``;
+    ``log p_pixel(x + u) = log p(x~) - D log 256`` (pixels of L levels other than
+    256, e.g. the digits' 0..16: ``x~ = (x + u) / L``, ``- D log L``);
   - ``none`` (pixel-space) models are densities of ``z = (x + u - 1/2) * s``:
     ``log p_pixel(x + u) = log p_model(z) + D log s``, i.e. ``log p(x~) = log p_model(z)
     + D log(256 s)`` — the number reported before, with the noise of a bin centred on
@@ -57,7 +58,7 @@ from ._blas import one_blas_thread
 from .errors import InputError
 from .io.readers import Dataset, read_block
 from .kernels.linalg import logsumexp_rows
-from .kernels.transform import EVALUATE_STREAM, NONE, Transform, dequantization_noise, to_unit
+from .kernels.transform import EVALUATE_STREAM, NONE, Transform, dequantization_noise, pixel_levels, to_unit
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")
@@ -122,7 +123,7 @@ def score_points(X: np.ndarray, dequantized: bool, transform: Transform, scale: 
     for ``none``, ``(x + u) / 256`` for ``logit``; the rows scaled when not
     ``dequantized``), ``centre`` the bin centres the classifier scores, and
     ``to_pixel`` the constant turning a log-density there into one in pixel units
-    (``D log s``, or ``-D log 256``). Raises ``ValueError`` for values a logit model
+    (``D log s``, or ``-D log L`` with L = 256 levels for 8-bit pixels). Raises ``ValueError`` for values a logit model
     cannot score (outside 0..255 for pixels, [0, 1] otherwise).
     """
     D = X.shape[1]
@@ -135,7 +136,9 @@ def score_points(X: np.ndarray, dequantized: bool, transform: Transform, scale: 
     if not dequantized:
         unit = to_unit(X, False, scale)
         return unit, unit, 0.0
-    return to_unit(X, True, seed=seed, stream=EVALUATE_STREAM), to_unit(X + 0.5, False, 1 / 256), -D * math.log(256)
+    levels = pixel_levels(scale)  # 256 for 8-bit pixels
+    noisy = to_unit(X, True, scale, seed, EVALUATE_STREAM)
+    return noisy, to_unit(X + 0.5, False, 1 / levels), -D * math.log(levels)
 
 
 def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: int,
@@ -258,7 +261,7 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
     deq_all = s.dequantized == n
     offset = 0.0  # data units -> pixel units (see score_points)
     if s.dequantized:
-        offset = D * math.log(scale) if model.transform.identity else -D * math.log(256)
+        offset = D * math.log(scale) if model.transform.identity else -D * math.log(pixel_levels(scale))
     bits = -(mean + offset) / (D * math.log(2))
     cond = s.sum_cond / s.labelled if s.labelled else math.nan
     K = model.n_classes

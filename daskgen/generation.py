@@ -28,7 +28,7 @@ from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
 from .io.store import label_array
-from .kernels.transform import NONE, Transform, unit_to_pixels
+from .kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from .models.base import ClassModel, ModelSampler
 
 DTYPES = ("float32", "float64", "uint8")
@@ -75,7 +75,8 @@ def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.nd
     """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels.
 
     A logit model draws in logit space and maps back through the sigmoid to x~ in
-    [0, 1]: floats are x~, 8-bit pixels floor(256 x~) (no clipping of tails needed).
+    [0, 1]: floats are x~, 8-bit pixels floor(256 x~) (L levels: floor(L x~)); no
+    clipping of Gaussian tails is needed.
     """
     rng = chunk_rng(seed, index)
     idx = plan.sampler.draw_classes(rows, rng, plan.class_index)
@@ -83,7 +84,7 @@ def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.nd
         X = plan.sampler.draw(idx, rng)
     if not plan.transform.identity:
         X = plan.transform.inverse(X)
-        X = unit_to_pixels(X) if plan.dtype == "uint8" else X.astype(plan.dtype, copy=False)
+        X = unit_to_pixels(X, pixel_levels(plan.scale)) if plan.dtype == "uint8" else X.astype(plan.dtype, copy=False)
     elif plan.dtype == "uint8":
         X /= plan.scale
         np.clip(X, plan.clip[0], plan.clip[1], out=X)

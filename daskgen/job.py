@@ -12,7 +12,8 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     blocksize: 32MiB                # bytes of input per read task
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
-    fit: {covariance: full, reg_covar: 0.0, shrinkage: none, split_every: 8}
+    fit: {covariance: full, reg_covar: null, shrinkage: none, split_every: 8,
+          transform: none, logit_lambda: null}   # reg_covar null: 0, or 0.1 in logit space
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}
@@ -54,7 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "blocksize": "32MiB",
     "image_shape": None,
     "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": 0.0, "shrinkage": "none", "split_every": 8, "incremental": False},
+    "fit": {"covariance": "full", "reg_covar": None, "shrinkage": "none", "split_every": 8, "incremental": False,
+            "transform": "none", "logit_lambda": None},
     "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
     "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
     "plot": True,
@@ -308,10 +310,21 @@ def _number(v: Any) -> float:
     return x
 
 
-def _reg_covar(v: Any, base: str = "") -> float:
+def _reg_covar(v: Any, base: str = "") -> float | None:
+    if v is None:
+        return None  # the default of the transform
     x = _number(v)
     if x < 0:
         raise _Bad(f"must be >= 0, got {v}")
+    return x
+
+
+def _logit_lambda(v: Any, base: str = "") -> float | None:
+    if v is None:
+        return None
+    x = _number(v)
+    if not 0 <= x < 0.5:
+        raise _Bad(f"must lie in [0, 0.5), got {v}")
     return x
 
 
@@ -495,6 +508,8 @@ _SECTION_CHECKS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "shrinkage": _shrinkage,
         "split_every": _integer(2),
         "incremental": _boolean,
+        "transform": _choice("none", "logit"),
+        "logit_lambda": _logit_lambda,
     },
     "sample": {
         "n": _integer(1),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from .errors import ModelError, OutputExistsError, one_line
+from .errors import InputError, ModelError, OutputExistsError, one_line
 from .io.store import output_exists
 from .job import Job, _is_url, _join
 
@@ -133,6 +133,11 @@ def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
 def _fit_options(job: Job) -> dict[str, Any]:
     from dask.utils import parse_bytes
 
+    from .kernels.transform import default_reg_covar, make_transform
+
+    if job.fit["logit_lambda"] is not None and job.fit["transform"] != "logit":
+        raise InputError(f"{job.origin}: fit.logit_lambda applies to fit.transform: logit")
+    transform = make_transform(job.fit["transform"], job.fit["logit_lambda"])
     shape = job.image_shape
     return {
         "label_column": job.label_column,
@@ -141,9 +146,11 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "scale": job.scale,
         "fmt": job.format,
         "covariance": job.fit["covariance"],
-        "reg_covar": float(job.fit["reg_covar"]),
+        "reg_covar": float(job.fit["reg_covar"]) if job.fit["reg_covar"] is not None
+        else default_reg_covar(transform, mixture=False),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
+        "transform": transform,
     }
 
 
@@ -166,11 +173,13 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
         if incremental and all(_canonical(f) in known for f in model.inputs):
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
-    want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"]}
+    want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"],
+            "transform": options["transform"]}
     have = {
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
+        "transform": model.transform,
     }
     have.update(label_column=model.label_column, scale=model.scale, image_shape=tuple(model.image_shape or ()))
     want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))

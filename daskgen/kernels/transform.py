@@ -4,8 +4,10 @@ Pure numpy (raises ``ValueError``). Two spaces matter:
 
 * **data space** x~ in [0, 1]^D. For 8-bit pixels x (integers 0..255),
   ``x~ = (x + u) / 256`` with ``u ~ U[0, 1)^D`` (dequantization, as RealNVP, Glow and
-  MAF); for other data, already in [0, 1] (values times the dataset's scale),
-  ``x~ = x`` (no noise; values outside [0, 1] are refused).
+  MAF); integer pixels of another depth, with levels 0..L-1 and scale 1/(L-1) (the
+  bundled digits: 0..16, scale 1/16), take ``x~ = (x + u) / L`` (:func:`pixel_levels`).
+  Other data, already in [0, 1] (values times the dataset's scale), take ``x~ = x``
+  (no noise; values outside [0, 1] are refused).
 * **feature space**, where a model's Gaussians live. ``none``: the features are the
   values times the scale, as always (no dequantization in the fit). ``logit``:
   ``y = logit(p)``, ``p = lam + (1 - 2 lam) x~``, and a density of y is a density of
@@ -32,7 +34,8 @@ from .init_sample import row_keys, splitmix64
 TRANSFORMS = ("none", "logit")
 DEFAULT_LAMBDA = 1e-6
 #: The dequantization convention, as recorded with a logit model.
-DEQUANTIZATION = "x~ = (x + u)/256, u ~ U[0,1)^D from (seed, row values), for 8-bit pixels; x~ = x*scale otherwise"
+DEQUANTIZATION = ("x~ = (x + u)/L, u ~ U[0,1)^D from (seed, row values), for integer pixels of L = 1/scale + 1 levels "
+                  "(256: 8-bit); x~ = x*scale otherwise")
 #: Default ``reg_covar`` of a logit-space model (one Gaussian per class or a mixture), in
 #: logit units squared: chosen on a validation split held out of Fashion-MNIST TRAIN
 #: (bits/dim on validation, ``benchmarks/quality.py``; 0.1 minimised it among 0.01..1).
@@ -64,18 +67,30 @@ def dequantization_noise(X: np.ndarray, seed: int, stream: int = FIT_STREAM) -> 
     return out
 
 
-def to_unit(X: np.ndarray, pixels: bool, scale: float = 1.0, seed: int = 0, stream: int = FIT_STREAM) -> np.ndarray:
-    """x~ in [0, 1]: ``(X + u) / 256`` for 8-bit ``pixels``, else ``X * scale`` (float64, (n, D)).
+def pixel_levels(scale: float) -> int:
+    """L, the number of levels of integer pixels of scale ``scale`` (model units per pixel
+    unit): ``round(1 / scale) + 1`` — 256 for 8-bit pixels (scale 1/255), 17 for 0..16."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return round(1.0 / scale) + 1
 
-    Raises ``ValueError`` when 8-bit pixels lie outside 0..255 or other values outside [0, 1].
+
+def to_unit(X: np.ndarray, pixels: bool, scale: float = 1 / 255, seed: int = 0,
+            stream: int = FIT_STREAM) -> np.ndarray:
+    """x~ in [0, 1]: ``(X + u) / L`` for integer ``pixels`` of L levels (:func:`pixel_levels`
+    of ``scale``; 256 for 8-bit), else ``X * scale``: float64, (n, D).
+
+    Raises ``ValueError`` when pixels lie outside 0..L-1 or other values outside [0, 1].
     """
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"to_unit needs X (n, D), got shape {X.shape}")
     if pixels:
-        if X.size and (X.min() < 0 or X.max() > 255):
-            raise ValueError(f"8-bit pixels must lie in 0..255, got {float(X.min()):g}..{float(X.max()):g}")
-        return (X + dequantization_noise(X, seed, stream)) / 256.0
+        levels = pixel_levels(scale)
+        if X.size and (X.min() < 0 or X.max() > levels - 1):
+            raise ValueError(f"pixels of scale {scale:g} must lie in 0..{levels - 1}, got "
+                             f"{float(X.min()):g}..{float(X.max()):g}")
+        return (X + dequantization_noise(X, seed, stream)) / float(levels)
     out = np.asarray(X, dtype=np.float64) * scale
     if out.size and not (out.min() >= 0.0 and out.max() <= 1.0):
         raise ValueError(f"a logit transform needs values in [0, 1] (times the scale), got {out.min():g}..{out.max():g}")
@@ -101,9 +116,10 @@ def sigmoid_unit(y: np.ndarray, lam: float) -> np.ndarray:
     return np.clip((p - lam) / (1.0 - 2.0 * lam), 0.0, 1.0)
 
 
-def unit_to_pixels(xt: np.ndarray) -> np.ndarray:
-    """8-bit pixels of x~ in [0, 1]: floor(256 x~) clipped to 0..255, uint8 (the bin x~ falls in)."""
-    return np.clip(np.floor(np.asarray(xt) * 256.0), 0, 255).astype(np.uint8)
+def unit_to_pixels(xt: np.ndarray, levels: int = 256) -> np.ndarray:
+    """Pixels of x~ in [0, 1]: floor(L x~) clipped to 0..L-1 (the bin x~ falls in), uint8
+    (``levels`` L <= 256; 8-bit: 256)."""
+    return np.clip(np.floor(np.asarray(xt) * float(levels)), 0, levels - 1).astype(np.uint8)
 
 
 @dataclass(frozen=True)
