@@ -223,7 +223,8 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
             model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
                               split_every=split_every, update=previous, progress=not cluster["quiet"],
                               transform=previous.transform if previous is not None and transform.identity
-                              else transform, seed=seed)
+                              else transform,
+                              seed=previous.config.get("seed", seed) if previous is not None else seed)
     model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())

@@ -174,12 +174,12 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
     want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"],
-            "transform": options["transform"]}
+            "transform": str(options["transform"])}
     have = {
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
-        "transform": model.transform,
+        "transform": str(model.transform),
     }
     have.update(label_column=model.label_column, scale=model.scale, image_shape=tuple(model.image_shape or ()))
     want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))
