@@ -19,6 +19,7 @@ _EXPORTS = {
     "GenerateResult": ".generation",
     "InputError": ".errors",
     "ModelError": ".errors",
+    "NDBResult": ".evaluate_samples",
     "OutputExistsError": ".errors",
     "chunk_stats": ".kernels.class_stats",
     "fit": ".fitting",
@@ -28,6 +29,7 @@ _EXPORTS = {
     "load_model": ".io.store",
     "merge": ".kernels.class_stats",
     "model_kind": ".models.registry",
+    "ndb": ".evaluate_samples",
     "register_model_kind": ".models.registry",
     "save_model": ".io.store",
 }

@@ -78,6 +78,8 @@ _REMEDY = {
     "read": "pass a smaller --blocksize or give workers more memory",
     "chunk-stats": "pass a smaller --blocksize, --covariance diag, or give workers more memory",
     "combine": "pass a smaller --split-every, --covariance diag, or give workers more memory",
+    "ndb-count": "pass a smaller --blocksize or give workers more memory",
+    "ndb-lloyd": "pass a smaller --blocksize or give workers more memory",
 }
 
 
@@ -280,6 +282,56 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
         paths = write_outputs(rep, out)
         _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
     _say(cluster["quiet"], f"daskgen: evaluated {rep['input']['rows']:,} rows in {time.perf_counter() - start:.1f}s")
+
+
+@main.command("evaluate-samples")
+@click.argument("samples", metavar="SAMPLES")
+@click.option("--reference", multiple=True, required=True, metavar="TEST", help="Held-out data the samples are compared with (repeatable).")
+@click.option("--train", multiple=True, required=True, metavar="TRAIN", help="Training data the k-means bins are fitted on (repeatable).")
+@click.option("--bins", type=click.IntRange(min=2), default=100, show_default=True, help="Number of k-means bins k.")
+@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Significance level of each bin's two-proportion z-test.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the k-means++ initial centres.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="Most Lloyd iterations of the k-means.")
+@click.option("--out", "-o", help="Folder for ndb.json and ndb-bins.png (default: the table only).")
+@click.option("--overwrite", is_flag=True, help="Replace ndb.json and ndb-bins.png in --out.")
+@click.option("--label-column", default="label", show_default=True, help="Label column (CSV/Parquet) or labels array (Zarr) of the inputs.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Format of TEST and TRAIN (default: from the file names).")
+@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per task.")
+@click.option("--scale", default="auto", show_default=True, help="Pixels of TEST and TRAIN times this are model units; auto: 1/255 for integer pixels, 1 for floats.")
+@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
+@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@cluster_options
+@handle_errors
+def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out, overwrite, label_column, fmt, blocksize,
+                     scale, split_every, storage, **kw):
+    """NDB of generated SAMPLES (a samples store, or any input): the number of k-means bins of TRAIN
+    where the share of SAMPLES differs from the share of TEST (two-proportion z-test at --alpha).
+
+    Two samples of one distribution differ in about alpha * k bins by chance. Every set is
+    compared in model units (see --scale; a samples store records its own). Prints a table;
+    with --out, writes ndb.json and ndb-bins.png (the centres of the most over- and
+    under-represented bins).
+    """
+    from .cluster import connect
+    from .evaluate_samples import check_outputs, format_table, ndb, open_sets, write_outputs
+
+    cluster = _cluster_kwargs(kw)
+    so = _storage_options(storage)
+    if out:
+        check_outputs(out, overwrite, so)
+    start = time.perf_counter()
+    # Inputs are checked (features, a complete samples store) before a cluster is started.
+    sets = open_sets(samples, list(reference), list(train), label_column=label_column,
+                     blocksize=_human_bytes(blocksize), fmt=fmt, scale=scale, storage_options=so)
+    with connect(**cluster):
+        result = ndb(sets["samples"], sets["reference"], sets["train"], bins=bins, alpha=alpha, seed=seed,
+                     max_iter=max_iter, split_every=split_every, progress=not cluster["quiet"])
+    click.echo(format_table(result))
+    if out:
+        paths = write_outputs(result, out, overwrite=overwrite, storage_options=so)
+        _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
+    _say(cluster["quiet"], f"daskgen: NDB of {result.sets['samples']['rows']:,} samples in {time.perf_counter() - start:.1f}s")
 
 
 @main.command()
