@@ -17,10 +17,11 @@ RealNVP/Glow/MAF; Bayes accuracy at the pixels' bin centres), draws its 10 x 4 s
 grid (``benchmarks/results/quality-samples-<family>.png``) and writes
 ``benchmarks/results/quality.json`` and a markdown table.
 
-NDB (Richardson & Weiss 2018): when ``daskgen evaluate-samples`` exists, ``test --ndb``
-also draws 100,000 uint8 samples of every model and measures their NDB against the test
-set, and that of the held-out training rows against the test set (the measure's
-calibration: near the z-test's false-positive rate).
+NDB (Richardson & Weiss 2018): ``test --ndb`` also draws 100,000 uint8 samples of every
+model and measures, with ``daskgen evaluate-samples`` (100 k-means bins of the 50,000
+fitting images), their NDB against the test set, and that of the held-out training rows
+against the test set (the measure's calibration: near the z-test's false-positive rate,
+alpha * k = 5). Tables and figures of each go to ``benchmarks/results/quality-ndb-*/``.
 
 Pixel-space candidates: the choices ``benchmarks/gmm_quality.py`` made on the same
 validation split (reg_covar = the dequantization noise's variance; K = 5 with prior_rows
@@ -112,11 +113,11 @@ def ndb_available() -> bool:
 
 
 def run_ndb(samples: str, reference: str, train: str, out: Path) -> dict:
-    """``daskgen evaluate-samples`` of ``samples`` against ``reference``; its JSON output."""
+    """``daskgen evaluate-samples`` of ``samples`` against ``reference`` (bins on ``train``): NDB, k, alpha."""
     subprocess.run(["daskgen", "evaluate-samples", samples, "--reference", reference, "--train", train,
-                    "--out", str(out), "--quiet"], check=True)
-    found = sorted(out.glob("*.json"))
-    return json.loads(found[0].read_text()) if found else {}
+                    "--out", str(out), "--overwrite", "--quiet"], check=True)
+    result = json.loads((out / "ndb.json").read_text())
+    return {k: result[k] for k in ("ndb", "k", "ndb_over_k", "alpha", "expected_false_positives")}
 
 
 def test(with_ndb: bool) -> None:
@@ -153,13 +154,13 @@ def test(with_ndb: bool) -> None:
             if ndb:
                 samples = str(WORK / f"quality-samples-{family}.zarr")
                 daskgen.generate(model, 100_000, samples, seed=SEED, dtype="uint8", overwrite=True)
-                row["ndb"] = run_ndb(samples, paths["test"], paths["fit"], WORK / f"ndb-{family}")
+                row["ndb"] = run_ndb(samples, paths["test"], paths["fit"], RESULTS / f"quality-ndb-{family}")
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     res = {"protocol": rep["log_likelihood"]["protocol"], "fit_rows": 50_000, "validation_rows": 10_000,
            "test_rows": 10_000, "max_iter": MAX_ITER, "tol": TOL, "seed": SEED, "anchors": ANCHORS, "results": rows}
     if ndb:
-        res["ndb_calibration"] = run_ndb(paths["validation"], paths["test"], paths["fit"], WORK / "ndb-heldout")
+        res["ndb_calibration"] = run_ndb(paths["validation"], paths["test"], paths["fit"], RESULTS / "quality-ndb-heldout")
     else:
         res["ndb"] = "not measured: `daskgen evaluate-samples` is not available" if with_ndb else "not requested"
     OUT.write_text(json.dumps(res, indent=2) + "\n")
