@@ -6,12 +6,14 @@ Exit codes: 0 done; 2 bad input, options or an output that may not be replaced
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -120,6 +122,36 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _check_output(url: str, storage_options: dict | None = None) -> None:
+    """Refuse an output location that cannot be written, before any work starts."""
+    from .io.store import check_writable
+
+    check_writable(url, storage_options)
+
+
+@contextlib.contextmanager
+def _writing(url: str) -> Iterator[None]:
+    """Report an OS error while writing output ``url`` on one line (exit 2)."""
+    from .errors import OutputError
+
+    try:
+        yield
+    except DaskgenError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {url}: {one_line(exc)}") from None
+
+
+def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
+    """The --overwrite rule for a folder of result files: replace them only when asked."""
+    from .errors import OutputExistsError
+    from .io.store import output_exists
+
+    found = [n for n in names if output_exists(f"{out.rstrip('/')}/{n}")]
+    if found and not overwrite:
+        raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         click.echo(text, err=True)
@@ -139,7 +171,7 @@ class _UserErrorFilter(logging.Filter):
     """Drop an in-process worker's "Compute Failed" report of a daskgen user error
     (bad input, say): the error reaches the command, which prints it as one line."""
 
-    _NAMES = ("DaskgenError(", "InputError(", "ModelError(", "OutputExistsError(")
+    _NAMES = ("DaskgenError(", "InputError(", "ModelError(", "OutputExistsError(", "NotEightBitError(")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Compute Failed"):
@@ -155,9 +187,12 @@ class _UserErrorFilter(logging.Filter):
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Input format (default: from the file names).")
 @click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per read task.")
 @click.option("--image-shape", help="Image shape HxW (default: from Zarr, or square when D is a perfect square).")
-@click.option("--scale", default="auto", show_default=True, help="Multiply pixels by this; auto: 1/255 for integer pixels, 1 for floats.")
-@click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal (default: 0 for one Gaussian per class, 1e-6 for mixtures; 0.1 in logit space).")
+@click.option("--scale", default="auto", show_default=True, help="Multiply pixels by this (a number or a fraction such as 1/255); auto: 1/255 for integer pixels, 1 for floats.")
+@click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True,
+              help="full: a D x D covariance per class (pixels correlate); diag: per-pixel variances only.")
+@click.option("--reg-covar", type=click.FloatRange(min=0),
+              help="Added to each covariance's diagonal (default: scale^2/12, the dequantization noise's variance, for "
+                   "integer pixels, else 0; mixtures at least 1e-6; 0.1 in logit space).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), default="none", show_default=True, help="Oracle Approximating Shrinkage of each covariance.")
 @click.option("--components", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gaussians per class: more than 1 fits a mixture per class by EM.")
@@ -205,7 +240,11 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     replacing_update = update_path is not None and out == update_path
     if output_exists(out, so) and not (overwrite or replacing_update):
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    _check_output(out, so)
     previous = read_model(update_path, so) if update_path else None
+    if previous is not None and not hasattr(previous, "stats"):
+        raise InputError(f"{update_path} is a mixture model ({previous.n_components} components per class): --update "
+                         "folds data into one Gaussian per class; fit the mixture again on all the data instead")
     start = time.perf_counter()
     # Inputs are checked (headers, metadata) before a cluster is started.
     dataset = prepare(list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
@@ -215,8 +254,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
             from .em import fit_mixture
 
             def report(it: dict) -> None:
+                change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1
                 _say(cluster["quiet"], f"daskgen: EM iteration {it['iteration']}: mean log-likelihood "
-                     f"{it['log_likelihood']:,.4f} ({it['change']:+.4g}) in {it['seconds']:.1f}s")
+                     f"{it['log_likelihood']:,.4f}{change} in {it['seconds']:.1f}s")
 
             model = fit_mixture(dataset, components, covariance=covariance, reg_covar=reg_covar, max_iter=max_iter,
                                 tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
@@ -227,9 +267,14 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                               transform=previous.transform if previous is not None and transform.identity
                               else transform,
                               seed=previous.config.get("seed", seed) if previous is not None else seed)
-    model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
+    with _writing(out):
+        model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
+    if not dataset.blocks:
+        _say(cluster["quiet"], f"daskgen: nothing new to read: every input was already folded into {update_path}; "
+             f"{model.n_classes} classes, {rows:,} rows in {took:.1f}s -> {out}")
+        return
     what = f"{model.n_classes} classes"
     if components > 1:
         em = model.config["em"]
@@ -252,9 +297,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the dequantization noise.")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
 @click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace evaluation.json and confusion-matrix.png in --out.")
 @cluster_options
 @handle_errors
-def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, **kw):
+def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, overwrite, **kw):
     """Score MODEL on labelled held-out INPUT: log-likelihood (nats/image, bits/dim) and the Bayes classifier.
 
     Integer pixels are dequantized as RealNVP/Glow/MAF do, x~ = (x + u)/256 with u in
@@ -262,12 +308,15 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     alike. Prints a table; with --out, writes evaluation.json and confusion-matrix.png.
     """
     from .cluster import connect
+    from .evaluate import FILES, format_table, open_for_model, write_outputs
     from .evaluate import evaluate as evaluate_model
-    from .evaluate import format_table, open_for_model, write_outputs
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)
     so = _storage_options(storage)
+    if out:
+        _refuse_existing(out, list(FILES.values()), overwrite)
+        _check_output(f"{out.rstrip('/')}/{FILES['json']}")
     model = read_model(model_path, so)
     start = time.perf_counter()
     # Inputs are checked against the model (features, scale) before a cluster is started.
@@ -279,7 +328,8 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     rep["model"]["path"] = model_path
     click.echo(format_table(rep))
     if out:
-        paths = write_outputs(rep, out)
+        with _writing(out):
+            paths = write_outputs(rep, out)
         _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
     _say(cluster["quiet"], f"daskgen: evaluated {rep['input']['rows']:,} rows in {time.perf_counter() - start:.1f}s")
 
@@ -320,6 +370,7 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
     so = _storage_options(storage)
     if out:
         check_outputs(out, overwrite, so)
+        _check_output(f"{out.rstrip('/')}/ndb.json", so)
     start = time.perf_counter()
     # Inputs are checked (features, a complete samples store) before a cluster is started.
     sets = open_sets(samples, list(reference), list(train), label_column=label_column,
@@ -329,7 +380,8 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
                      max_iter=max_iter, split_every=split_every, progress=not cluster["quiet"])
     click.echo(format_table(result))
     if out:
-        paths = write_outputs(result, out, overwrite=overwrite, storage_options=so)
+        with _writing(out):
+            paths = write_outputs(result, out, overwrite=overwrite, storage_options=so)
         _say(cluster["quiet"], f"daskgen: wrote {', '.join(p.rsplit('/', 1)[-1] for p in paths.values())} -> {out}")
     _say(cluster["quiet"], f"daskgen: NDB of {result.sets['samples']['rows']:,} samples in {time.perf_counter() - start:.1f}s")
 
@@ -355,9 +407,10 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
 
     cluster = _cluster_kwargs(kw)
     so = _storage_options(storage)
+    _check_output(out, so)
     model = read_model(model_path, so)
     start = time.perf_counter()
-    with connect(**cluster):
+    with connect(**cluster), _writing(out):
         result = generate(model, n, out, seed=seed, chunk_size=chunk_size, dtype=dtype, label=label,
                           overwrite=overwrite, storage_options=so, progress=not cluster["quiet"])
     took = time.perf_counter() - start
@@ -372,10 +425,14 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
 @click.option("--out", "-o", help="Output folder (default: the job's 'out', else ./daskgen-run).")
 @click.option("--n", "n", type=click.IntRange(min=1), help="Number of samples (default: the job's, else 10,000).")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed of the samples (default: the job's, else 0).")
-@click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per output chunk and task.")
-@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), help="Samples dtype (see 'daskgen sample').")
-@click.option("--covariance", type=click.Choice(["full", "diag"]))
-@click.option("--reg-covar", type=click.FloatRange(min=0), help="Added to each covariance's diagonal (default: 0; 0.1 in logit space).")
+@click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per output chunk and task (default: the job's, else 10,000).")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]),
+              help="Samples dtype (see 'daskgen sample') (default: the job's, else float32).")
+@click.option("--covariance", type=click.Choice(["full", "diag"]),
+              help="full or diag covariances (see 'daskgen fit') (default: the job's, else full).")
+@click.option("--reg-covar", type=click.FloatRange(min=0),
+              help="Added to each covariance's diagonal (default: the job's, else auto: scale^2/12 for integer pixels, "
+                   "else 0; 0.1 in logit space).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), help="Oracle Approximating Shrinkage of each covariance.")
 @click.option("--transform", type=click.Choice(["none", "logit"]), help="logit: fit in logit space (see 'daskgen fit').")
 @click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
@@ -391,7 +448,7 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
     else the handwritten digits bundled with daskgen. Flags override the job file.
     A rerun skips a fit that is up to date and resumes sampling.
     """
-    from .job import load_job
+    from .job import REPORT_FILE, load_job
     from .run import run_job
 
     cluster = _cluster_kwargs(kw)
@@ -405,8 +462,10 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
         "cluster": cluster,
     }
     job = load_job(job_file, overrides=overrides)
+    _check_output(f"{str(job.out).rstrip('/')}/{REPORT_FILE}")
     _say(quiet, f"daskgen: job {job.origin} -> {job.out}")
-    report = run_job(job, overwrite=overwrite, quiet=quiet, log=functools.partial(_say, quiet))
+    with _writing(job.out):
+        report = run_job(job, overwrite=overwrite, quiet=quiet, log=functools.partial(_say, quiet))
     _say(quiet, f"daskgen: done in {report['timings']['total']:.1f}s -> {job.out}")
 
 
@@ -429,12 +488,14 @@ def data(name, out, fmt, source, split, download, label_column, image_shape, chu
     from .datasets import DIGITS_SCALE, convert
 
     fmt = fmt or ("csv" if out.lower().endswith(".csv") else "zarr")
+    _check_output(out)
     start = time.perf_counter()
-    s = convert(
-        name, out, fmt=fmt, source=source, split=split, overwrite=overwrite, chunk_rows=chunk_rows,
-        download=download, label_column=label_column, image_shape=image_shape,
-        progress=lambda text: _say(quiet, f"daskgen: {text}"),
-    )
+    with _writing(out):
+        s = convert(
+            name, out, fmt=fmt, source=source, split=split, overwrite=overwrite, chunk_rows=chunk_rows,
+            download=download, label_column=label_column, image_shape=image_shape,
+            progress=lambda text: _say(quiet, f"daskgen: {text}"),
+        )
     shape = "x".join(map(str, s["image_shape"]))
     line = (f"daskgen: wrote {s['name']}: {s['n']:,} images of {shape} {s['dtype']}, {len(s['classes'])} classes "
             f"({min(s['counts']):,}..{max(s['counts']):,} per class) in {time.perf_counter() - start:.1f}s -> {s['path']}")
@@ -449,17 +510,21 @@ def data(name, out, fmt, source, split, download, label_column, image_shape, chu
 @click.option("--samples", "samples_path", metavar="SAMPLES", help="Samples store to show (default: fresh draws from MODEL).")
 @click.option("--out", "-o", required=True, help="Folder for the PNG figures.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of draws from the model.")
+@click.option("--overwrite", is_flag=True, help="Replace figures already in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 @handle_errors
-def plot(model_path, samples_path, out, seed, quiet):
+def plot(model_path, samples_path, out, seed, overwrite, quiet):
     """Draw MODEL's figures: class means beside samples, a 10x4 sample grid, covariance spectra and priors."""
     from .io.store import read_model
-    from .plot import load_samples, plot_all
+    from .plot import FILES, MIXTURE_FILES, load_samples, plot_all
 
+    _refuse_existing(out, [*FILES.values(), *MIXTURE_FILES.values()], overwrite)
+    _check_output(f"{out.rstrip('/')}/{FILES['spectrum']}")
     model = read_model(model_path)
     samples = load_samples(samples_path, n=40) if samples_path else None
     start = time.perf_counter()
-    files = plot_all(model, out, samples=samples, seed=seed)
+    with _writing(out):
+        files = plot_all(model, out, samples=samples, seed=seed)
     names = ", ".join(os.path.basename(p) for p in files.values())
     _say(quiet, f"daskgen: wrote {names} in {time.perf_counter() - start:.1f}s -> {out}")
 

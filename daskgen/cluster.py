@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -23,6 +24,8 @@ import dask
 
 log = logging.getLogger("daskgen")
 _PROGRESS_INTERVAL = 0.1
+#: The only address a cluster started here listens on.
+LOOPBACK = "127.0.0.1"
 
 
 def active_client() -> Any:
@@ -52,7 +55,12 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
     with span(stage):
         future = client.compute(obj)
         if progress:
-            show_progress(future, interval=_PROGRESS_INTERVAL)
+            if sys.stdout.isatty():
+                show_progress(future, interval=_PROGRESS_INTERVAL)
+            else:  # a log or a pipe: a line per tenth, not a redrawn bar
+                from distributed import futures_of
+
+                _tenths_bar(stage)(futures_of(future), interval=_PROGRESS_INTERVAL)
             # The scheduler feeds the bar every interval; let that feed see the bar's
             # comm closed before a quickly following cluster shutdown cancels it (which
             # distributed would log as an error).
@@ -60,12 +68,40 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
         return client.gather(future)
 
 
+def _tenth_line(label: str, frac: float, seconds: float) -> str:
+    """The line a progress bar prints per tenth of the work when its stream is not a terminal."""
+    return f"[{label}] {frac:4.0%} Completed | {seconds:4.1f}s\n"
+
+
+def _tenths_bar(stage: str) -> Any:
+    """distributed's text progress bar, printing a line per tenth of the work instead
+    of redrawing one line (thousands of updates in a log file)."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class TenthsBar(TextProgressBar):
+        shown = -1
+
+        def _draw_bar(self, remaining, all, **kwargs):
+            frac = (1 - remaining / all) if all else 1.0
+            if int(10 * frac) > self.shown:
+                self.shown = int(10 * frac)
+                sys.stdout.write(_tenth_line(stage, self.shown / 10, self.elapsed))
+                sys.stdout.flush()
+
+        def _draw_stop(self, **kwargs):
+            pass
+
+    return TenthsBar
+
+
 class TextBar:
-    """A one-line text progress bar on stderr, for work followed item by item (the
-    fit's blocks, merged as they finish, have no single future to give ``progress``)."""
+    """A text progress bar on stderr, for work followed item by item (the fit's
+    blocks, merged as they finish, have no single future to give ``progress``): one
+    redrawn line on a terminal, else a line per tenth of the work."""
 
     def __init__(self, total: int, label: str):
         self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
+        self.live, self.shown = sys.stderr.isatty(), -1
         self._draw()
 
     def step(self) -> None:
@@ -74,16 +110,30 @@ class TextBar:
 
     def _draw(self) -> None:
         frac = self.done / self.total if self.total else 1.0
+        seconds = time.perf_counter() - self.start
+        if not self.live:
+            if int(10 * frac) > self.shown:
+                self.shown = int(10 * frac)
+                sys.stderr.write(_tenth_line(self.label, self.shown / 10, seconds))
+            return
         bar = "#" * int(40 * frac)
-        sys.stderr.write(f"\r[{bar:<40}] | {frac:4.0%} Completed | {time.perf_counter() - self.start:4.1f}s {self.label}")
+        sys.stderr.write(f"\r[{bar:<40}] | {frac:4.0%} Completed | {seconds:4.1f}s {self.label}")
         sys.stderr.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        if self.live:
+            sys.stderr.write("\n")
         sys.stderr.flush()
 
 
 def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_address):
+    """A LocalCluster whose every server listens on 127.0.0.1 only.
+
+    distributed binds the scheduler's HTTP server (dashboard, /metrics, /info) and
+    each worker's to all interfaces unless told otherwise, and an in-process cluster
+    refuses ``host=``: the addresses are set one by one. Without a dashboard (quiet)
+    the scheduler's HTTP server still runs, on a free loopback port instead of 8787.
+    """
     from distributed import LocalCluster
 
     return LocalCluster(
@@ -91,11 +141,18 @@ def _local_cluster(n_workers, threads, processes, memory_limit, dashboard_addres
         threads_per_worker=threads,
         processes=processes,
         memory_limit=memory_limit or "auto",
-        # worker processes talk TCP on loopback only; a threaded worker lives in
-        # this process and uses the in-process transport (no port at all)
+        # worker processes and nannies talk TCP on loopback only; a threaded worker
+        # lives in this process and uses the in-process transport (no port at all)
         **({"host": "127.0.0.1"} if processes else {}),
-        dashboard_address=dashboard_address,
+        dashboard_address=dashboard_address or f"{LOOPBACK}:0",
+        worker_dashboard_address=f"{LOOPBACK}:0",
+        scheduler_kwargs={} if dashboard_address else {"dashboard": False},
     )
+
+
+def _quiet_worker_logs() -> None:
+    """Run on each worker of an interrupted run: its cancelled tasks are not news."""
+    logging.disable(logging.CRITICAL)
 
 
 def dashboard_link(client: Any, local: bool = False) -> str | None:
@@ -158,9 +215,25 @@ def connect(
         client = Client(cluster, set_as_default=True)
     if not quiet:
         print(f"daskgen: dashboard {dashboard_link(client, local=cluster is not None)}", file=sys.stderr)
+    interrupted = False
     try:
         yield client
+    except KeyboardInterrupt:
+        # Closing now cancels the tasks in flight, which distributed and asyncio report
+        # (warnings, "Task exception was never retrieved" tracebacks): the user asked
+        # for the stop, and the command says "interrupted" once.
+        interrupted = True
+        logging.disable(logging.CRITICAL)
+        if cluster is not None and cluster.processes:
+            with contextlib.suppress(Exception):  # worker processes log the cancellations themselves
+                client.run(_quiet_worker_logs, wait=True)
+        raise
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            if interrupted:
+                gc.collect()  # report (silently) the cancelled tasks' exceptions now
+                logging.disable(logging.NOTSET)

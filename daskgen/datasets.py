@@ -66,6 +66,13 @@ __all__ = [
 #: Names :func:`convert` accepts.
 DATASETS = ("digits", "fashion-mnist", "mnist", "idx", "csv")
 
+#: Display names of the classes of the datasets that have them, by label (stored in the
+#: Zarr dataset's attributes as ``class_names``; the labels stay as published).
+CLASS_NAMES: dict[str, list[str]] = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+
 #: Folders searched for Fashion-MNIST when no folder is given (Debian's dataset-fashion-mnist).
 FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 
@@ -551,6 +558,8 @@ def write_zarr_dataset(
     extra["daskgen"] = meta
 
     def fill(group) -> None:
+        from .io.store import consolidate
+
         dims = ("sample", "y", "x") if X.ndim == 3 else ("sample", "feature")
         arr = group.create_array(
             "images", shape=X.shape, dtype=X.dtype, chunks=(rows,) + X.shape[1:], dimension_names=dims
@@ -565,6 +574,7 @@ def write_zarr_dataset(
         )
         lab[...] = y
         group.attrs.update(extra)
+        consolidate(group)
 
     target = os.fspath(url)
     fs, path, local = _url_to_fs(target, storage_options)
@@ -888,6 +898,8 @@ def convert(
     scale = DIGITS_SCALE if key == "digits" else (1 / 255 if integer else 1.0)
     if fmt == "zarr":
         attrs = {"daskgen": {"source": key, "origin": origin, "split": split, "scale": scale}}
+        if key in CLASS_NAMES:
+            attrs["daskgen"]["class_names"] = {str(i): n for i, n in enumerate(CLASS_NAMES[key])}
         written = write_zarr_dataset(
             target,
             images,

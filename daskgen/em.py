@@ -34,7 +34,7 @@ from .errors import InputError
 from .io.readers import Dataset, _fs, open_zarr_group
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
-from .kernels.transform import NONE, Transform, default_reg_covar
+from .kernels.transform import NONE, Transform
 from .kernels.weighted import WeightedStats, merge_weighted
 from .models.mixture import GaussianMixtureClassModel
 from .models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
@@ -212,25 +212,26 @@ def fit_mixture(
 
     ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
     Options as :func:`daskgen.models.mixture_em.run_em`: ``covariance`` full|diag, ``reg_covar``
-    (> 0, added to every component covariance), ``max_iter``, ``tol`` (on the change of
+    (> 0, added to every component covariance; default:
+    :func:`daskgen.fitting.default_reg_covar`, max(1e-6, scale**2 / 12) for integer pixels), ``max_iter``, ``tol`` (on the change of
     the mean log-likelihood per row), ``init`` kmeans++|random, ``seed``,
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
     (when the blocks fit in half of the cluster's memory), "always" or "never".
     ``callback`` is called after every iteration with its number, mean
     log-likelihood, change, events and seconds. ``transform``/``logit_lambda`` as for
     :func:`daskgen.fit` (the dequantization noise is seeded by ``seed``); ``reg_covar``
-    defaults to 1e-6, or :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` in logit space.
+    then defaults to :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR`.
     """
-    from .fitting import fit_transform, prepare
+    from .fitting import default_reg_covar, fit_transform, prepare
 
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
     transform = fit_transform(transform, logit_lambda)
-    if reg_covar is None:
-        reg_covar = default_reg_covar(transform, mixture=True)
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
         inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
         storage_options=storage_options)
+    if reg_covar is None:
+        reg_covar = default_reg_covar(dataset, n_components, transform)
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
     check_options(n_components, covariance, reg_covar, max_iter, tol, init)
@@ -248,7 +249,10 @@ def fit_mixture(
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
     config = em_config(n_components, em_options)
-    config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt)
+    config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt,
+                  integer_pixels=bool(dataset.integer_pixels))
+    if dataset.class_names:
+        config["class_names"] = dataset.class_names
     return GaussianMixtureClassModel.from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,

@@ -26,6 +26,12 @@ class OutputExistsError(DaskgenError, FileExistsError):
     exit_code = 2
 
 
+class OutputError(DaskgenError, OSError):
+    """An output location cannot be written (not a folder, no permission, disk full)."""
+
+    exit_code = 2
+
+
 class ModelError(DaskgenError):
     """A model store is missing, incomplete, corrupted or from an incompatible version."""
 

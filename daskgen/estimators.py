@@ -41,7 +41,7 @@ import numpy as np
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
-from .kernels.transform import default_reg_covar, make_transform, pixel_levels, to_unit
+from .kernels.transform import make_transform, pixel_levels, to_unit
 from .reduce import DEFAULT_SPLIT_EVERY
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
@@ -226,11 +226,10 @@ class _Estimator:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    def _reg_covar(self, mixture: bool) -> float:
-        """``reg_covar``, or the default of the transform (None)."""
-        if self.reg_covar is None:
-            return default_reg_covar(self._transform(), mixture)
-        return float(self.reg_covar)
+    def _reg_covar(self) -> float | None:
+        """``reg_covar`` as a float; None: the fit's default
+        (:func:`daskgen.fitting.default_reg_covar`, which knows the data and the transform)."""
+        return None if self.reg_covar is None else float(self.reg_covar)
 
     def _fit_model(self, dataset):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -248,7 +247,8 @@ class GaussianClassifier(_Estimator):
     covariance : {"full", "diag"}
     reg_covar : float >= 0, optional
         Added to every covariance's diagonal, in model units squared (logit units
-        squared in logit space). None: 0, or 0.1 with ``transform="logit"``.
+        squared in logit space). None: the fit's default, scale**2 / 12 for integer
+        pixels, 0 for floats, 0.1 with ``transform="logit"``.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     transform : {"none", "logit"}
@@ -309,8 +309,9 @@ class GaussianClassifier(_Estimator):
             raise InputError(f"covariance must be 'full' or 'diag', not {self.covariance!r}")
         if self.shrinkage not in ("none", "oas"):
             raise InputError(f"shrinkage must be 'none' or 'oas', not {self.shrinkage!r}")
-        reg = self._reg_covar(mixture=False)
-        if not (reg >= 0 and math.isfinite(reg)):
+        self._transform()
+        reg = self._reg_covar()
+        if reg is not None and not (reg >= 0 and math.isfinite(reg)):
             raise InputError(f"reg_covar must be >= 0, got {self.reg_covar}")
         if not isinstance(self.random_state, (int, np.integer)):
             raise InputError(f"random_state must be an int, got {self.random_state!r}")
@@ -318,7 +319,7 @@ class GaussianClassifier(_Estimator):
     def _fit_model(self, dataset):
         from .fitting import fit
 
-        return fit(dataset, covariance=self.covariance, reg_covar=self._reg_covar(mixture=False),
+        return fit(dataset, covariance=self.covariance, reg_covar=self._reg_covar(),
                    shrinkage=self.shrinkage, split_every=int(self.split_every), transform=self._transform(),
                    seed=int(self.random_state))
 
@@ -337,7 +338,8 @@ class GaussianMixtureClassifier(_Estimator):
     covariance : {"full", "diag"}
     reg_covar : float > 0, optional
         Added to every component covariance's diagonal, in model units squared. None:
-        1e-6, or 0.1 with ``transform="logit"``.
+        the fit's default, max(1e-6, scale**2 / 12) for integer pixels, 1e-6 for floats,
+        0.1 with ``transform="logit"``.
     max_iter : int >= 1
     tol : float >= 0
         On the change of the mean log-likelihood per row (model units).
@@ -401,9 +403,12 @@ class GaussianMixtureClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
+        from .fitting import MIXTURE_REG_COVAR
         from .models.mixture_em import check_options
 
-        check_options(self.n_components, self.covariance, self._reg_covar(mixture=True), self.max_iter,
+        self._transform()
+        reg = self._reg_covar()
+        check_options(self.n_components, self.covariance, MIXTURE_REG_COVAR if reg is None else reg, self.max_iter,
                       float(self.tol), self.init)
         if not float(self.prior_rows) >= 0:
             raise InputError(f"prior_rows must be >= 0, got {self.prior_rows}")
@@ -421,7 +426,7 @@ class GaussianMixtureClassifier(_Estimator):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return fit_mixture(
-            dataset, int(self.n_components), covariance=self.covariance, reg_covar=self._reg_covar(mixture=True),
+            dataset, int(self.n_components), covariance=self.covariance, reg_covar=self._reg_covar(),
             max_iter=int(self.max_iter), tol=float(self.tol), init=self.init, seed=int(seed),
             init_sample=int(self.init_sample), prior_rows=float(self.prior_rows), persist=self.persist,
             split_every=int(self.split_every), transform=self._transform(),

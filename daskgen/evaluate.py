@@ -83,6 +83,7 @@ class EvalStats:
     sum_cond: float = 0.0  # log p(x~ | y), labelled rows
     sum_raw: float = 0.0  # log p(x), no noise
     neg_inf: int = 0  # rows with log p(x~) = -inf
+    unscored: int = 0  # labelled rows every class gives log p(x | y) = -inf: no prediction
     confusion: np.ndarray = field(default=None)  # (K, K) int64, rows: true class, columns: predicted
     unknown: dict[str, int] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ def merge_eval(parts: list[EvalStats]) -> EvalStats:
         out.sum_cond += p.sum_cond
         out.sum_raw += p.sum_raw
         out.neg_inf += p.neg_inf
+        out.unscored += p.unscored
         out.confusion += p.confusion
         for k, v in p.unknown.items():
             out.unknown[k] = out.unknown.get(k, 0) + v
@@ -170,7 +172,7 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
                 raise InputError(f"block {index}: {exc}") from None
             joint = scorer.class_log_likelihood(centre) + log_priors
             predicted = np.argmax(joint, axis=1)
-            ll = logsumexp_rows(joint)
+            ll = raw_ll = logsumexp_rows(joint)
             out.sum_raw += float(ll.sum())
             if noisy is not centre:
                 joint = scorer.class_log_likelihood(noisy) + log_priors
@@ -179,6 +181,7 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
             out.sum_ll2 += float((ll * ll).sum())
             out.neg_inf += int(np.isneginf(ll).sum())
             known = cb >= 0
+            out.unscored += int((np.isneginf(raw_ll) & known).sum())
             out.sum_cond += float((joint[known, cb[known]] - log_priors[cb[known]]).sum())
             np.add.at(out.confusion, (cb[known], predicted[known]), 1)
     out.rows = len(y)
@@ -199,14 +202,16 @@ def open_for_model(
     """Open held-out inputs with the model's scale and image shape; their features must match.
 
     Unlike ``fitting.prepare(update=model)``, files the model was fitted on are kept.
+    Integer pixels of a model fitted on 8-bit pixels are checked to lie in 0..255,
+    as the fit checked them.
     """
-    from .fitting import _check_compatible
+    from .fitting import check_compatible, pixels_8bit
     from .io.readers import open_inputs
 
     dataset = open_inputs(inputs, label_column=label_column or model.label_column, blocksize=blocksize,
                           image_shape=model.image_shape, scale=model.scale, fmt=fmt,
-                          storage_options=storage_options)
-    _check_compatible(model, dataset)
+                          storage_options=storage_options, pixels_8bit=pixels_8bit(model))
+    check_compatible(model, dataset)
     return dataset
 
 
@@ -293,6 +298,9 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
         "classifier": {
             "accuracy": correct / s.labelled if s.labelled else None,
             "correct": correct,
+            # rows no class can explain (log p(x | y) = -inf for every y): argmax picks the
+            # first class, so they count in the accuracy as that guess
+            "neg_inf_rows": s.unscored,
             "recall": [_num(c / t) if t else None for c, t in zip(np.diagonal(s.confusion).tolist(), per_true.tolist())],
             "confusion_matrix": s.confusion.tolist(),
             "confusion_axes": "rows: true class, columns: predicted class, in model class order",
@@ -331,15 +339,21 @@ def format_table(rep: dict[str, Any]) -> str:
     ]
     if ll["neg_inf_rows"]:
         lines.append(f"warning     {ll['neg_inf_rows']:,} rows have log p(x) = -inf (a singular covariance: refit with --reg-covar)")
+    if cl.get("neg_inf_rows"):
+        lines.append(f"warning     accuracy counts {cl['neg_inf_rows']:,} rows that every class gives log p(x|y) = -inf "
+                     "(predicted as the first class: refit with --reg-covar)")
     if rep["input"]["unknown_labels"]:
         lines.append(f"warning     labels not in the model: {rep['input']['unknown_labels']}")
     labels = [str(c) for c in m["classes"]]
+    names = m.get("class_names") or labels
+    rows = [label if name == label else f"{label} {name}" for label, name in zip(labels, names)]
     width = max(5, *(len(x) for x in labels), *(len(str(v)) for row in cl["confusion_matrix"] for v in row)) + 1
+    first = max(width, max(map(len, rows)) + 1)
     lines.append("")
     lines.append("confusion (rows: true, columns: predicted)")
-    lines.append(" " * width + "".join(x[:width - 1].rjust(width) for x in labels) + "  recall".rjust(width + 2))
-    for label, row, rec in zip(labels, cl["confusion_matrix"], cl["recall"]):
-        lines.append(label[:width - 1].rjust(width) + "".join(str(v).rjust(width) for v in row)
+    lines.append(" " * first + "".join(x[:width - 1].rjust(width) for x in labels) + "  recall".rjust(width + 2))
+    for label, row, rec in zip(rows, cl["confusion_matrix"], cl["recall"]):
+        lines.append(label.rjust(first) + "".join(str(v).rjust(width) for v in row)
                      + ("" if rec is None else f"{rec:.3f}".rjust(width + 2)))
     return "\n".join(lines)
 
@@ -350,7 +364,7 @@ def plot_confusion(rep: dict[str, Any], path: str) -> str:
 
     C = np.asarray(rep["classifier"]["confusion_matrix"], dtype=np.float64)
     K = len(C)
-    labels = [_label(c) for c in rep["model"]["classes"]]
+    labels = [_label(c) for c in rep["model"].get("class_names") or rep["model"]["classes"]]
     side = min(max(4.0, 0.55 * K + 2.0), 16.0)
     fig = _figure(side + 1.0, side, layout="constrained")
     ax = fig.subplots()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .errors import InputError
-from .io.readers import Dataset, open_inputs
+from .io.readers import Dataset, NotEightBitError, open_inputs
 from .kernels.class_stats import ClassStats, merge
-from .kernels.transform import Transform, default_reg_covar, make_transform
+from .kernels.transform import LOGIT_REG_COVAR, NONE, Transform, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
@@ -45,8 +46,9 @@ def fit(
     covariance : {"full", "diag"}
     reg_covar : float, optional
         Added to every covariance's diagonal (model units squared; logit units squared
-        for a logit model). Default: 0, or :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR`
-        with ``transform="logit"``.
+        for a logit model). Default (None): :func:`default_reg_covar` — the
+        dequantization noise's variance ``scale**2 / 12`` for integer pixels, 0 for
+        other data, :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` in logit space.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     split_every : int
@@ -78,8 +80,6 @@ def fit(
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
     transform = fit_transform(transform, logit_lambda, update)
-    if reg_covar is None:
-        reg_covar = default_reg_covar(transform, mixture=False)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
     if diagonal_stats is None:
@@ -91,13 +91,25 @@ def fit(
                      scale=scale, fmt=fmt, update=update, storage_options=storage_options)
     )
     label_column = dataset.label_column
+    if reg_covar is None:
+        reg_covar = default_reg_covar(dataset, transform=transform)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
-    stats = (
-        compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress,
-                      transform=transform, seed=int(seed))
-        if dataset.blocks
-        else ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
-    )
+    noise = {"transform": transform, "seed": int(seed)}
+    if not dataset.blocks:
+        stats = ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
+    elif dataset.integer_values and not dataset.integer_pixels and not diagonal:
+        # Integer CSV/Parquet columns with an explicit scale: 8-bit pixels take the exact
+        # integer path (the same bits as a fit with --scale auto, or of a uint8 Zarr
+        # copy; in logit space, they are dequantized as pixels); wider integers, found
+        # by a read, the general one.
+        try:
+            stats = compute_stats(replace(dataset, integer_pixels=True), diagonal=False,
+                                  split_every=int(split_every), progress=progress, **noise)
+            dataset = replace(dataset, integer_pixels=True)
+        except NotEightBitError:
+            stats = compute_stats(dataset, diagonal=False, split_every=int(split_every), progress=progress, **noise)
+    else:
+        stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress, **noise)
     previous: list[dict[str, Any]] = []
     if update is not None:
         try:
@@ -117,6 +129,8 @@ def fit(
         label_column=label_column,
         feature_names=dataset.feature_names,
         config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                "integer_pixels": bool(dataset.integer_pixels),
+                **({"class_names": dataset.class_names} if dataset.class_names else {}),
                 **({} if transform.identity else {"seed": int(seed)})},
         inputs=previous + dataset.files,
         transform=transform,
@@ -134,6 +148,40 @@ def fit_transform(name: str | Transform | None, logit_lambda: float | None, upda
         raise InputError(f"--update folds data into a model of its own transform ({update.transform}), "
                          f"not {transform}")
     return transform
+
+
+#: reg_covar of a mixture on non-integer data (its components need a positive one).
+MIXTURE_REG_COVAR = 1e-6
+
+
+def default_reg_covar(dataset: Dataset, components: int = 1, transform: Transform = NONE) -> float:
+    """The default ``reg_covar`` of a fit of ``dataset`` (model units squared).
+
+    In logit space: :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` (logit units
+    squared, chosen on validation data), for one Gaussian and mixtures alike.
+
+    Integer pixels stand for bins one pixel unit wide: their dequantization noise,
+    uniform on a bin, has variance ``scale**2 / 12``. Adding it to every covariance
+    makes them positive definite (pixels that are constant in training, such as an
+    always-black border, no longer give held-out rows log p = -inf) and was the best
+    value on validation data. Other data: 0 for one Gaussian per class,
+    ``MIXTURE_REG_COVAR`` for mixtures; a mixture on integer pixels takes the larger
+    of the two.
+    """
+    if not transform.identity:
+        return LOGIT_REG_COVAR
+    base = MIXTURE_REG_COVAR if components > 1 else 0.0
+    if dataset.integer_values:
+        return max(base, float(dataset.scale) ** 2 / 12)
+    return base
+
+
+def pixels_8bit(model: Any) -> bool:
+    """Whether ``model`` was fitted on 8-bit pixels (held-out data must be 8-bit too)."""
+    flag = model.config.get("integer_pixels")
+    if flag is None:  # stores written before the flag: 8-bit pixels had scale 1/255
+        return abs(float(model.scale) * 255 - 1) < 1e-12
+    return bool(flag)
 
 
 def prepare(
@@ -165,12 +213,13 @@ def prepare(
         storage_options=storage_options,
     )
     if update is not None:
-        _check_compatible(update, dataset)
+        check_compatible(update, dataset)
         dataset = dataset.unseen(update.inputs)  # fold each input in once
     return dataset
 
 
-def _check_compatible(model: GaussianClassModel, dataset) -> None:
+def check_compatible(model: GaussianClassModel, dataset) -> None:
+    """Refuse data whose features or scale differ from ``model``'s."""
     if dataset.n_features != model.n_features:
         raise InputError(
             f"the new data has {dataset.n_features} features, the model {model.n_features}"

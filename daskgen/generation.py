@@ -27,7 +27,7 @@ from ._blas import one_blas_thread
 from ._version import __version__
 from .errors import InputError, OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import label_array
+from .io.store import consolidate, label_array
 from .kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from .models.base import ClassModel, ModelSampler
 
@@ -36,8 +36,9 @@ DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
 IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class", "draw")
 #: Version of the draw (bit generator, class choice, factor, panels): a store begun by
-#: another version is refused rather than finished with different bits.
-DRAW_VERSION = 2
+#: another version is refused rather than finished with different bits. 3: a mixture's
+#: components are factored by Cholesky.
+DRAW_VERSION = 3
 
 
 @dataclass
@@ -253,6 +254,7 @@ def generate(
     if not meta.get("complete"):
         meta["complete"] = True
         group.attrs["daskgen"] = meta
+        consolidate(group)
     return GenerateResult(out, n, int(seed), n_chunks, len(todo), resumed)
 
 

@@ -12,8 +12,10 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     blocksize: 32MiB                # bytes of input per read task
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
-    fit: {covariance: full, reg_covar: null, shrinkage: none, split_every: 8,
-          transform: none, logit_lambda: null}   # reg_covar null: 0, or 0.1 in logit space
+    fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8,
+          transform: none, logit_lambda: null}
+                                    # reg_covar auto: scale²/12 for integer pixels, else 0;
+                                    # 0.1 with transform logit (logit_lambda null: 1e-6)
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}
@@ -55,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "blocksize": "32MiB",
     "image_shape": None,
     "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": None, "shrinkage": "none", "split_every": 8, "incremental": False,
+    "fit": {"covariance": "full", "reg_covar": "auto", "shrinkage": "none", "split_every": 8, "incremental": False,
             "transform": "none", "logit_lambda": None},
     "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
     "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
@@ -310,15 +312,6 @@ def _number(v: Any) -> float:
     return x
 
 
-def _reg_covar(v: Any, base: str = "") -> float | None:
-    if v is None:
-        return None  # the default of the transform
-    x = _number(v)
-    if x < 0:
-        raise _Bad(f"must be >= 0, got {v}")
-    return x
-
-
 def _logit_lambda(v: Any, base: str = "") -> float | None:
     if v is None:
         return None
@@ -328,16 +321,25 @@ def _logit_lambda(v: Any, base: str = "") -> float | None:
     return x
 
 
-def _scale(v: Any, base: str = "") -> str | float:
+def _auto_or_number(v: Any, positive: bool, example: str) -> str | float:
+    """``"auto"``, or a number (fractions such as 1/255 allowed) > 0 or >= 0."""
     if isinstance(v, str) and v.strip().lower() == "auto":
         return "auto"
     try:
         x = _number(v)
     except _Bad:
-        raise _Bad(f"expected 'auto' or a positive number such as 1/255, got {_show(v)}") from None
-    if x <= 0:
-        raise _Bad(f"must be positive, got {v}")
+        raise _Bad(f"expected 'auto' or a {example}, got {_show(v)}") from None
+    if x < 0 or (positive and x == 0):
+        raise _Bad(f"must be {'positive' if positive else '>= 0'}, got {v}")
     return x
+
+
+def _reg_covar(v: Any, base: str = "") -> str | float:
+    return _auto_or_number(v, positive=False, example="number >= 0")
+
+
+def _scale(v: Any, base: str = "") -> str | float:
+    return _auto_or_number(v, positive=True, example="positive number such as 1/255")
 
 
 def _choice(*options: str, optional: bool = False) -> Callable[[Any, str], str | None]:

@@ -277,7 +277,7 @@ def plot_means_and_samples(
     means = model.transform.inverse(model.class_means)  # a mixture's: sum_m w_m mu_m; logit: sigmoid
     means_style, sample_style = _style(model, means), _style(model, picked)
     (pw, ph), K = means_style.panel, model.n_classes
-    labels = [_label(c) for c in model.classes.tolist()]
+    labels = [_label(c) for c in model.class_names]
     label_width = _row_label_width(labels)
     fig = _figure(2 * pw + label_width, K * ph + TITLE)
     axes = _panels(fig, K, 2, (pw, ph), left=label_width, top=TITLE, title=0.0)
@@ -316,8 +316,9 @@ def plot_sample_grid(
     pw, ph = style.panel
     fig = _figure(cols * pw, rows * (ph + TITLE))
     axes = _panels(fig, rows, cols, (pw, ph), left=0.0, top=0.0, title=TITLE).ravel()
+    names = {str(c): name for c, name in zip(model.classes.tolist(), model.class_names)}
     for ax, x, c in zip(axes, X, y.tolist()):
-        _show(ax, x, style, _label(c))
+        _show(ax, x, style, _label(names.get(str(c), c)))
     for ax in axes[len(X) :]:
         ax.set_axis_off()
     return _save(fig, path)
@@ -340,7 +341,7 @@ def plot_spectrum(model: ClassModel, path: str) -> str:
     ``SPECTRUM_SIZE`` inches. Returns ``path``.
     """
     K = model.n_classes
-    labels = [_label(c) for c in model.classes.tolist()]
+    labels = [_label(c) for c in model.class_names]
     cmap = colormaps["tab10" if K <= 10 else "tab20" if K <= 20 else "viridis"]
     colors = [cmap(k) if K <= 20 else cmap(k / max(K - 1, 1)) for k in range(K)]
     fig = _figure(*SPECTRUM_SIZE, layout="constrained")
@@ -393,7 +394,7 @@ def plot_component_means(model: ClassModel, path: str) -> str:
     means = model.transform.inverse(means)  # logit means: through the sigmoid, in [0, 1]
     style = _style(model, means)
     (pw, ph), K, M = style.panel, model.n_classes, weights.shape[1]
-    labels = [_label(c) for c in model.classes.tolist()]
+    labels = [_label(c) for c in model.class_names]
     label_width = _row_label_width(labels)
     fig = _figure(M * pw + label_width, K * (ph + TITLE))
     axes = _panels(fig, K, M, (pw, ph), left=label_width, top=0.0, title=TITLE)

@@ -133,7 +133,7 @@ def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
 def _fit_options(job: Job) -> dict[str, Any]:
     from dask.utils import parse_bytes
 
-    from .kernels.transform import default_reg_covar, make_transform
+    from .kernels.transform import make_transform
 
     if job.fit["logit_lambda"] is not None and job.fit["transform"] != "logit":
         raise InputError(f"{job.origin}: fit.logit_lambda applies to fit.transform: logit")
@@ -146,8 +146,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "scale": job.scale,
         "fmt": job.format,
         "covariance": job.fit["covariance"],
-        "reg_covar": float(job.fit["reg_covar"]) if job.fit["reg_covar"] is not None
-        else default_reg_covar(transform, mixture=False),
+        "reg_covar": None if job.fit["reg_covar"] in (None, "auto") else float(job.fit["reg_covar"]),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
@@ -162,6 +161,7 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
     time, or a Zarr group's layout) and the options that change the model. The tree's
     fan-in and the block size do not: they change how, not what, is computed.
     """
+    from .fitting import default_reg_covar
     from .io.readers import open_inputs
 
     dataset = open_inputs(
@@ -173,7 +173,9 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
         if incremental and all(_canonical(f) in known for f in model.inputs):
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
-    want = {"covariance": options["covariance"], "reg_covar": options["reg_covar"], "shrinkage": options["shrinkage"],
+    reg_covar = (options["reg_covar"] if options["reg_covar"] is not None
+                 else default_reg_covar(dataset, transform=options["transform"]))
+    want = {"covariance": options["covariance"], "reg_covar": reg_covar, "shrinkage": options["shrinkage"],
             "transform": str(options["transform"])}
     have = {
         "covariance": model.covariance_type,

@@ -55,9 +55,9 @@ def test_csv_parquet_and_zarr_give_the_same_model(tmp_path, sync_scheduler):
     df.iloc[450:].to_parquet(tmp_path / "p2.parquet", row_group_size=100)
     write_zarr_dataset(str(tmp_path / "d.zarr"), images, labels, chunk_rows=128)
     models = [
-        daskgen.fit(str(tmp_path / "d.csv"), blocksize=5000),
-        daskgen.fit(str(tmp_path / "*.parquet")),
-        daskgen.fit(str(tmp_path / "d.zarr")),
+        daskgen.fit(str(tmp_path / "d.csv"), blocksize=5000, reg_covar=0),
+        daskgen.fit(str(tmp_path / "*.parquet"), reg_covar=0),
+        daskgen.fit(str(tmp_path / "d.zarr"), reg_covar=0),
     ]
     for m in models:
         assert m.scale == pytest.approx(1 / 255) and m.image_shape == (4, 4)
@@ -96,7 +96,7 @@ def test_zarr_through_fsspec_memory_url(sync_scheduler):
     images = rng.integers(0, 256, size=(300, 5, 5), dtype=np.uint8)
     labels = rng.integers(0, 4, size=300)
     write_zarr_dataset("memory://fit-test/d.zarr", images, labels, chunk_rows=50)
-    m = daskgen.fit("memory://fit-test/d.zarr", blocksize=50 * 25 * 8)
+    m = daskgen.fit("memory://fit-test/d.zarr", blocksize=50 * 25 * 8, reg_covar=0)
     assert_model_matches(m, images.reshape(300, -1) / 255, labels)
 
 
@@ -134,7 +134,7 @@ def test_against_scikit_learn_qda_on_digits(digits, sync_scheduler, tmp_path):
 
     X, y = digits
     write_zarr_dataset(str(tmp_path / "digits.zarr"), X.reshape(-1, 8, 8).astype(np.uint8), y, chunk_rows=200)
-    m = daskgen.fit(str(tmp_path / "digits.zarr"), scale=1.0)
+    m = daskgen.fit(str(tmp_path / "digits.zarr"), scale=1.0, reg_covar=0)
     # The digits have pixels that are always 0, so every class covariance is singular and
     # scikit-learn insists on a regularization: 1e-13 changes its covariances by < 1e-11.
     qda = QuadraticDiscriminantAnalysis(store_covariance=True, reg_param=1e-13, tol=1e-20).fit(X, y)
@@ -148,7 +148,7 @@ def test_against_scikit_learn_qda_on_digits(digits, sync_scheduler, tmp_path):
 def test_fashion_mnist_on_a_two_process_cluster(fashion, fashion_zarr, client):
     images, labels = fashion
     X = images.reshape(len(images), -1) / 255.0
-    model = daskgen.fit(fashion_zarr)
+    model = daskgen.fit(fashion_zarr, reg_covar=0)
     assert model.image_shape == (28, 28) and model.scale == pytest.approx(1 / 255)
     for k in (0, 9):
         Xk = X[labels == k]
@@ -161,15 +161,15 @@ def test_fashion_mnist_on_a_two_process_cluster(fashion, fashion_zarr, client):
 def test_cluster_and_synchronous_results_agree(fashion, fashion_csv, client):
     import dask
 
-    on_cluster = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=3)  # merged as blocks finish
+    on_cluster = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=3, reg_covar=0)  # merged as blocks finish
     with dask.config.set(scheduler="synchronous"):
-        local = daskgen.fit(fashion_csv, blocksize=16 * 2**20)  # a fixed tree of other blocks
+        local = daskgen.fit(fashion_csv, blocksize=16 * 2**20, reg_covar=0)  # a fixed tree of other blocks
     # 8-bit pixels are summed exactly: any blocks, any merge order, the same bits
     np.testing.assert_array_equal(on_cluster.covariances, local.covariances)
     np.testing.assert_array_equal(on_cluster.means, local.means)
     np.testing.assert_array_equal(on_cluster.counts, local.counts)
     # at once again in the same session (same blocks, other groupings): never a stale combine
-    again = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=2)
+    again = daskgen.fit(fashion_csv, blocksize=4 * 2**20, split_every=2, reg_covar=0)
     np.testing.assert_array_equal(again.covariances, on_cluster.covariances)
     images, labels = fashion
     assert_model_matches(on_cluster, images[:12000].reshape(12000, -1) / 255, labels[:12000], rtol=1e-12)
@@ -205,3 +205,47 @@ def test_local_csv_blocks_are_exactly_fsspecs(tmp_path_factory, lines, final_new
             assert local[-1] == read_block(f, block.start, block.stop - block.start, delimiter=b"\n")
     assert local == remote
     assert b"".join(local) == text
+
+
+def test_default_reg_covar_is_the_dequantization_variance(tmp_path, sync_scheduler):
+    # Integer pixels stand for bins one pixel unit wide: the default reg_covar is the
+    # variance of uniform noise on such a bin, scale**2 / 12 (model units squared).
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(200, 3, 3), dtype=np.uint8)
+    images[:, 0, 0] = 0  # a pixel that is always 0: singular without regularisation
+    labels = rng.integers(0, 2, size=200)
+    write_zarr_dataset(str(tmp_path / "d.zarr"), images, labels, chunk_rows=64)
+    default = daskgen.fit(str(tmp_path / "d.zarr"))
+    plain = daskgen.fit(str(tmp_path / "d.zarr"), reg_covar=0)
+    eps = (1 / 255) ** 2 / 12
+    assert default.config["reg_covar"] == pytest.approx(eps, rel=1e-15)
+    np.testing.assert_allclose(default.covariances - plain.covariances, np.broadcast_to(eps * np.eye(9), (2, 9, 9)), rtol=0, atol=1e-16)
+    assert plain.covariances[:, 0, 0].max() == 0  # explicit 0 stays possible
+    # float data: no default regularisation
+    write_csv(tmp_path / "f.csv", rng.normal(size=(50, 4)), rng.integers(0, 2, size=50))
+    assert daskgen.fit(str(tmp_path / "f.csv")).config["reg_covar"] == 0.0
+
+
+def test_the_exact_8bit_path_does_not_depend_on_how_the_scale_is_given(tmp_path, sync_scheduler):
+    # The same 8-bit pixels as a CSV (scale auto), a Zarr dataset that records its scale
+    # (as `daskgen data` writes) and a Zarr dataset fitted with an explicit scale: the
+    # same exact integer sums, so the same bits.
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(700, 4, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=700)
+    write_csv(tmp_path / "d.csv", images.reshape(700, -1).astype(int), labels)
+    write_zarr_dataset(str(tmp_path / "d.zarr"), images, labels, chunk_rows=100, attrs={"daskgen": {"scale": 1 / 255}})
+    csv = daskgen.fit(str(tmp_path / "d.csv"), blocksize=3000)
+    recorded = daskgen.fit(str(tmp_path / "d.zarr"))
+    explicit = daskgen.fit(str(tmp_path / "d.zarr"), scale=1 / 255)
+    csv_explicit = daskgen.fit(str(tmp_path / "d.csv"), blocksize=3000, scale="1/255")
+    for m in (recorded, explicit, csv_explicit):
+        np.testing.assert_array_equal(m.covariances, csv.covariances)
+        np.testing.assert_array_equal(m.means, csv.means)
+        assert m.config["integer_pixels"]
+    # integers wider than 8 bits with an explicit scale: the general path, still exact to rounding
+    wide = images.reshape(700, -1).astype(int) * 16
+    write_csv(tmp_path / "w.csv", wide, labels)
+    m = daskgen.fit(str(tmp_path / "w.csv"), blocksize=3000, scale=1 / 4080, reg_covar=0)
+    assert not m.config["integer_pixels"]
+    np.testing.assert_allclose(m.covariances, csv.covariances - csv.config["reg_covar"] * np.eye(16), rtol=1e-9, atol=1e-15)

@@ -208,7 +208,8 @@ def _from_dask_dataframe(frame, label, scale, image_shape) -> Dataset:
 
 
 def _dataset(blocks, parts, names, dtype, scale, image_shape, found_shape, fmt, label) -> Dataset:
-    scale, integer_pixels = resolve_scale(scale, np.dtype(dtype).kind in "iub")
+    integer = np.dtype(dtype).kind in "iub"
+    scale, integer_pixels = resolve_scale(scale, integer)
     return Dataset(
         blocks=blocks,
         feature_names=list(names),
@@ -218,4 +219,5 @@ def _dataset(blocks, parts, names, dtype, scale, image_shape, found_shape, fmt, 
         integer_pixels=integer_pixels,
         fmt=fmt,
         parts=parts,
+        integer_values=integer,
     )

@@ -20,6 +20,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 import fsspec
@@ -55,11 +56,16 @@ class Dataset:
     label_column: str
     image_shape: tuple[int, ...] | None
     scale: float
+    #: blocks are read as 8-bit pixels (uint8, every value checked to lie in 0..255)
     integer_pixels: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "csv"
     blocksize: int = DEFAULT_BLOCKSIZE
+    #: the stored values are integers (pixel counts: dequantization applies)
+    integer_values: bool = False
+    #: display names of the classes, by label as text (a Zarr dataset's ``class_names``)
+    class_names: dict[str, str] | None = None
     #: Array inputs only: per block, a Delayed ``(X, y)`` (numpy once computed) that
     #: ``read_block`` receives as ``rows``; None for files (each block reads itself).
     parts: list | None = None
@@ -85,12 +91,20 @@ class Dataset:
             old = seen.get(f["path"])
             if old is None:
                 keep.append(f)
-            elif all(old.get(k) == f.get(k) for k in ("size", "mtime", "etag")):
+            elif all(old.get(k) == f.get(k) for k in ("size", "mtime", "etag")) or (
+                old.get("size") == f.get("size") and old.get("etag") and old.get("etag") == f.get("etag")
+            ):  # unchanged; or touched, with the same size and content hash (an object's etag)
                 skip.add(f["path"])
             else:
+                if old.get("size") != f.get("size"):
+                    what = f"size {old.get('size')} -> {f.get('size')}"
+                elif old.get("etag") != f.get("etag"):
+                    what = "its content hash changed"
+                else:  # only the size and the modification time are recorded for local files
+                    what = "modified time changed; same size"
                 raise InputError(
-                    f"{f['path']} changed since it was folded into the model "
-                    f"(size {old.get('size')} -> {f.get('size')}); fit all the data again without --update"
+                    f"{f['path']} changed since it was folded into the model ({what}); "
+                    "fit all the data again without --update"
                 )
         return replace(self, files=keep, blocks=[b for b in self.blocks if b.url not in skip])
 
@@ -217,13 +231,13 @@ def resolve_scale(scale: str | float | None, integer: bool, stored: float | None
 
 
 def parse_scale(scale: str | float | None) -> float | None:
-    """``'auto'``/None -> None (decide from the data), else a positive float."""
+    """``'auto'``/None -> None (decide from the data), else a positive float (``"1/255"`` allowed)."""
     if scale is None or str(scale).lower() == "auto":
         return None
     try:
-        value = float(scale)
-    except ValueError:
-        raise InputError(f"scale must be 'auto' or a number, got {scale!r}") from None
+        value = float(Fraction(str(scale).strip())) if isinstance(scale, str) else float(scale)
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"scale must be 'auto', a number or a fraction such as 1/255, got {scale!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise InputError(f"scale must be a positive number, got {scale!r}")
     return value
@@ -392,7 +406,7 @@ def _read_csv_block(block: Block, storage_options: dict | None, pixels: bool) ->
             convert_options=pacsv.ConvertOptions(column_types=types, **convert),
         )
     except pa.ArrowInvalid as exc:
-        raise InputError(_explain_csv_error(_where(block), header, exc, label_column)) from None
+        raise _pixel_error(_explain_csv_error(_where(block), header, exc, label_column)) from None
     return _table_to_xy(table, header, label_column, _where(block), pixels)
 
 
@@ -423,6 +437,15 @@ def _reject_hex(raw, lo: int, hi: int, block: Block, header: list[str], label_co
                     what = "label" if column == label_column else "feature"
                     raise InputError(f"{_where(block)}: column {column!r}: non-numeric {what} value {token!r} (hexadecimal)")
             at = raw.find(marker, at + 2, hi)
+
+
+class NotEightBitError(InputError):
+    """Data read as 8-bit pixels holds a value that is not one (outside 0..255, or not an integer)."""
+
+
+def _pixel_error(message: str) -> InputError:
+    """The error for a CSV conversion message: NotEightBitError when it says the value is no 8-bit pixel."""
+    return NotEightBitError(message) if message.endswith("pass --scale") else InputError(message)
 
 
 def _outside_pixel_range(where: str, feature: str, value) -> str:
@@ -498,7 +521,7 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
             raise InputError(f"{where}: feature {c!r} has a missing, NaN or infinite value")
         if pixels:
             if not pat.is_integer(col.type):
-                raise InputError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
+                raise NotEightBitError(f"{where}: feature {c!r} has non-integer values in 8-bit pixel data; pass --scale")
             if pat.is_uint8(col.type):
                 Xt[j] = _column_values(col)
                 continue
@@ -506,7 +529,7 @@ def _table_to_xy(table, header: list[str], label_column: str, where: str, pixels
 
             lo, hi = (v.as_py() for v in pc.min_max(col).values())
             if lo is not None and (lo < 0 or hi > 255):
-                raise InputError(_outside_pixel_range(where, repr(c), lo if lo < 0 else hi))
+                raise NotEightBitError(_outside_pixel_range(where, repr(c), lo if lo < 0 else hi))
         Xt[j] = _column_values(col)
     return Xt.T, y
 
@@ -594,18 +617,24 @@ def _read_parquet_block(block: Block, storage_options: dict | None, pixels: bool
 
 # ---------------------------------------------------------------------------- Zarr
 def open_zarr_group(url: str, storage_options: dict | None = None, mode: str = "r"):
-    """Open a Zarr v3 group from a local path or an fsspec URL."""
+    """Open a Zarr v3 group from a local path or an fsspec URL.
+
+    Always from the group's own metadata, never the consolidated copy (written for
+    other readers when a store is complete): that copy would hide an array removed
+    or rewritten since.
+    """
     import zarr
 
     fs, path = _fs(url, storage_options)
     if _is_local(fs):
-        return zarr.open_group(path, mode=mode)
-    return zarr.open_group(url, mode=mode, storage_options=storage_options or {})
+        return zarr.open_group(path, mode=mode, use_consolidated=False)
+    return zarr.open_group(url, mode=mode, storage_options=storage_options or {}, use_consolidated=False)
 
 
 def _open_zarr(entries, label_column, blocksize, storage_options):
     blocks, files = [], []
     features, image_shape, integer, stored_scale = None, None, True, None
+    eight_bit, class_names = True, None
     for _, fs, path in entries:
         url = _unstrip(fs, path)
         try:
@@ -638,6 +667,10 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
             raise InputError(f"{url}: images have {D} features, earlier inputs {len(features)}")
         if images.dtype.kind not in "iub":
             integer = False
+        if images.dtype != np.uint8:
+            eight_bit = False
+        if meta.get("class_names") and class_names is None:
+            class_names = {str(k): str(v) for k, v in dict(meta["class_names"]).items()}
         if meta.get("scale") and stored_scale is None:
             stored_scale = float(meta["scale"])  # e.g. 1/16 for the digits' 0..16 pixels
         if images.dtype.kind not in "iufb":
@@ -650,7 +683,7 @@ def _open_zarr(entries, label_column, blocksize, storage_options):
         for a in range(0, N, step):
             blocks.append(Block("zarr", url, a, min(a + step, N), options=(label_name,)))
         files.append({"path": url, "size": int(N), "mtime": "", "etag": _zarr_token(group)})
-    return blocks, files, features, integer, image_shape, stored_scale
+    return blocks, files, features, integer, image_shape, stored_scale, integer and eight_bit, class_names
 
 
 def _zarr_token(group) -> str:
@@ -680,7 +713,7 @@ def _checked_rows(block: Block, X: np.ndarray, y: np.ndarray, pixels: bool) -> t
         lo, hi = X.min(), X.max()
         if lo < 0 or hi > 255:
             col = int(np.argmin(X.min(axis=0)) if lo < 0 else np.argmax(X.max(axis=0)))
-            raise InputError(_outside_pixel_range(_where(block), _feature(block, col), lo if lo < 0 else hi))
+            raise NotEightBitError(_outside_pixel_range(_where(block), _feature(block, col), lo if lo < 0 else hi))
         X = X.astype(np.uint8)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise InputError(f"{_where(block)}: 'labels' has NaN or infinite values")
@@ -704,8 +737,13 @@ def open_inputs(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     storage_options: dict | None = None,
+    pixels_8bit: bool = False,
 ) -> Dataset:
-    """Look at the inputs and plan the blocks to read. Reads only headers and metadata."""
+    """Look at the inputs and plan the blocks to read. Reads only headers and metadata.
+
+    ``pixels_8bit``: integer values must be 8-bit pixels (0..255) whatever the scale
+    (e.g. held-out data of a model fitted on 8-bit pixels).
+    """
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     blocksize = int(blocksize or DEFAULT_BLOCKSIZE)
@@ -716,13 +754,13 @@ def open_inputs(
     if len(kinds) > 1:
         raise InputError(f"inputs mix formats ({', '.join(sorted(kinds))}); fit one format at a time")
     (kind,) = kinds
-    inferred_shape, stored_scale = None, None
+    inferred_shape, stored_scale, eight_bit, class_names = None, None, False, None
     if kind == "csv":
         blocks, files, features, integer = _open_csv(entries, label_column, blocksize, storage_options)
     elif kind == "parquet":
         blocks, files, features, integer = _open_parquet(entries, label_column, blocksize, storage_options)
     else:
-        blocks, files, features, integer, inferred_shape, stored_scale = _open_zarr(
+        blocks, files, features, integer, inferred_shape, stored_scale, eight_bit, class_names = _open_zarr(
             entries, label_column, blocksize, storage_options
         )
     if not features:
@@ -734,11 +772,16 @@ def open_inputs(
         label_column=label_column,
         image_shape=resolve_image_shape(len(features), image_shape, inferred_shape),
         scale=scale,
-        integer_pixels=integer_pixels,
+        # The exact 8-bit path depends on what is stored, not on how the scale was
+        # given: uint8 images always take it; other integers when the scale is auto
+        # (8-bit pixels are then assumed, and every value is checked).
+        integer_pixels=integer_pixels or eight_bit or (integer and pixels_8bit),
         files=files,
         storage_options=dict(storage_options or {}),
         fmt=kind,
         blocksize=blocksize,
+        integer_values=bool(integer),
+        class_names=class_names,
     )
 
 

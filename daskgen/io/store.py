@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,46 @@ MODEL_FORMAT = 1
 def output_exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = _fs(url, storage_options)
     return fs.exists(path)
+
+
+def check_writable(url: str, storage_options: dict | None = None) -> None:
+    """Refuse, before any work, a local output whose folder cannot be created or written.
+
+    Probes the nearest existing folder on the way to ``url`` by creating (and removing)
+    a temporary file there: permission bits, read-only mounts and a path component
+    that is a file all fail here, with one line, instead of after the work is done.
+    Object-store URLs are not probed (their credentials are checked by the write).
+    """
+    import tempfile
+
+    from ..errors import OutputError
+
+    fs, path = _fs(url, storage_options)
+    if not _is_local(fs):
+        return
+    path = os.path.abspath(path)
+    where = os.path.dirname(path)
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        raise OutputError(f"cannot write {url}: {where} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where, prefix=".daskgen-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {url}: {where}: {exc.strerror or first_line(exc)}") from None
+
+
+def consolidate(group: Any) -> None:
+    """Consolidate the metadata of a finished Zarr group (its last write): xarray and
+    zarr then open it with one read, and without warning that it is not consolidated."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(group.store, path=group.path or None)
 
 
 def label_array(values: np.ndarray) -> np.ndarray:
@@ -96,6 +137,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
     group.attrs["daskgen"] = meta
     meta["complete"] = True  # written last: a store without it is refused
     group.attrs["daskgen"] = meta
+    consolidate(group)
 
 
 def _jsonable(x: float) -> float | None:

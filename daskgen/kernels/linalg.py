@@ -86,6 +86,20 @@ def triangular_factor(factor: ClassFactor, n_features: int, panels: int = PANELS
     return T, spans
 
 
+def cholesky_factor(cov: np.ndarray, panels: int = PANELS):
+    """``(T, spans)`` as :func:`triangular_factor` gives, from a Cholesky factorization
+    of a positive definite full covariance (D, D): ``T = L.T`` is upper triangular
+    with ``T.T @ T == cov``, no eigendecomposition or QR needed (~30x cheaper at
+    D = 784). None when ``cov`` is not positive definite."""
+    try:
+        L = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return None
+    D = cov.shape[0]
+    edges = np.unique(np.linspace(0, D, panels + 1).round().astype(int))
+    return np.ascontiguousarray(L.T), [(int(lo), int(hi), int(hi)) for lo, hi in itertools.pairwise(edges)]
+
+
 def precision_cholesky(cov: np.ndarray) -> tuple[np.ndarray, float]:
     """(P, log det P) with P upper triangular, P P^T = inv(cov); raises LinAlgError if not PD."""
     if cov.ndim == 1:

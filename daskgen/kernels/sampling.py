@@ -20,7 +20,8 @@ class Sampler:
     """Everything needed to draw samples of Gaussians, prepared once per run.
 
     ``priors`` (G,) are the probabilities of the Gaussians, ``means`` (G, D) their
-    means, ``factors`` their PSD roots (:func:`~daskgen.kernels.linalg.factor_covariance`).
+    means, ``factors`` their PSD roots (:func:`~daskgen.kernels.linalg.factor_covariance`)
+    or ready triangular factors ``(T, spans)`` (:func:`~daskgen.kernels.linalg.cholesky_factor`).
     Holds, per Gaussian, the mean and a triangular square root of the covariance (see
     :func:`~daskgen.kernels.linalg.triangular_factor`) in the working precision (float32 when the output is
     float32: single-precision BLAS runs at twice the speed; float64 otherwise), so
@@ -29,7 +30,7 @@ class Sampler:
     to each worker once.
     """
 
-    def __init__(self, priors: np.ndarray, means: np.ndarray, factors: Sequence[ClassFactor],
+    def __init__(self, priors: np.ndarray, means: np.ndarray, factors: Sequence[ClassFactor | tuple],
                  dtype: Any = np.float64):
         self.work = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
         self.priors = np.asarray(priors, dtype=np.float64)
@@ -40,7 +41,7 @@ class Sampler:
         self.factors_t: list[np.ndarray] = []
         self.spans: list[list[tuple[int, int, int]]] = []
         for f in factors:
-            T, spans = triangular_factor(f, self.n_features)
+            T, spans = f if isinstance(f, tuple) else triangular_factor(f, self.n_features)
             self.factors_t.append(np.ascontiguousarray(T, dtype=self.work))
             self.spans.append(spans)
 

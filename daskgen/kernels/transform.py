@@ -210,11 +210,3 @@ def make_transform(name: str | Transform | None = "none", lam: float | None = No
     except (TypeError, ValueError):
         raise ValueError(f"logit lambda must be a number, got {lam!r}") from None
     return Transform(str(name or "none"), lam)
-
-
-def default_reg_covar(transform: Transform, mixture: bool) -> float:
-    """``reg_covar`` when none is given: :data:`LOGIT_REG_COVAR` in logit space; otherwise
-    0 for one Gaussian per class and 1e-6 for a mixture (which needs it > 0)."""
-    if not transform.identity:
-        return LOGIT_REG_COVAR
-    return 1e-6 if mixture else 0.0

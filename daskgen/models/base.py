@@ -269,6 +269,7 @@ class ClassModel(ABC):
             "kind": self.kind,
             "fingerprint": self.fingerprint,
             "classes": [plain_label(c) for c in self.classes.tolist()],
+            "class_names": self.class_names,
             "components": int(self.n_components),
             "covariance": self.covariance_type,
             "reg_covar": self.config.get("reg_covar"),
@@ -281,6 +282,14 @@ class ClassModel(ABC):
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """What to show for each class: the dataset's name for it (Fashion-MNIST's
+        "Trouser", say, stored by ``daskgen data``), else the label as text. Display
+        metadata only: ``classes`` holds the labels as stored."""
+        names = self.config.get("class_names") or {}
+        return [str(names.get(str(c), c)) for c in self.classes.tolist()]
 
     def class_index(self, label: Any) -> int:
         """Position of ``label`` in ``classes``; accepts the label or its string form."""
@@ -321,10 +330,37 @@ class ClassModel(ABC):
         for a logit model, drawn in logit space and mapped back), y of shape (n,) labels.
         For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
         """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer number of samples, got {n!r}")
         rng = np.random.default_rng(seed)
-        sampler = self.sampler(dtype)
+        sampler = self.cached_sampler(dtype)
         idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
         return self.transform.inverse(sampler.draw(idx, rng)).astype(dtype, copy=False), self.classes[idx]
+
+    def cached_sampler(self, dtype: Any = np.float64) -> ModelSampler:
+        """:meth:`sampler`, built once per model and working dtype and kept: every
+        in-memory draw (a figure's, say) reuses the factors."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        key = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64).str
+        if key not in cache:
+            cache[key] = self.sampler(dtype)
+        return cache[key]
+
+    def __repr__(self) -> str:
+        """One line, as scikit-learn's estimators: the shape and the options, not the arrays."""
+        parts = [f"classes={self.n_classes}"]
+        if self.n_components > 1:
+            parts.append(f"components={self.n_components}")
+        parts.append(f"features={self.n_features}")
+        if self.image_shape:
+            parts.append(f"image_shape={tuple(self.image_shape)}")
+        parts.append(f"covariance={self.covariance_type!r}")
+        if self.config.get("reg_covar") is not None:
+            parts.append(f"reg_covar={self.config['reg_covar']:.3g}")
+        parts.append(f"scale={self.scale:.6g}")
+        if not self.transform.identity:
+            parts.append(f"transform='{self.transform.name}', logit_lambda={self.transform.lam:g}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
         """Write the model store (a Zarr v3 group) atomically: :func:`daskgen.io.store.write_model`."""

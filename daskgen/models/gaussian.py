@@ -142,7 +142,7 @@ class GaussianScorer:
 
 
 @register
-@dataclass
+@dataclass(repr=False)
 class GaussianClassModel(ClassModel):
     """A prior over classes and one Gaussian per class.
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..kernels.estep import Components
-from ..kernels.linalg import ClassFactor, factor_covariance, logsumexp_rows
+from ..kernels.linalg import ClassFactor, cholesky_factor, factor_covariance, logsumexp_rows
 from ..kernels.sampling import Sampler
 from ..kernels.weighted import WeightedStats
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
@@ -31,7 +31,7 @@ class MixtureSampler(Sampler):
     """:class:`~daskgen.kernels.sampling.Sampler` of a mixture: a class, then one of its components, then a draw.
 
     The components are the Sampler's Gaussians (flat index ``k * M + m``, prior
-    ``p(y) w[y, m]``, PSD roots from :func:`~daskgen.kernels.linalg.factor_covariance`).
+    ``p(y) w[y, m]``, factors from :meth:`GaussianMixtureClassModel.sampling_factors`).
     ``draw_classes`` returns class indices, as for a single Gaussian per class, so
     ``daskgen.generate`` labels rows the same way; ``draw`` picks each row's component
     from its class's weights.
@@ -40,7 +40,7 @@ class MixtureSampler(Sampler):
     def __init__(self, model: GaussianMixtureClassModel, dtype: Any = np.float64):
         K, M, D = model.means.shape
         super().__init__((model.priors[:, None] * model.weights).ravel(), model.means.reshape(K * M, D),
-                         model.component_factors, dtype)
+                         model.sampling_factors(), dtype)
         self.class_priors = np.asarray(model.priors, dtype=np.float64)
         w = np.asarray(model.weights, dtype=np.float64)
         self.component_weights = w / w.sum(axis=1, keepdims=True)
@@ -80,7 +80,7 @@ class MixtureScorer:
 
 
 @register
-@dataclass
+@dataclass(repr=False)
 class GaussianMixtureClassModel(ClassModel):
     """A prior over classes and a mixture of Gaussians per class.
 
@@ -171,11 +171,18 @@ class GaussianMixtureClassModel(ClassModel):
         """PSD roots of the class covariances (:attr:`class_covariances`), e.g. for spectra."""
         return [factor_covariance(c) for c in self.class_covariances]
 
-    @cached_property
-    def component_factors(self) -> list[ClassFactor]:
-        """PSD roots of every component's covariance, flat index ``k * M + m`` (for sampling)."""
+    def sampling_factors(self) -> list:
+        """Every component's factor for the sampler, flat index ``k * M + m``: the Cholesky
+        factor where its covariance is positive definite (always, with ``reg_covar`` > 0;
+        ~30x cheaper than an eigendecomposition and QR), else its PSD root."""
         K, M = self.weights.shape
-        return [factor_covariance(self.covariances[k, m]) for k in range(K) for m in range(M)]
+        out = []
+        for k in range(K):
+            for m in range(M):
+                cov = self.covariances[k, m]
+                ready = cholesky_factor(cov) if cov.ndim == 2 else None
+                out.append(ready if ready is not None else factor_covariance(cov))
+        return out
 
     @cached_property
     def components(self) -> Components:
