@@ -74,7 +74,7 @@ def _store(key: str) -> str:
 
 
 def sweep(family: str, only: int | None) -> None:
-    from daskgen.cluster import connect
+    from daskgen.distributed.cluster import connect
     from daskgen.evaluate import evaluate
 
     paths = prepare(None, 10_000)
@@ -122,7 +122,7 @@ def run_ndb(samples: str, reference: str, train: str, out: Path) -> dict:
 
 def test(with_ndb: bool, families: list[str]) -> None:
     import daskgen
-    from daskgen.cluster import connect
+    from daskgen.distributed.cluster import connect
     from daskgen.evaluate import evaluate, write_outputs
     from daskgen.io.store import read_model
     from daskgen.plot import plot_sample_grid

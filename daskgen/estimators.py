@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from .distributed.reduction import DEFAULT_SPLIT_EVERY
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
 from .kernels.transform import make_transform, pixel_levels, to_unit
-from .reduce import DEFAULT_SPLIT_EVERY
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
 
@@ -420,7 +420,7 @@ class GaussianMixtureClassifier(_Estimator):
             raise InputError(f"random_state must be an int or None, got {self.random_state!r}")
 
     def _fit_model(self, dataset):
-        from .em import fit_mixture
+        from .distributed.em import fit_mixture
 
         seed = self.random_state
         if seed is None:

@@ -1,8 +1,9 @@
 """``daskgen evaluate``: held-out log-likelihood and the Bayes classifier, computed distributed.
 
-Per block, a task scores the rows under the model and returns sums and a
-confusion matrix (:class:`EvalStats`); a tree of combine tasks adds them up
-(:func:`daskgen.reduce.tree_reduce`). Works for every model kind through its
+Per block, a task reads the rows, scores them under the model and returns sums and a
+confusion matrix (:class:`EvalStats`); a fixed tree of combine tasks adds them up
+(:data:`EVALUATE`, a :class:`~daskgen.distributed.reduction.Reduction`). The scorer
+travels inside the graph (one key), so evaluate survives losing every worker. Works for every model kind through its
 :meth:`~daskgen.models.base.ClassModel.scorer` (what a task needs to score rows) and
 its :meth:`~daskgen.models.base.ClassModel.summary`.
 
@@ -52,14 +53,13 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 
 from ._blas import one_blas_thread
+from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 from .errors import InputError
-from .io.readers import Dataset, read_block
+from .io.readers import Dataset
 from .kernels.linalg import logsumexp_rows
 from .kernels.transform import EVALUATE_STREAM, NONE, Transform, dequantization_noise, pixel_levels, to_unit
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 DEQUANTIZE = ("auto", "yes", "no")
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
@@ -143,14 +143,14 @@ def score_points(X: np.ndarray, dequantized: bool, transform: Transform, scale: 
     return noisy, to_unit(X + 0.5, False, 1 / levels), -D * math.log(levels)
 
 
-def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: int,
-                   transform: Transform = NONE) -> EvalStats:
-    """Scores of one block: sums of log-likelihoods and the confusion matrix.
+def evaluate_block(X: np.ndarray, y: np.ndarray, index: int, scorer, scale: float, dequantize: str,
+                   seed: int, transform: Transform = NONE) -> EvalStats:
+    """Scores of block ``index``, rows ``X`` (n, D) in pixel units and labels ``y`` (n,):
+    sums of log-likelihoods (nats, the model's data units) and the confusion matrix.
 
     ``scorer`` scores rows in the model's data units (:meth:`ClassModel.data_scorer`);
-    ``index`` is the block's position (for error messages; the noise does not depend on it).
+    the noise does not depend on ``index`` (it names the block in errors).
     """
-    X, y = xy
     K = len(scorer.classes)
     out = EvalStats(K)
     if len(y) == 0:
@@ -188,6 +188,10 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
     out.labelled = int((codes >= 0).sum())
     out.dequantized = len(y) if deq else 0
     return out
+
+
+#: Scores per block (the block's index seeds its dequantization noise), float sums: a fixed tree.
+EVALUATE = Reduction("evaluate", evaluate_block, merge_eval, indexed=True)
 
 
 def open_for_model(
@@ -233,26 +237,16 @@ def evaluate(
     The inputs are read with the model's scale and must have its features. See the
     module docstring for the conventions.
     """
-    from .cluster import active_client, compute
-
     if dequantize not in DEQUANTIZE:
         raise InputError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, not {dequantize!r}")
     if split_every is None or int(split_every) < 2:
         raise InputError(f"split_every must be at least 2, got {split_every}")
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
-    scorer = model.data_scorer()
-    client = active_client()
-    shared = client.scatter(scorer, broadcast=True, hash=False) if client is not None else scorer
     token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)
-    parts = []
-    for i, block in enumerate(dataset.blocks):
-        xy = delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                            dask_key_name=f"read-{token}-{i}")
-        parts.append(delayed(evaluate_block, pure=True)(xy, shared, float(model.scale), dequantize, int(seed), i,
-                                                        model.transform, dask_key_name=f"evaluate-{token}-{i}"))
-    stats = compute(tree_reduce(parts, int(split_every), f"evaluate-{token}", combine=merge_eval),
-                    stage="evaluate", progress=progress)
+    stats = reduce_blocks(EVALUATE, dataset, (model.data_scorer(), float(model.scale), dequantize, int(seed),
+                                              model.transform),
+                          split_every=int(split_every), token=token, progress=progress)
     return report(model, dataset, stats, dequantize=dequantize, seed=seed)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError
 from .io.readers import Dataset, NotEightBitError, open_inputs
 from .kernels.class_stats import ClassStats, merge
@@ -12,7 +13,6 @@ from .kernels.transform import LOGIT_REG_COVAR, NONE, Transform, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
-from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 
 
 def fit(

@@ -44,7 +44,7 @@ def run_job(
     ``OUT/run-report.json`` — with ``status: failed`` and the error when a stage
     fails (the error is raised again).
     """
-    from .cluster import connect
+    from .distributed.cluster import connect
 
     say = log or (lambda text: None)
     t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
 
 
 def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):
-    from .generation import generate
+    from .distributed.generation import generate
 
     path = job.paths["samples"]
     s = job.sample
@@ -290,7 +290,7 @@ def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, q
 
 def _samples_model(path: str) -> str | None:
     """The model fingerprint a samples store records (None if it is not one)."""
-    from .generation import _existing_identity
+    from .distributed.generation import _existing_identity
 
     return (_existing_identity(path, None) or {}).get("model_fingerprint")
 
@@ -319,7 +319,7 @@ def _performance_report(filename: str | None):
 
 
 def _cluster_info(client) -> dict[str, Any]:
-    from .cluster import dashboard_link
+    from .distributed.cluster import dashboard_link
 
     try:
         nthreads = client.nthreads()

@@ -15,7 +15,7 @@ from _helpers import store_bytes
 from scipy import stats as sps
 
 import daskgen
-from daskgen.generation import generate
+from daskgen.distributed.generation import generate
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
 
@@ -114,6 +114,7 @@ def test_resume_writes_only_missing_chunks_and_cleans_partials(digits_model, tmp
     assert store_bytes(out) == full
 
 
+@pytest.mark.slow
 def test_interrupted_process_resumes_byte_identical(digits_model, tmp_path):
     digits_model.save(str(tmp_path / "m.zarr"))
     exe = os.path.join(os.path.dirname(sys.executable), "daskgen")
@@ -147,6 +148,7 @@ def test_interrupted_process_resumes_byte_identical(digits_model, tmp_path):
     assert "wrote 0 of 200 chunks" in third.stderr
 
 
+@pytest.mark.slow
 def test_a_million_samples_fit_back_to_the_model(tmp_path, sync_scheduler):
     rng = np.random.default_rng(4)
     D = 6
@@ -172,7 +174,7 @@ def test_chunks_equal_to_the_fill_value_are_still_written(tmp_path):
     process-wide config is left alone (other tasks run beside the writer)."""
     import zarr
 
-    from daskgen.generation import _write_chunk
+    from daskgen.distributed.generation import _write_chunk
 
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     g.create_array("images", shape=(4, 2), chunks=(2, 2), dtype="float32", fill_value=0)

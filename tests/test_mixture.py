@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import daskgen
 from daskgen.cli import main
 from daskgen.datasets import write_zarr_dataset
-from daskgen.em import fit_mixture
+from daskgen.distributed.em import fit_mixture
 from daskgen.errors import InputError
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.kernels.estep import Components, estep_stats
@@ -113,6 +113,7 @@ def test_one_component_is_the_single_gaussian(digits_pixels):
     assert mix.config["em"]["n_iter"] == 2 and mix.config["em"]["converged"]
 
 
+@pytest.mark.slow
 def test_prior_rows_shrink_each_component_toward_its_class(digits_pixels):
     from daskgen.models.mixture_em import m_step
 
@@ -195,6 +196,7 @@ def test_merge_does_not_depend_on_chunking(cuts, diagonal, order_seed):
     assert (merged.minimum, merged.maximum) == (whole.minimum, whole.maximum)
 
 
+@pytest.mark.slow
 def test_initial_sample_and_fit_do_not_depend_on_blocks(digits_pixels):
     X, y = digits_pixels
     one = memory_passes(X, y, DIGITS_SCALE).sample(5, 50)
@@ -265,6 +267,7 @@ def test_distributed_em_equals_in_memory_em(digits_pixels, digits_store, client)
     assert len(client.scheduler_info()["workers"]) == 2
 
 
+@pytest.mark.slow
 def test_threaded_worker_equals_in_memory_em(digits_pixels, digits_store):
     """A worker with two threads scores with numpy's matmul (it releases the GIL), not trmm."""
     from distributed import Client, LocalCluster
@@ -279,7 +282,7 @@ def test_threaded_worker_equals_in_memory_em(digits_pixels, digits_store):
 
 
 def test_input_that_does_not_fit_is_not_persisted(digits_store, sync_scheduler, monkeypatch, caplog):
-    import daskgen.em as em
+    import daskgen.distributed.em as em
 
     monkeypatch.setattr(em, "_host_memory", lambda: 1000)
     with caplog.at_level(logging.WARNING, logger="daskgen"):
@@ -308,6 +311,7 @@ def test_sampling_follows_the_weights():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_store_round_trip(mixture, tmp_path):
     mixture.save(str(tmp_path / "m.zarr"))
     back = daskgen.load_model(str(tmp_path / "m.zarr"))
@@ -322,7 +326,7 @@ def test_store_round_trip(mixture, tmp_path):
 
 
 def test_generate_and_plot_a_mixture(mixture, tmp_path, sync_scheduler):
-    from daskgen.generation import generate
+    from daskgen.distributed.generation import generate
     from daskgen.plot import load_samples, plot_all
 
     result = generate(mixture, 250, str(tmp_path / "s.zarr"), seed=7, chunk_size=100, dtype="uint8")
@@ -362,3 +366,19 @@ def test_cli_components_1_is_todays_model_and_3_is_a_mixture(digits_store, tmp_p
     assert c.config["prior_rows"] == 50.0
     bad = runner.invoke(main, ["fit", digits_store, "--components", "2", "--shrinkage", "oas", "-o", str(tmp_path / "d.zarr")])
     assert bad.exit_code == 2 and "--shrinkage" in bad.output
+
+
+def test_row_keys_of_distinct_8_bit_rows_do_not_collide(digits):
+    """Small integers have float64 bits that are zero below the top mantissa bits; the keys
+    must still separate every distinct row (a tie between distinct rows makes the initial
+    sample depend on which block a row was in)."""
+    from daskgen.kernels.init_sample import row_keys
+
+    X = np.unique(digits[0], axis=0)
+    keys = row_keys(X, seed=0)
+    assert len(np.unique(keys)) == len(X)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 3, size=(20000, 784)).astype(np.uint8)
+    pixels = np.unique(pixels, axis=0)
+    assert len(np.unique(row_keys(pixels, seed=7))) == len(pixels)
+    np.testing.assert_array_equal(row_keys(pixels[:50], 7), row_keys(pixels[:50].astype(np.float64), 7))

@@ -253,7 +253,7 @@ def test_bad_transform_options_are_one_line_errors(tmp_path, digits_zarr):
     assert not out.exists()
     bad = tmp_path / "floats.zarr"
     write_zarr_dataset(str(bad), np.full((4, 2, 2), 2.0), np.array([0, 0, 1, 1]), attrs={"daskgen": {"scale": 1.0}})
-    assert_one_line_error(run_cli("fit", bad, "--out", out, "--transform", "logit"), "floats.zarr", "[0, 1]")
+    assert_one_line_error(run_cli("fit", bad, "--out", out, "--transform", "logit"), "logit transform", "[0, 1]")
 
 
 @pytest.mark.parametrize(("fit", "needles"), [

@@ -23,13 +23,14 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from ._version import __version__
-from .errors import InputError, OutputExistsError
-from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import consolidate, label_array
-from .kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
-from .models.base import ClassModel, ModelSampler
+from .._blas import one_blas_thread
+from .._version import __version__
+from ..errors import InputError, OutputExistsError
+from ..io.readers import _fs, _is_local, open_zarr_group
+from ..io.store import consolidate, label_array
+from ..kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
+from ..models.base import ClassModel, ModelSampler
+from .reduction import in_graph
 
 DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000
@@ -231,7 +232,7 @@ def generate(
         plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape,
                      model.transform)
         token = tokenize(identity, out)
-        plan_key = _share(plan, f"sampler-{token}")
+        plan_key = in_graph(plan, f"sampler-{token}")
         writes = []
         for i in todo.tolist():
             start = i * chunk_size
@@ -241,7 +242,7 @@ def generate(
                 delayed(_write_chunk, pure=True)(out, storage_options or None, i, start, data, dask_key_name=f"write-{token}-{i}")
             )
         with warnings.catch_warnings():
-            # the sampler is in the graph once, on purpose (see _share)
+            # the sampler is in the graph once, on purpose (see in_graph)
             warnings.filterwarnings("ignore", message="Sending large graph")
             compute(writes, stage="generate", progress=progress)
         # a worker killed mid-write leaves zarr's temporary file; its chunk was rewritten
@@ -257,9 +258,3 @@ def generate(
         consolidate(group)
     return GenerateResult(out, n, int(seed), n_chunks, len(todo), resumed)
 
-
-def _share(obj: Any, key: str):
-    """A large read-only object as one task of the graph, rather than embedded in every
-    task. Not scattered: scattered data lives only on workers, and once every worker
-    holding it has died the run fails; a graph task is recomputed elsewhere."""
-    return delayed(obj, name=key, pure=False)
