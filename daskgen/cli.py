@@ -192,7 +192,7 @@ class _UserErrorFilter(logging.Filter):
               help="full: a D x D covariance per class (pixels correlate); diag: per-pixel variances only.")
 @click.option("--reg-covar", type=click.FloatRange(min=0),
               help="Added to each covariance's diagonal (default: scale^2/12, the dequantization noise's variance, for "
-                   "integer pixels, else 0; mixtures at least 1e-6).")
+                   "integer pixels, else 0; mixtures at least 1e-6; 0.1 in logit space).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), default="none", show_default=True, help="Oracle Approximating Shrinkage of each covariance.")
 @click.option("--components", type=click.IntRange(min=1), default=1, show_default=True,
               help="Gaussians per class: more than 1 fits a mixture per class by EM.")
@@ -201,7 +201,11 @@ class _UserErrorFilter(logging.Filter):
               help="EM: stop when the mean log-likelihood per row changes by less.")
 @click.option("--init", type=click.Choice(["kmeans++", "random"]), default="kmeans++", show_default=True,
               help="EM: initial centres from a sample of each class (k-means++ then k-means, or random rows).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="EM: seed of the initial sample and centres.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="EM: seed of the initial sample and centres; logit: of the dequantization noise.")
+@click.option("--transform", type=click.Choice(["none", "logit"]), default="none", show_default=True,
+              help="logit: model logit(lambda + (1 - 2 lambda) x~) of the dequantized pixels x~ = (x + u)/256 in [0, 1].")
+@click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
 @click.option("--prior-rows", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="EM: weight, in rows, of a prior pulling each component's covariance toward its class's (0: maximum likelihood).")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
@@ -210,7 +214,7 @@ class _UserErrorFilter(logging.Filter):
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        components, max_iter, tol, init, seed, prior_rows, split_every, storage, overwrite, **kw):
+        components, max_iter, tol, init, seed, transform, logit_lambda, prior_rows, split_every, storage, overwrite, **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -218,7 +222,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .distributed.cluster import connect
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
-    from .fitting import prepare
+    from .fitting import fit_transform, prepare
     from .io.store import output_exists, read_model
 
     cluster = _cluster_kwargs(kw)
@@ -230,6 +234,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
+    if logit_lambda is not None and transform != "logit":
+        raise InputError("--logit-lambda applies to --transform logit")
+    transform = fit_transform(transform, logit_lambda)  # checked before anything is read
     replacing_update = update_path is not None and out == update_path
     if output_exists(out, so) and not (overwrite or replacing_update):
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -251,14 +258,15 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                 _say(cluster["quiet"], f"daskgen: EM iteration {it['iteration']}: mean log-likelihood "
                      f"{it['log_likelihood']:,.4f}{change} in {it['seconds']:.1f}s")
 
-            model = fit_mixture(dataset, components, covariance=covariance,
-                                reg_covar=reg_covar, max_iter=max_iter, tol=tol,
-                                init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
-                                callback=report)
+            model = fit_mixture(dataset, components, covariance=covariance, reg_covar=reg_covar, max_iter=max_iter,
+                                tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
+                                callback=report, transform=transform)
         else:
-            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar,
-                              shrinkage=shrinkage, split_every=split_every, update=previous,
-                              progress=not cluster["quiet"])
+            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                              split_every=split_every, update=previous, progress=not cluster["quiet"],
+                              transform=previous.transform if previous is not None and transform.identity
+                              else transform,
+                              seed=previous.config.get("seed", seed) if previous is not None else seed)
     with _writing(out):
         model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
@@ -295,9 +303,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, overwrite, **kw):
     """Score MODEL on labelled held-out INPUT: log-likelihood (nats/image, bits/dim) and the Bayes classifier.
 
-    Integer pixels are dequantized with uniform noise (x + u) * scale, u in [-1/2, 1/2),
-    and bits/dim = -(mean log p + D log scale) / (D ln 2). Prints a table; with --out,
-    writes evaluation.json and confusion-matrix.png.
+    Integer pixels are dequantized as RealNVP/Glow/MAF do, x~ = (x + u)/256 with u in
+    [0, 1), and bits/dim = -log2 p(x~)/D + 8, for pixel-space and logit-space models
+    alike. Prints a table; with --out, writes evaluation.json and confusion-matrix.png.
     """
     from .distributed.cluster import connect
     from .evaluation.heldout import FILES, format_table, open_for_model, write_outputs
@@ -423,13 +431,17 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
 @click.option("--covariance", type=click.Choice(["full", "diag"]),
               help="full or diag covariances (see 'daskgen fit') (default: the job's, else full).")
 @click.option("--reg-covar", type=click.FloatRange(min=0),
-              help="Added to each covariance's diagonal (default: the job's, else auto: scale^2/12 for integer pixels, else 0).")
+              help="Added to each covariance's diagonal (default: the job's, else auto: scale^2/12 for integer pixels, "
+                   "else 0; 0.1 in logit space).")
 @click.option("--shrinkage", type=click.Choice(["none", "oas"]), help="Oracle Approximating Shrinkage of each covariance.")
+@click.option("--transform", type=click.Choice(["none", "logit"]), help="logit: fit in logit space (see 'daskgen fit').")
+@click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
 @click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
 @click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
 @cluster_options
 @handle_errors
-def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, report_html, overwrite, **kw):
+def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, transform, logit_lambda, report_html,
+        overwrite, **kw):
     """Fit, sample, draw the figures and write run-report.json, as a job file says.
 
     Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
@@ -444,7 +456,8 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
     overrides = {
         "out": out,
         "report": report_html,
-        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage},
+        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage, "transform": transform,
+                "logit_lambda": logit_lambda},
         "sample": {"n": n, "seed": seed, "chunk_size": chunk_size, "dtype": dtype},
         "cluster": cluster,
     }

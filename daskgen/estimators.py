@@ -16,6 +16,14 @@ else an estimator returns or holds is in the units of the ``X`` given to ``fit``
 (data units): ``means_``, ``covariances_``, samples, and ``score_samples``, the
 log-density of ``x`` itself, ``log p_model(x * scale) + D * log(scale)``.
 
+Logit space (``transform="logit"``). The model is of logit(lam + (1 - 2 lam) x~),
+x~ in [0, 1] the dequantized data (``(x + u) / 256`` for 8-bit pixels, ``x * scale``
+for other data in [0, 1]); ``means_`` and ``covariances_`` are then in logit space.
+Scoring maps each 8-bit pixel to its bin centre, x~ = (x + 1/2) / 256, and
+``score_samples`` is the log-density in pixel units, ``log p(x~) - D log 256``;
+``sample`` returns ``256 x~ - 1/2`` (pixel units; rounding gives the pixel). Integer
+pixels of L = 1/scale + 1 levels (e.g. 0..16) take L in place of 256.
+
 scikit-learn is not needed: ``get_params``/``set_params`` follow its protocol
 (parameters are the ``__init__`` arguments, stored unchanged and validated in
 ``fit``), and ``__sklearn_tags__`` says "classifier", so ``sklearn.base.clone`` and
@@ -34,6 +42,7 @@ from .distributed.reduction import DEFAULT_SPLIT_EVERY
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
+from .kernels.transform import make_transform, pixel_levels, to_unit
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
 
@@ -110,6 +119,8 @@ class _Estimator:
         model = self._fit_model(dataset)
         self.model_ = model
         self.scale_ = float(model.scale)
+        # 8-bit pixels as the logit transform sees them (its kernel also takes integer blocks as pixels)
+        self.pixels_ = bool(dataset.integer_pixels) or np.dtype(getattr(X, "dtype", np.float64)).kind in "iub"
         self.classes_ = np.asarray(model.classes)
         self.counts_ = np.asarray(model.counts)
         self.priors_ = np.asarray(model.priors)
@@ -132,11 +143,25 @@ class _Estimator:
         return rows
 
     def _joint(self, rows: np.ndarray) -> np.ndarray:
-        """log p(y = k) + log p(x * scale | y = k) for numpy rows, shape (n, K), model units."""
+        """log p(y = k) + log p(x * scale | y = k) for numpy rows, shape (n, K), model units
+        (logit models: log p(x~ | y = k), x~ the rows' bin centres in [0, 1])."""
         Z = np.asarray(rows, dtype=np.float64)
+        if not self.model_.transform.identity:
+            try:
+                levels = pixel_levels(self.scale_)
+                unit = to_unit(Z + 0.5, False, 1 / levels) if self.pixels_ else to_unit(Z, False, self.scale_)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            return self.model_.data_log_likelihood(unit) + np.log(self.model_.priors)
         if self.scale_ != 1.0:
             Z = Z * self.scale_
         return self.model_.class_log_likelihood(Z) + np.log(self.model_.priors)
+
+    def _data_offset(self) -> float:
+        """log-density in data units minus that in the model's units, per row."""
+        if not self.model_.transform.identity and self.pixels_:
+            return -self.n_features_in_ * math.log(pixel_levels(self.scale_))
+        return self.n_features_in_ * math.log(self.scale_)
 
     def _per_row(self, X: Any, fn, columns: int | None, dtype: Any = np.float64):
         """``fn(numpy rows)`` per row block: a numpy result, or a lazy dask array for dask input."""
@@ -150,8 +175,9 @@ class _Estimator:
 
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) of each row, shape (n,), float64, in data units:
-        ``log p_model(x * scale) + D * log(scale)`` (lazy for dask input)."""
-        offset = self.n_features_in_ * math.log(self.scale_)
+        ``log p_model(x * scale) + D * log(scale)`` (lazy for dask input; logit models:
+        ``log p(x~) - D log 256`` at the bin centres of 8-bit pixels)."""
+        offset = self._data_offset()
         return self._per_row(X, lambda r: logsumexp_rows(self._joint(r)) + offset, None)
 
     def score(self, X: Any, y: Any = None) -> float:
@@ -186,10 +212,24 @@ class _Estimator:
         """
         self._check_fitted()
         Z, y = self.model_.sample(int(n_samples), seed=random_state)
+        if not self.model_.transform.identity and self.pixels_:
+            return Z * pixel_levels(self.scale_) - 0.5, y
         return Z / self.scale_, y
 
     def _check_params(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _transform(self):
+        """The transform of ``transform``/``logit_lambda``; ValueError (InputError) when bad."""
+        try:
+            return make_transform(self.transform, self.logit_lambda)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def _reg_covar(self) -> float | None:
+        """``reg_covar`` as a float; None: the fit's default
+        (:func:`daskgen.fitting.default_reg_covar`, which knows the data and the transform)."""
+        return None if self.reg_covar is None else float(self.reg_covar)
 
     def _fit_model(self, dataset):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -205,10 +245,18 @@ class GaussianClassifier(_Estimator):
     Parameters (as the command line's ``daskgen fit`` options)
     ----------
     covariance : {"full", "diag"}
-    reg_covar : float >= 0
-        Added to every covariance's diagonal, in model units squared.
+    reg_covar : float >= 0, optional
+        Added to every covariance's diagonal, in model units squared (logit units
+        squared in logit space). None: the fit's default, scale**2 / 12 for integer
+        pixels, 0 for floats, 0.1 with ``transform="logit"``.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
+    transform : {"none", "logit"}
+        ``logit``: model logit(lam + (1 - 2 lam) x~) of the dequantized data (see the module).
+    logit_lambda : float, optional
+        lam of the logit transform (None: 1e-6).
+    random_state : int
+        Seed of the logit transform's dequantization noise.
     scale : "auto" or float
         Model units are ``X * scale``; "auto": 1/255 for integer pixels (exact 8-bit
         path, values must lie in 0..255), 1 for floats.
@@ -235,8 +283,11 @@ class GaussianClassifier(_Estimator):
     def __init__(
         self,
         covariance: str = "full",
-        reg_covar: float = 0.0,
+        reg_covar: float | None = None,
         shrinkage: str = "none",
+        transform: str = "none",
+        logit_lambda: float | None = None,
+        random_state: int = 0,
         scale: str | float = "auto",
         split_every: int = DEFAULT_SPLIT_EVERY,
         blocksize: int | None = None,
@@ -245,6 +296,9 @@ class GaussianClassifier(_Estimator):
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.shrinkage = shrinkage
+        self.transform = transform
+        self.logit_lambda = logit_lambda
+        self.random_state = random_state
         self.scale = scale
         self.split_every = split_every
         self.blocksize = blocksize
@@ -255,17 +309,22 @@ class GaussianClassifier(_Estimator):
             raise InputError(f"covariance must be 'full' or 'diag', not {self.covariance!r}")
         if self.shrinkage not in ("none", "oas"):
             raise InputError(f"shrinkage must be 'none' or 'oas', not {self.shrinkage!r}")
-        if not (float(self.reg_covar) >= 0 and math.isfinite(float(self.reg_covar))):
+        self._transform()
+        reg = self._reg_covar()
+        if reg is not None and not (reg >= 0 and math.isfinite(reg)):
             raise InputError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        if not isinstance(self.random_state, (int, np.integer)):
+            raise InputError(f"random_state must be an int, got {self.random_state!r}")
 
     def _fit_model(self, dataset):
         from .fitting import fit
 
-        return fit(dataset, covariance=self.covariance, reg_covar=float(self.reg_covar), shrinkage=self.shrinkage,
-                   split_every=int(self.split_every))
+        return fit(dataset, covariance=self.covariance, reg_covar=self._reg_covar(),
+                   shrinkage=self.shrinkage, split_every=int(self.split_every), transform=self._transform(),
+                   seed=int(self.random_state))
 
     def _set_fitted(self, model) -> None:
-        s = self.scale_
+        s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.means_ = model.means / s
         self.covariances_ = model.covariances / (s * s)
 
@@ -277,8 +336,10 @@ class GaussianMixtureClassifier(_Estimator):
     ----------
     n_components : int >= 1
     covariance : {"full", "diag"}
-    reg_covar : float > 0
-        Added to every component covariance's diagonal, in model units squared.
+    reg_covar : float > 0, optional
+        Added to every component covariance's diagonal, in model units squared. None:
+        the fit's default, max(1e-6, scale**2 / 12) for integer pixels, 1e-6 for floats,
+        0.1 with ``transform="logit"``.
     max_iter : int >= 1
     tol : float >= 0
         On the change of the mean log-likelihood per row (model units).
@@ -291,7 +352,8 @@ class GaussianMixtureClassifier(_Estimator):
         Shrinks each component covariance toward its class's, with this weight in rows.
     persist : {"auto", "always", "never"}
         Keep the blocks in the cluster's memory across iterations.
-    scale, split_every, blocksize, sample_dim : as :class:`GaussianClassifier`.
+    transform, logit_lambda, scale, split_every, blocksize, sample_dim : as :class:`GaussianClassifier`
+        (the logit transform's noise is seeded by ``random_state``).
 
     Attributes (after ``fit``; data units)
     ----------
@@ -308,7 +370,7 @@ class GaussianMixtureClassifier(_Estimator):
         self,
         n_components: int = 2,
         covariance: str = "full",
-        reg_covar: float = 1e-6,
+        reg_covar: float | None = None,
         max_iter: int = 100,
         tol: float = 1e-3,
         init: str = "kmeans++",
@@ -316,6 +378,8 @@ class GaussianMixtureClassifier(_Estimator):
         init_sample: int = 10_000,
         prior_rows: float = 0.0,
         persist: str = "auto",
+        transform: str = "none",
+        logit_lambda: float | None = None,
         scale: str | float = "auto",
         split_every: int = DEFAULT_SPLIT_EVERY,
         blocksize: int | None = None,
@@ -331,16 +395,21 @@ class GaussianMixtureClassifier(_Estimator):
         self.init_sample = init_sample
         self.prior_rows = prior_rows
         self.persist = persist
+        self.transform = transform
+        self.logit_lambda = logit_lambda
         self.scale = scale
         self.split_every = split_every
         self.blocksize = blocksize
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
+        from .fitting import MIXTURE_REG_COVAR
         from .models.mixture_em import check_options
 
-        check_options(self.n_components, self.covariance, float(self.reg_covar), self.max_iter, float(self.tol),
-                      self.init)
+        self._transform()
+        reg = self._reg_covar()
+        check_options(self.n_components, self.covariance, MIXTURE_REG_COVAR if reg is None else reg, self.max_iter,
+                      float(self.tol), self.init)
         if not float(self.prior_rows) >= 0:
             raise InputError(f"prior_rows must be >= 0, got {self.prior_rows}")
         if int(self.init_sample) < 1:
@@ -357,14 +426,14 @@ class GaussianMixtureClassifier(_Estimator):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return fit_mixture(
-            dataset, int(self.n_components), covariance=self.covariance, reg_covar=float(self.reg_covar),
+            dataset, int(self.n_components), covariance=self.covariance, reg_covar=self._reg_covar(),
             max_iter=int(self.max_iter), tol=float(self.tol), init=self.init, seed=int(seed),
             init_sample=int(self.init_sample), prior_rows=float(self.prior_rows), persist=self.persist,
-            split_every=int(self.split_every),
+            split_every=int(self.split_every), transform=self._transform(),
         )
 
     def _set_fitted(self, model) -> None:
-        s = self.scale_
+        s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.weights_ = np.asarray(model.weights)
         self.means_ = model.means / s
         self.covariances_ = model.covariances / (s * s)

@@ -12,8 +12,10 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     blocksize: 32MiB                # bytes of input per read task
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
-    fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8}
-                                    # reg_covar auto: scale²/12 for integer pixels, else 0
+    fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8,
+          transform: none, logit_lambda: null}
+                                    # reg_covar auto: scale²/12 for integer pixels, else 0;
+                                    # 0.1 with transform logit (logit_lambda null: 1e-6)
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}
@@ -57,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "blocksize": "32MiB",
     "image_shape": None,
     "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": "auto", "shrinkage": "none", "split_every": 8, "incremental": False},
+    "fit": {"covariance": "full", "reg_covar": "auto", "shrinkage": "none", "split_every": 8, "incremental": False,
+            "transform": "none", "logit_lambda": None},
     "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
     "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
     "plot": True,
@@ -311,6 +314,15 @@ def _number(v: Any) -> float:
     return x
 
 
+def _logit_lambda(v: Any, base: str = "") -> float | None:
+    if v is None:
+        return None
+    x = _number(v)
+    if not 0 <= x < 0.5:
+        raise _Bad(f"must lie in [0, 0.5), got {v}")
+    return x
+
+
 def _auto_or_number(v: Any, positive: bool, example: str) -> str | float:
     """``"auto"``, or a number (fractions such as 1/255 allowed) > 0 or >= 0."""
     if isinstance(v, str) and v.strip().lower() == "auto":
@@ -491,6 +503,8 @@ _SECTION_CHECKS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "shrinkage": _shrinkage,
         "split_every": _integer(2),
         "incremental": _boolean,
+        "transform": _choice("none", "logit"),
+        "logit_lambda": _logit_lambda,
     },
     "sample": {
         "n": _integer(1),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from .errors import ModelError, OutputExistsError, one_line
+from .errors import InputError, ModelError, OutputExistsError, one_line
 from .io.fs import is_url as _is_url
 from .io.fs import join as _join
 from .io.store import output_exists
@@ -135,6 +135,11 @@ def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
 def _fit_options(job: Job) -> dict[str, Any]:
     from dask.utils import parse_bytes
 
+    from .kernels.transform import make_transform
+
+    if job.fit["logit_lambda"] is not None and job.fit["transform"] != "logit":
+        raise InputError(f"{job.origin}: fit.logit_lambda applies to fit.transform: logit")
+    transform = make_transform(job.fit["transform"], job.fit["logit_lambda"])
     shape = job.image_shape
     return {
         "label_column": job.label_column,
@@ -146,6 +151,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "reg_covar": None if job.fit["reg_covar"] in (None, "auto") else float(job.fit["reg_covar"]),
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
+        "transform": transform,
     }
 
 
@@ -169,12 +175,15 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
         if incremental and all(_canonical(f) in known for f in model.inputs):
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
-    reg_covar = options["reg_covar"] if options["reg_covar"] is not None else default_reg_covar(dataset)
-    want = {"covariance": options["covariance"], "reg_covar": reg_covar, "shrinkage": options["shrinkage"]}
+    reg_covar = (options["reg_covar"] if options["reg_covar"] is not None
+                 else default_reg_covar(dataset, transform=options["transform"]))
+    want = {"covariance": options["covariance"], "reg_covar": reg_covar, "shrinkage": options["shrinkage"],
+            "transform": str(options["transform"])}
     have = {
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
+        "transform": str(model.transform),
     }
     have.update(label_column=model.label_column, scale=model.scale, image_shape=tuple(model.image_shape or ()))
     want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))

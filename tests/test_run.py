@@ -293,7 +293,8 @@ def test_job_values_and_relative_paths(tmp_path):
     assert loaded.out == str(tmp_path / "project" / "runs" / "j")
     assert loaded.report == str(tmp_path / "project" / "jobs" / "perf.html")
     assert loaded.scale == 1 / 16 and loaded.image_shape == [8, 8]
-    assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8, "incremental": False}
+    assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8, "incremental": False,
+                          "transform": "none", "logit_lambda": None}
     assert loaded.sample == {"n": 1000, "seed": None, "chunk_size": 10_000, "dtype": "float32", "class": 3}
     assert loaded.cluster["workers"] == 2 and loaded.cluster["memory_limit"] == "1GiB"
     # flags override the file; their paths are relative to the current folder
@@ -345,7 +346,8 @@ def test_flags_override_the_job_file(tmp_path, monkeypatch):
     out = tmp_path / "flags"
     report = read_report(out)
     assert report["config"]["sample"] == {"n": 250, "seed": 7, "chunk_size": 100, "dtype": "uint8", "class": None}
-    assert report["config"]["fit"] == {"covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas", "split_every": 8, "incremental": False}
+    assert report["config"]["fit"] == {"covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas", "split_every": 8, "incremental": False,
+                                       "transform": "none", "logit_lambda": None}
     assert report["cluster"]["threads"] == report["cluster"]["workers"] == 1
     assert report["stages"]["plot"]["skipped"] and not (out / "figures").exists()  # plot: false in the job
     model = daskgen.load_model(str(out / "model.zarr"))
