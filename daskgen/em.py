@@ -30,13 +30,13 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from .cluster import active_client, compute
-from .errors import InputError
 from .io.readers import Dataset, _fs, open_zarr_group, read_block
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
 from .kernels.weighted import WeightedStats, merge_weighted
 from .models.mixture import GaussianMixtureClassModel
-from .models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
+from .models.mixture_em import DEFAULTS, Passes, em_config, run_em
+from .options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 log = logging.getLogger("daskgen")
@@ -188,7 +188,7 @@ def fit_mixture(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = DEFAULTS["covariance"],
-    reg_covar: float | None = None,
+    reg_covar: float | str | None = "auto",
     max_iter: int = DEFAULTS["max_iter"],
     tol: float = DEFAULTS["tol"],
     init: str = DEFAULTS["init"],
@@ -205,7 +205,7 @@ def fit_mixture(
 
     ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
     Options as :func:`daskgen.models.mixture_em.run_em`: ``covariance`` full|diag, ``reg_covar``
-    (> 0, added to every component covariance; default:
+    (> 0, added to every component covariance; "auto" (or None):
     :func:`daskgen.fitting.default_reg_covar`, max(1e-6, scale**2 / 12) for integer pixels), ``max_iter``, ``tol`` (on the change of
     the mean log-likelihood per row), ``init`` kmeans++|random, ``seed``,
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
@@ -215,16 +215,22 @@ def fit_mixture(
     """
     from .fitting import default_reg_covar, prepare
 
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    checked = {**GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, split_every=split_every),
+               **MIXTURE_FIT.check(names={"components": "n_components"}, components=n_components, max_iter=max_iter,
+                                   tol=tol, init=init, seed=seed, init_sample=init_sample,
+                                   **{k: v for k, v in options.items() if k in MIXTURE_FIT})}
+    reg_covar, split_every, tol = checked["reg_covar"], checked["split_every"], checked["tol"]
+    options.update({k: checked[k] for k in options if k in checked})
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
         inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
         storage_options=storage_options)
-    if reg_covar is None:
+    if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, n_components)
+    elif not reg_covar > 0:
+        raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without it), "
+                          f"got {reg_covar:g}")
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
-    check_options(n_components, covariance, reg_covar, max_iter, tol, init)
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
     reads = [
         delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,

@@ -33,7 +33,7 @@ import numpy as np
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
-from .reduce import DEFAULT_SPLIT_EVERY
+from .options import GAUSSIAN_FIT, MIXTURE_FIT, READ, SPLIT_EVERY, OptionError
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
 
@@ -104,8 +104,7 @@ class _Estimator:
         outside 0..255 with ``scale="auto"``.
         """
         self._check_params()
-        if int(self.split_every) < 2:
-            raise InputError(f"split_every must be at least 2, got {self.split_every}")
+        READ.check(scale=self.scale)
         dataset = from_arrays(X, y, scale=self.scale, blocksize=self.blocksize, sample_dim=self.sample_dim)
         model = self._fit_model(dataset)
         self.model_ = model
@@ -235,10 +234,10 @@ class GaussianClassifier(_Estimator):
     def __init__(
         self,
         covariance: str = "full",
-        reg_covar: float = 0.0,
+        reg_covar: float | str = 0.0,
         shrinkage: str = "none",
         scale: str | float = "auto",
-        split_every: int = DEFAULT_SPLIT_EVERY,
+        split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
         sample_dim: str = "sample",
     ):
@@ -251,18 +250,14 @@ class GaussianClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        if self.covariance not in ("full", "diag"):
-            raise InputError(f"covariance must be 'full' or 'diag', not {self.covariance!r}")
-        if self.shrinkage not in ("none", "oas"):
-            raise InputError(f"shrinkage must be 'none' or 'oas', not {self.shrinkage!r}")
-        if not (float(self.reg_covar) >= 0 and math.isfinite(float(self.reg_covar))):
-            raise InputError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
+                           split_every=self.split_every)
 
     def _fit_model(self, dataset):
         from .fitting import fit
 
-        return fit(dataset, covariance=self.covariance, reg_covar=float(self.reg_covar), shrinkage=self.shrinkage,
-                   split_every=int(self.split_every))
+        return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
+                   split_every=self.split_every)
 
     def _set_fitted(self, model) -> None:
         s = self.scale_
@@ -308,7 +303,7 @@ class GaussianMixtureClassifier(_Estimator):
         self,
         n_components: int = 2,
         covariance: str = "full",
-        reg_covar: float = 1e-6,
+        reg_covar: float | str = 1e-6,
         max_iter: int = 100,
         tol: float = 1e-3,
         init: str = "kmeans++",
@@ -317,7 +312,7 @@ class GaussianMixtureClassifier(_Estimator):
         prior_rows: float = 0.0,
         persist: str = "auto",
         scale: str | float = "auto",
-        split_every: int = DEFAULT_SPLIT_EVERY,
+        split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
         sample_dim: str = "sample",
     ):
@@ -337,18 +332,16 @@ class GaussianMixtureClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        from .models.mixture_em import check_options
-
-        check_options(self.n_components, self.covariance, float(self.reg_covar), self.max_iter, float(self.tol),
-                      self.init)
-        if not float(self.prior_rows) >= 0:
-            raise InputError(f"prior_rows must be >= 0, got {self.prior_rows}")
-        if int(self.init_sample) < 1:
-            raise InputError(f"init_sample must be at least 1, got {self.init_sample}")
+        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, split_every=self.split_every)
+        MIXTURE_FIT.check(names={"components": "n_components", "seed": "random_state"},
+                          components=self.n_components, max_iter=self.max_iter, tol=self.tol, init=self.init,
+                          prior_rows=self.prior_rows, init_sample=self.init_sample,
+                          **({} if self.random_state is None else {"seed": self.random_state}))
+        if self.reg_covar != "auto" and self.reg_covar is not None and not float(self.reg_covar) > 0:
+            raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without "
+                              f"it), got {self.reg_covar:g}")
         if self.persist not in ("auto", "always", "never"):
             raise InputError(f"persist must be 'auto', 'always' or 'never', not {self.persist!r}")
-        if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
-            raise InputError(f"random_state must be an int or None, got {self.random_state!r}")
 
     def _fit_model(self, dataset):
         from .em import fit_mixture
@@ -357,10 +350,10 @@ class GaussianMixtureClassifier(_Estimator):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return fit_mixture(
-            dataset, int(self.n_components), covariance=self.covariance, reg_covar=float(self.reg_covar),
-            max_iter=int(self.max_iter), tol=float(self.tol), init=self.init, seed=int(seed),
-            init_sample=int(self.init_sample), prior_rows=float(self.prior_rows), persist=self.persist,
-            split_every=int(self.split_every),
+            dataset, self.n_components, covariance=self.covariance, reg_covar=self.reg_covar,
+            max_iter=self.max_iter, tol=self.tol, init=self.init, seed=int(seed),
+            init_sample=self.init_sample, prior_rows=self.prior_rows, persist=self.persist,
+            split_every=self.split_every,
         )
 
     def _set_fitted(self, model) -> None:

@@ -53,7 +53,6 @@ from .io.readers import Dataset, read_block
 from .kernels.linalg import logsumexp_rows
 from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
-DEQUANTIZE = ("auto", "yes", "no")
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
 #: Rows scored at once inside a block task (bounds the task's memory).
 BATCH = 4096
@@ -190,11 +189,9 @@ def evaluate(
     module docstring for the conventions.
     """
     from .cluster import active_client, compute
+    from .options import EVALUATE
 
-    if dequantize not in DEQUANTIZE:
-        raise InputError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, not {dequantize!r}")
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    EVALUATE.check(dequantize=dequantize, seed=seed, split_every=split_every)
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
     scorer = model.scorer()

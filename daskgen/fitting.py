@@ -11,6 +11,7 @@ from .kernels.class_stats import ClassStats, merge
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
+from .options import GAUSSIAN_FIT
 from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 
 
@@ -23,7 +24,7 @@ def fit(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = "full",
-    reg_covar: float | None = None,
+    reg_covar: float | str | None = "auto",
     shrinkage: str = "none",
     split_every: int = DEFAULT_SPLIT_EVERY,
     update: GaussianClassModel | None = None,
@@ -40,9 +41,9 @@ def fit(
         CSV or Parquet files with a label column, or Zarr groups with ``images``
         (N, H, W) or (N, D) and ``labels`` (N,).
     covariance : {"full", "diag"}
-    reg_covar : float, optional
-        Added to every covariance's diagonal (model units squared). Default
-        (None): :func:`default_reg_covar` — the dequantization noise's variance
+    reg_covar : float or "auto"
+        Added to every covariance's diagonal (model units squared). "auto" (or
+        None): :func:`default_reg_covar` — the dequantization noise's variance
         ``scale**2 / 12`` for integer pixels, 0 for other data.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
@@ -58,11 +59,13 @@ def fit(
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
 
-    Runs on the active ``distributed.Client`` if there is one, else on Dask's local
-    scheduler.
+    Options are checked as :data:`daskgen.options.GAUSSIAN_FIT` and :data:`~daskgen.options.READ`
+    define them (:class:`~daskgen.options.OptionError`, a ``ValueError``). Runs on the active
+    ``distributed.Client`` if there is one, else on Dask's local scheduler.
     """
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    checked = GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                                 split_every=split_every)
+    reg_covar, split_every = checked["reg_covar"], checked["split_every"]
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
     model_class = registry.get(kind)
@@ -76,7 +79,7 @@ def fit(
                      scale=scale, fmt=fmt, update=update, storage_options=storage_options)
     )
     label_column = dataset.label_column
-    if reg_covar is None:
+    if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     if not dataset.blocks:

@@ -25,12 +25,11 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from ._version import __version__
-from .errors import InputError, OutputExistsError
+from .errors import OutputExistsError
 from .io.readers import _fs, _is_local, open_zarr_group
 from .io.store import consolidate, label_array
 from .models.base import ClassModel, ModelSampler
 
-DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
 IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class", "draw")
@@ -168,14 +167,10 @@ def generate(
     scheduler. Re-running resumes: only chunks not yet marked done are written.
     """
     from .cluster import compute
+    from .options import SAMPLE
 
+    SAMPLE.check(n=n, seed=seed, chunk_size=chunk_size, dtype=dtype)
     n, chunk_size = int(n), int(chunk_size)
-    if n < 1:
-        raise InputError(f"n must be at least 1, got {n}")
-    if chunk_size < 1:
-        raise InputError(f"chunk size must be at least 1, got {chunk_size}")
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     class_index = None if label is None else model.class_index(label)
     fs, path = _fs(out, storage_options)
     existing = _existing_identity(out, storage_options) if fs.exists(path) else None

@@ -20,7 +20,6 @@ import io
 import math
 import os
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from typing import Any
 
 import fsspec
@@ -28,7 +27,6 @@ import numpy as np
 
 from ..errors import InputError, first_line
 
-FORMATS = ("csv", "parquet", "zarr")
 #: Blocks whose rows are handed to ``read_block`` (``Dataset.parts``), not read from a file.
 ARRAY_FORMATS = ("array", "dataframe")
 DEFAULT_BLOCKSIZE = 32 * 2**20
@@ -232,15 +230,10 @@ def resolve_scale(scale: str | float | None, integer: bool, stored: float | None
 
 def parse_scale(scale: str | float | None) -> float | None:
     """``'auto'``/None -> None (decide from the data), else a positive float (``"1/255"`` allowed)."""
-    if scale is None or str(scale).lower() == "auto":
-        return None
-    try:
-        value = float(Fraction(str(scale).strip())) if isinstance(scale, str) else float(scale)
-    except (ValueError, ZeroDivisionError):
-        raise InputError(f"scale must be 'auto', a number or a fraction such as 1/255, got {scale!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise InputError(f"scale must be a positive number, got {scale!r}")
-    return value
+    from ..options import READ
+
+    value = READ["scale"].check(scale)
+    return None if value == "auto" else value
 
 
 # ---------------------------------------------------------------------------- CSV
@@ -744,11 +737,11 @@ def open_inputs(
     ``pixels_8bit``: integer values must be 8-bit pixels (0..255) whatever the scale
     (e.g. held-out data of a model fitted on 8-bit pixels).
     """
-    if fmt is not None and fmt not in FORMATS:
-        raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    blocksize = int(blocksize or DEFAULT_BLOCKSIZE)
-    if blocksize <= 0:
-        raise InputError(f"blocksize must be positive, got {blocksize}")
+    from ..options import READ, to_bytes
+
+    READ.check(names={"format": "fmt"}, label_column=label_column, format=fmt, blocksize=blocksize,
+               image_shape=image_shape, scale=scale)
+    blocksize = to_bytes(blocksize) or DEFAULT_BLOCKSIZE
     entries = expand_inputs(inputs, storage_options, fmt)
     kinds = {k for k, _, _ in entries}
     if len(kinds) > 1:
