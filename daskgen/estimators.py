@@ -204,8 +204,10 @@ class GaussianClassifier(_Estimator):
     Parameters (as the command line's ``daskgen fit`` options)
     ----------
     covariance : {"full", "diag"}
-    reg_covar : float >= 0
-        Added to every covariance's diagonal, in model units squared.
+    reg_covar : "auto" or float >= 0
+        Added to every covariance's diagonal, in model units squared; "auto" (as
+        ``daskgen fit``): ``scale**2 / 12``, the dequantization noise's variance, for
+        integer pixels, else 0.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     scale : "auto" or float
@@ -234,7 +236,7 @@ class GaussianClassifier(_Estimator):
     def __init__(
         self,
         covariance: str = "full",
-        reg_covar: float | str = 0.0,
+        reg_covar: float | str = "auto",
         shrinkage: str = "none",
         scale: str | float = "auto",
         split_every: int = SPLIT_EVERY.default,
@@ -272,8 +274,10 @@ class GaussianMixtureClassifier(_Estimator):
     ----------
     n_components : int >= 1
     covariance : {"full", "diag"}
-    reg_covar : float > 0
-        Added to every component covariance's diagonal, in model units squared.
+    reg_covar : "auto" or float > 0
+        Added to every component covariance's diagonal, in model units squared;
+        "auto" (as ``daskgen fit --components``): max(1e-6, ``scale**2 / 12``) for
+        integer pixels, else 1e-6.
     max_iter : int >= 1
     tol : float >= 0
         On the change of the mean log-likelihood per row (model units).
@@ -303,7 +307,7 @@ class GaussianMixtureClassifier(_Estimator):
         self,
         n_components: int = 2,
         covariance: str = "full",
-        reg_covar: float | str = 1e-6,
+        reg_covar: float | str = "auto",
         max_iter: int = 100,
         tol: float = 1e-3,
         init: str = "kmeans++",

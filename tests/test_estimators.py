@@ -48,9 +48,9 @@ def test_dask_array_fit_is_bit_equal_to_the_file_fit_on_8bit_pixels(fashion, tmp
     images, labels = fashion[0][:3000], fashion[1][:3000]
     zarr_path = write_zarr_dataset(str(tmp_path / "f.zarr"), images, labels, chunk_rows=500)
     csv_path = write_csv_dataset(str(tmp_path / "f.csv"), images, labels)
-    # the estimator's reg_covar (0) on both: the file fits default to scale**2 / 12 on 8-bit pixels
-    by_zarr = daskgen.fit(zarr_path, blocksize=500 * 784 * 8, reg_covar=0)  # blocks of 500 rows
-    by_csv = daskgen.fit(csv_path, blocksize=1 << 20, reg_covar=0)
+    # the defaults of both: reg_covar auto, scale**2 / 12 on 8-bit pixels
+    by_zarr = daskgen.fit(zarr_path, blocksize=500 * 784 * 8)  # blocks of 500 rows
+    by_csv = daskgen.fit(csv_path, blocksize=1 << 20)
     X = images.reshape(len(images), -1)
     for chunks in [500, (1000, 7, 1993), 3000]:
         est = GaussianClassifier().fit(da.from_array(X, chunks=(chunks, 392)), labels)
