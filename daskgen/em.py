@@ -30,6 +30,7 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from .cluster import active_client, compute
+from .errors import user_input
 from .io.readers import Dataset, _fs, open_zarr_group, read_block
 from .kernels.estep import Components, estep_stats, hard_stats
 from .kernels.init_sample import InitSample, merge_samples, sample_chunk
@@ -240,7 +241,8 @@ def fit_mixture(
     blocks, persisted = persist_blocks(reads, dataset, persist)
     em_token = tokenize(token, n_components, em_options)
     passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
-    params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
+    with user_input():  # the driver checks the data (a class of one row) and given parameters
+        params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
     config = em_config(n_components, em_options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, user_input
 from .io.readers import Dataset, NotEightBitError, open_inputs
 from .kernels.class_stats import ClassStats, merge
 from .models import registry
@@ -105,20 +105,21 @@ def fit(
         previous = list(update.inputs)
     if stats.n_rows == 0:
         raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
-    return model_class.from_stats(
-        stats,
-        covariance=covariance,
-        reg_covar=reg_covar,
-        shrinkage=shrinkage,
-        image_shape=dataset.image_shape,
-        scale=dataset.scale,
-        label_column=label_column,
-        feature_names=dataset.feature_names,
-        config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                "integer_pixels": bool(dataset.integer_pixels),
-                **({"class_names": dataset.class_names} if dataset.class_names else {})},
-        inputs=previous + dataset.files,
-    )
+    with user_input():  # the model checks the statistics (a class of one row, overflow)
+        return model_class.from_stats(
+            stats,
+            covariance=covariance,
+            reg_covar=reg_covar,
+            shrinkage=shrinkage,
+            image_shape=dataset.image_shape,
+            scale=dataset.scale,
+            label_column=label_column,
+            feature_names=dataset.feature_names,
+            config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                    "integer_pixels": bool(dataset.integer_pixels),
+                    **({"class_names": dataset.class_names} if dataset.class_names else {})},
+            inputs=previous + dataset.files,
+        )
 
 
 #: reg_covar of a mixture on non-integer data (its components need a positive one).

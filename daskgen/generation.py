@@ -25,7 +25,7 @@ from dask.delayed import delayed
 
 from ._blas import one_blas_thread
 from ._version import __version__
-from .errors import OutputExistsError
+from .errors import OutputExistsError, user_input
 from .io.readers import _fs, _is_local, open_zarr_group
 from .io.store import consolidate, label_array
 from .models.base import ClassModel, ModelSampler
@@ -171,7 +171,8 @@ def generate(
 
     SAMPLE.check(n=n, seed=seed, chunk_size=chunk_size, dtype=dtype)
     n, chunk_size = int(n), int(chunk_size)
-    class_index = None if label is None else model.class_index(label)
+    with user_input():
+        class_index = None if label is None else model.class_index(label)
     fs, path = _fs(out, storage_options)
     existing = _existing_identity(out, storage_options) if fs.exists(path) else None
     if seed is None:
