@@ -400,8 +400,10 @@ def run(job_file, out, report_html, overwrite, **kw):
 @click.option("--split", type=click.Choice(["train", "test", "t10k", "all"]), default="train", show_default=True,
               help="MNIST/Fashion-MNIST split (all: train then test).")
 @click.option("--download", is_flag=True, help="Download MNIST/Fashion-MNIST (checksums verified) into --source or the cache.")
-@click.option("--label-column", default="label", show_default=True, help="Label column of a CSV source and of a CSV output.")
-@click.option("--image-shape", help="HxW for flat pixels (default: square when the pixel count is).")
+@READ.click(only=("label_column", "image_shape"),
+            help={"label_column": "Label column of a CSV source and of a CSV output.",
+                  "image_shape": "HxW for flat pixels."},
+            shown={"image_shape": "square when the pixel count is"})
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Samples per Zarr chunk.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
