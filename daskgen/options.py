@@ -1,8 +1,9 @@
 """Every user option, defined once: its name, type, default, range or choices and help.
 
 An option group (:data:`READ`, :data:`GAUSSIAN_FIT`, :data:`MIXTURE_FIT`, :data:`SAMPLE`,
-:data:`EVALUATE`, :data:`CLUSTER`) is a tuple of :class:`Option` objects. Three edges
-derive from them, so a bad value reads the same wherever it is given:
+:data:`EVALUATE`, :data:`NDB`, :data:`CLUSTER`) is a :class:`Group` of :class:`Option`
+objects (frozen dataclasses); an option two groups share (:data:`SPLIT_EVERY`) is one
+object. Three edges derive from them, so a bad value reads the same wherever it is given:
 
 - the command line: :meth:`Group.click` decorates a command with the group's options
   (``--split-every``, its default shown in ``--help``); a bad value is one line on
@@ -10,7 +11,8 @@ derive from them, so a bad value reads the same wherever it is given:
 - job files: :mod:`daskgen.job` takes the keys of each section from the groups and
   checks their values with :meth:`Option.check`;
 - the Python API (:func:`daskgen.fit`, :func:`daskgen.fit_mixture`, :func:`daskgen.generate`,
-  :func:`daskgen.evaluate`, the estimators' ``fit``) calls :meth:`Group.check`.
+  :func:`daskgen.evaluate.evaluate`, :func:`daskgen.evaluate_samples.ndb`, the file readers
+  and the estimators' ``fit``) calls :meth:`Group.check`.
 
 A bad value raises :class:`OptionError` (a ``ValueError``), whose message is
 ``"NAME: PROBLEM"``: the name as the edge spells it (``--split-every``, ``fit.split_every``,
@@ -24,7 +26,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -288,7 +290,6 @@ class Group:
     name: str
     options: tuple[Option, ...]
     section: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Option]:
         return iter(self.options)
@@ -581,8 +582,3 @@ CLUSTER = Group("cluster", (
 
 #: Every group, for the README's tables and the tests.
 GROUPS: tuple[Group, ...] = (READ, GAUSSIAN_FIT, MIXTURE_FIT, SAMPLE, EVALUATE, NDB, CLUSTER)
-
-
-def check_split_every(split_every: Any) -> int:
-    """The one check of a tree reduction's fan-in at the API edge."""
-    return SPLIT_EVERY.check(split_every)
