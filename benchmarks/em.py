@@ -72,8 +72,8 @@ def initial_params(X, y, M, reg, seed, scale):
 
 
 def run_daskgen(path, classes, params, M, reg, iterations, workers, blocksize):
-    from daskgen.cluster import connect
-    from daskgen.em import fit_mixture
+    from daskgen.distributed.cluster import connect
+    from daskgen.distributed.em import fit_mixture
 
     init = {"weights": params.weights, "means": params.means, "covariances": params.covariances}
     start = time.perf_counter()

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "gmm_quality.json"))
     args = ap.parse_args(argv)
 
-    from daskgen.cluster import connect
+    from daskgen.distributed.cluster import connect
     from daskgen.evaluate import evaluate, write_outputs
     from daskgen.plot import plot_component_means, plot_sample_grid
 

@@ -1,4 +1,5 @@
-"""One BLAS thread per task while any daskgen task runs in this process.
+"""One BLAS thread per task while any daskgen task runs in this process; and whether
+the task's process runs other tasks in other threads (:func:`shares_threads`).
 
 Dask already runs one task per core; BLAS threads on top of that oversubscribe
 the cores, and a BLAS thread count that changes between calls can change the last
@@ -13,12 +14,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 _lock = threading.Lock()
 _depth = 0
 _limiter: Any = None
 _controller: Any = None
+_shared: ContextVar[bool] = ContextVar("daskgen_threads_shared", default=False)
 
 
 @contextmanager
@@ -40,3 +43,21 @@ def one_blas_thread() -> Iterator[None]:
             if _depth == 0:
                 _limiter.restore_original_limits()
                 _limiter = None
+
+
+@contextmanager
+def shares_threads(shared: bool) -> Iterator[None]:
+    """Declare, for the code run inside (this thread only), whether other tasks run in
+    other threads of this process. The caller knows (the Dask layer asks its worker);
+    kernels read :func:`threads_shared` and never ask a scheduler themselves."""
+    token = _shared.set(bool(shared))
+    try:
+        yield
+    finally:
+        _shared.reset(token)
+
+
+def threads_shared() -> bool:
+    """Whether the running task declared that other tasks share its process's threads
+    (then a BLAS call that holds the GIL would serialise them)."""
+    return _shared.get()

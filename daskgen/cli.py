@@ -168,7 +168,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
     """
-    from .cluster import connect
+    from .distributed.cluster import connect
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
     from .fitting import prepare
@@ -197,7 +197,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                       image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
     with connect(**cluster):
         if components > 1:
-            from .em import fit_mixture
+            from .distributed.em import fit_mixture
 
             def report(it: dict) -> None:
                 change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1
@@ -248,7 +248,7 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     and bits/dim = -(mean log p + D log scale) / (D ln 2). Prints a table; with --out,
     writes evaluation.json and confusion-matrix.png.
     """
-    from .cluster import connect
+    from .distributed.cluster import connect
     from .evaluate import FILES, format_table, open_for_model, write_outputs
     from .evaluate import evaluate as evaluate_model
     from .io.store import read_model
@@ -300,7 +300,7 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
     with --out, writes ndb.json and ndb-bins.png (the centres of the most over- and
     under-represented bins).
     """
-    from .cluster import connect
+    from .distributed.cluster import connect
     from .evaluate_samples import check_outputs, format_table, ndb, open_sets, write_outputs
 
     cluster = _cluster_kwargs(kw)
@@ -333,8 +333,8 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
 @handle_errors
 def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrite, **kw):
     """Generate N samples of MODEL into a Zarr store; rerunning resumes an interrupted run."""
-    from .cluster import connect
-    from .generation import generate
+    from .distributed.cluster import connect
+    from .distributed.generation import generate
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)

@@ -348,7 +348,7 @@ class GaussianMixtureClassifier(_Estimator):
             raise InputError(f"persist must be 'auto', 'always' or 'never', not {self.persist!r}")
 
     def _fit_model(self, dataset):
-        from .em import fit_mixture
+        from .distributed.em import fit_mixture
 
         seed = self.random_state
         if seed is None:

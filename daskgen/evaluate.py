@@ -1,8 +1,9 @@
 """``daskgen evaluate``: held-out log-likelihood and the Bayes classifier, computed distributed.
 
-Per block, a task scores the rows under the model and returns sums and a
-confusion matrix (:class:`EvalStats`); a tree of combine tasks adds them up
-(:func:`daskgen.reduce.tree_reduce`). Works for every model kind through its
+Per block, a task reads the rows, scores them under the model and returns sums and a
+confusion matrix (:class:`EvalStats`); a fixed tree of combine tasks adds them up
+(:data:`EVALUATE`, a :class:`~daskgen.distributed.reduction.Reduction`). The scorer
+travels inside the graph (one key), so evaluate survives losing every worker. Works for every model kind through its
 :meth:`~daskgen.models.base.ClassModel.scorer` (what a task needs to score rows) and
 its :meth:`~daskgen.models.base.ClassModel.summary`.
 
@@ -45,13 +46,12 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 
 from ._blas import one_blas_thread
+from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 from .errors import InputError
-from .io.readers import Dataset, read_block
+from .io.readers import Dataset
 from .kernels.linalg import logsumexp_rows
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
 #: Rows scored at once inside a block task (bounds the task's memory).
@@ -105,9 +105,10 @@ def _is_integer(X: np.ndarray) -> bool:
     return bool(X.size) and bool(np.all(X == np.rint(X)))
 
 
-def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: int) -> EvalStats:
-    """Scores of one block: sums of log-likelihoods and the confusion matrix."""
-    X, y = xy
+def evaluate_block(X: np.ndarray, y: np.ndarray, index: int, scorer, scale: float, dequantize: str,
+                   seed: int) -> EvalStats:
+    """Scores of block ``index``, rows ``X`` (n, D) in pixel units and labels ``y`` (n,):
+    sums of log-likelihoods (nats, model units) and the confusion matrix."""
     K = len(scorer.classes)
     out = EvalStats(K)
     if len(y) == 0:
@@ -143,6 +144,10 @@ def evaluate_block(xy, scorer, scale: float, dequantize: str, seed: int, index: 
     out.labelled = int((codes >= 0).sum())
     out.dequantized = len(y) if deq else 0
     return out
+
+
+#: Scores per block (the block's index seeds its dequantization noise), float sums: a fixed tree.
+EVALUATE = Reduction("evaluate", evaluate_block, merge_eval, indexed=True)
 
 
 def open_for_model(
@@ -188,24 +193,14 @@ def evaluate(
     The inputs are read with the model's scale and must have its features. See the
     module docstring for the conventions.
     """
-    from .cluster import active_client, compute
-    from .options import EVALUATE
+    from .options import EVALUATE as OPTIONS  # EVALUATE here is the reduction
 
-    EVALUATE.check(dequantize=dequantize, seed=seed, split_every=split_every)
+    OPTIONS.check(dequantize=dequantize, seed=seed, split_every=split_every)
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
-    scorer = model.scorer()
-    client = active_client()
-    shared = client.scatter(scorer, broadcast=True, hash=False) if client is not None else scorer
     token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)
-    parts = []
-    for i, block in enumerate(dataset.blocks):
-        xy = delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                            dask_key_name=f"read-{token}-{i}")
-        parts.append(delayed(evaluate_block, pure=True)(xy, shared, float(model.scale), dequantize, int(seed), i,
-                                                        dask_key_name=f"evaluate-{token}-{i}"))
-    stats = compute(tree_reduce(parts, int(split_every), f"evaluate-{token}", combine=merge_eval),
-                    stage="evaluate", progress=progress)
+    stats = reduce_blocks(EVALUATE, dataset, (model.scorer(), float(model.scale), dequantize, int(seed)),
+                          split_every=int(split_every), token=token, progress=progress)
     return report(model, dataset, stats, dequantize=dequantize, seed=seed)
 
 

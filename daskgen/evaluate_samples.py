@@ -8,12 +8,14 @@ NDB (Richardson & Weiss, 2018; the kernels and conventions are in :mod:`daskgen.
    the smallest hash of their values (:func:`daskgen.kernels.init_sample.sample_chunk`), so the
    same rows whatever the chunking — from a stream seeded by ``seed``. Then Lloyd's iterations: per block, a task
    assigns the rows to their nearest centre and returns per-bin counts and sums;
-   a tree of combine tasks adds them up; the client computes the new centres. Empty
+   a fixed tree of combine tasks adds them up (the reductions :data:`SAMPLE`,
+   :data:`LLOYD`, :data:`COUNT` of :mod:`daskgen.distributed.reduction`, each pass's
+   centres one key of its graph); the client computes the new centres. Empty
    bins move to the rows farthest from their centre. The iterations stop when the
    centres move by at most ``tol`` times the mean per-pixel variance of the sample
    (squared distance summed over centres, as scikit-learn's ``KMeans``; 0: until no
    centre moves) or after ``max_iter``. The training blocks are kept in the
-   cluster's memory when they fit (:func:`daskgen.em.persist_blocks`).
+   cluster's memory when they fit (:func:`daskgen.distributed.em.persist_blocks`).
 2. **Counts.** One task per block of the training, reference and generated sets
    reads that block, assigns its rows and returns per-bin counts; trees add them.
    A task holds one block (``--blocksize`` bytes, at least one Zarr chunk), so a
@@ -26,8 +28,9 @@ Task keys, for the dashboard::
     ndb-sample-<token>-<i>        the k-means++ sample of training block i
     read-<token>-<i>              training block i (persisted for the iterations)
     ndb-lloyd-<token>-<t>-<i>     Lloyd step t on training block i
+    ndb-lloyd-params-<token>-<t>  the centres of step t (one key of the graph)
     ndb-count-<token>-<i>         bin counts of block i of one set
-    combine-...                   the tree reductions
+    combine-ndb-...               the reductions
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 
-from ._blas import one_blas_thread
+from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks, reduction_graph
 from .errors import InputError, OutputExistsError
-from .io.readers import Block, Dataset, open_inputs, read_block
+from .io.readers import Dataset, open_inputs
+from .kernels.init_sample import InitSample, merge_samples, sample_chunk
 from .ndb_kernels import (
     BinCounts,
     LloydStats,
@@ -57,7 +60,6 @@ from .ndb_kernels import (
     ndb_test,
     update_centres,
 )
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
 
 FILES = {"json": "ndb.json", "bins": "ndb-bins.png"}
 DEFAULT_BINS = 100
@@ -192,24 +194,25 @@ def check_outputs(out: str, overwrite: bool = False, storage_options: dict | Non
             raise OutputExistsError(f"{posixpath.join(str(out), name)} already exists; pass --overwrite to replace it")
 
 
-# ---------------------------------------------------------------------------- block tasks
-def _block_sample(xy, seed: int, size: int, scale: float):
-    from .kernels.init_sample import sample_chunk
-
-    X, _ = xy
+# ---------------------------------------------------------------------------- the reductions
+def _sample_rows(X: np.ndarray, y: np.ndarray, seed: int, size: int, scale: float) -> InitSample:
+    """The ``size`` rows of a block with the smallest hash keys, whatever their labels."""
     return sample_chunk(X, np.zeros(len(X), dtype=np.int64), seed, size, scale)
 
 
-def _block_lloyd(xy, centres: np.ndarray, scale: float) -> LloydStats:
-    with one_blas_thread():  # Dask runs a task per core already
-        return lloyd_block(xy[0], centres, scale)
+def _lloyd_rows(X: np.ndarray, y: np.ndarray, centres: np.ndarray, scale: float) -> LloydStats:
+    return lloyd_block(X, centres, scale)
 
 
-def _block_counts(block: Block, check_pixel_range: bool, storage_options: dict | None, centres: np.ndarray,
-                  scale: float, rows=None) -> BinCounts:
-    X, _ = read_block(block, check_pixel_range, storage_options, rows)  # read in the task: one block in memory
-    with one_blas_thread():
-        return bin_counts(X, centres, scale)
+def _count_rows(X: np.ndarray, y: np.ndarray, centres: np.ndarray, scale: float) -> BinCounts:
+    return bin_counts(X, centres, scale)
+
+
+#: The k-means++ sample and Lloyd's sums merge in a fixed tree (sample ties keep the first row in
+#: merge order; float sums round by order); bin counts are exact in any order.
+SAMPLE = Reduction("ndb-sample", _sample_rows, merge_samples)
+LLOYD = Reduction("ndb-lloyd", _lloyd_rows, merge_lloyd)
+COUNT = Reduction("ndb-count", _count_rows, merge_counts, exact=True)
 
 
 def _token(dataset: Dataset, *more: Any) -> str:
@@ -232,27 +235,20 @@ def fit_bins(
 
     ``centres`` (k, D) skips the k-means++ seeding (start Lloyd's iterations there).
     """
-    from .cluster import compute
-    from .em import persist_blocks
-    from .kernels.init_sample import merge_samples
+    from .distributed.em import persist_blocks
     from .kernels.kmeans import kmeans_plusplus
 
     if k < 1:
         raise InputError(f"the number of bins must be at least 1, got {k}")
     scale = float(train.scale)
-    so = train.storage_options or None
     init_sample = int(init_sample or INIT_PER_BIN * k)
     token = _token(train, "ndb", seed, init_sample)
     start = time.perf_counter()
-    reads = [delayed(read_block, pure=True)(b, train.integer_pixels, so, train.rows(i),
-                                            dask_key_name=f"read-{token}-{i}")
-             for i, b in enumerate(train.blocks)]
+    reads = read_tasks(train, token)
     if not reads:
         raise InputError("the training set has no rows")
     blocks, persisted = persist_blocks(reads, train)  # read once for the sample and every iteration
-    parts = [delayed(_block_sample, pure=True)(b, int(seed), int(init_sample), scale,
-                                               dask_key_name=f"ndb-sample-{token}-{i}") for i, b in enumerate(blocks)]
-    sample = compute(tree_reduce(parts, split_every, f"ndb-sample-{token}", combine=merge_samples), stage="ndb-sample")
+    sample = reduce_blocks(SAMPLE, blocks, (int(seed), int(init_sample), scale), split_every=split_every, token=token)
     n_train = int(sample.counts.sum())
     if k > n_train:
         raise InputError(f"{k} bins for {n_train} training rows: pass --bins {n_train} or fewer")
@@ -269,10 +265,7 @@ def fit_bins(
     threshold = float(tol) * float(np.mean(np.var(S, axis=0)))
     converged, reseeded, inertia, t = False, [], math.nan, 0
     for t in range(1, int(max_iter) + 1):
-        shared = delayed(C, name=f"ndb-centres-{token}-{t}", pure=False)
-        parts = [delayed(_block_lloyd, pure=True)(b, shared, scale, dask_key_name=f"ndb-lloyd-{token}-{t}-{i}")
-                 for i, b in enumerate(blocks)]
-        stats = compute(tree_reduce(parts, split_every, f"ndb-lloyd-{token}-{t}", combine=merge_lloyd), stage="ndb-lloyd")
+        stats = reduce_blocks(LLOYD, blocks, (C, scale), split_every=split_every, token=f"{token}-{t}")
         new, moved = update_centres(stats, C, scale)
         reseeded += [(t, j) for j in moved]
         shift = float(((new - C) ** 2).sum())
@@ -295,18 +288,14 @@ def count_bins(
     sets: dict[str, Dataset], centres: np.ndarray, split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False
 ) -> dict[str, BinCounts]:
     """Per-bin counts of every set, as tasks that each read one block, in one compute."""
-    from .cluster import compute
+    from .distributed.cluster import compute
 
-    shared = delayed(centres, name=f"ndb-centres-{tokenize(centres)}", pure=False)
     graphs = {}
     for name, ds in sets.items():
-        token = _token(ds, name, centres)
-        parts = [delayed(_block_counts, pure=True)(b, ds.integer_pixels, ds.storage_options or None, shared,
-                                                   float(ds.scale), ds.rows(i), dask_key_name=f"ndb-count-{token}-{i}")
-                 for i, b in enumerate(ds.blocks)]
-        if not parts:
+        if not ds.blocks:
             raise InputError(f"the {name} set has no rows")
-        graphs[name] = tree_reduce(parts, split_every, f"ndb-count-{token}", combine=merge_counts)
+        graphs[name] = reduction_graph(COUNT, ds, (centres, float(ds.scale)), split_every=split_every,
+                                       token=_token(ds, name, centres))
     return compute(graphs, stage="ndb-count", progress=progress)
 
 

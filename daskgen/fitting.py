@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
 from .io.readers import Dataset, NotEightBitError, open_inputs
 from .kernels.class_stats import ClassStats, merge
@@ -12,7 +13,6 @@ from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
 from .options import GAUSSIAN_FIT
-from .reduce import DEFAULT_SPLIT_EVERY, compute_stats
 
 
 def fit(

@@ -45,7 +45,7 @@ def run_job(
     ``OUT/run-report.json`` — with ``status: failed`` and the error when a stage
     fails (the error is raised again).
     """
-    from .cluster import connect
+    from .distributed.cluster import connect
 
     say = log or (lambda text: None)
     t0 = time.perf_counter()
@@ -255,7 +255,7 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
 
 def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet: bool, say):
     """A mixture of ``mixture["components"]`` Gaussians per class, by EM, a line per iteration."""
-    from .em import fit_mixture
+    from .distributed.em import fit_mixture
 
     em = {k: v for k, v in mixture.items() if k != "components"}
     read = {k: v for k, v in options.items() if k != "shrinkage"}
@@ -269,7 +269,7 @@ def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet
 
 
 def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):
-    from .generation import generate
+    from .distributed.generation import generate
 
     path = job.paths["samples"]
     s = job.sample
@@ -319,7 +319,7 @@ def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, q
 
 def _samples_model(path: str) -> str | None:
     """The model fingerprint a samples store records (None if it is not one)."""
-    from .generation import _existing_identity
+    from .distributed.generation import _existing_identity
 
     return (_existing_identity(path, None) or {}).get("model_fingerprint")
 
@@ -348,7 +348,7 @@ def _performance_report(filename: str | None):
 
 
 def _cluster_info(client) -> dict[str, Any]:
-    from .cluster import dashboard_link
+    from .distributed.cluster import dashboard_link
 
     try:
         nthreads = client.nthreads()

@@ -15,7 +15,7 @@ from _helpers import store_bytes
 from scipy import stats as sps
 
 import daskgen
-from daskgen.generation import generate
+from daskgen.distributed.generation import generate
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
 
@@ -172,7 +172,7 @@ def test_chunks_equal_to_the_fill_value_are_still_written(tmp_path):
     process-wide config is left alone (other tasks run beside the writer)."""
     import zarr
 
-    from daskgen.generation import _write_chunk
+    from daskgen.distributed.generation import _write_chunk
 
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     g.create_array("images", shape=(4, 2), chunks=(2, 2), dtype="float32", fill_value=0)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import daskgen
 from daskgen.cli import main
 from daskgen.datasets import write_zarr_dataset
-from daskgen.em import fit_mixture
+from daskgen.distributed.em import fit_mixture
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.kernels.estep import Components, estep_stats
 from daskgen.kernels.weighted import merge_weighted
@@ -278,7 +278,7 @@ def test_threaded_worker_equals_in_memory_em(digits_pixels, digits_store):
 
 
 def test_input_that_does_not_fit_is_not_persisted(digits_store, sync_scheduler, monkeypatch, caplog):
-    import daskgen.em as em
+    import daskgen.distributed.em as em
 
     monkeypatch.setattr(em, "_host_memory", lambda: 1000)
     with caplog.at_level(logging.WARNING, logger="daskgen"):
@@ -321,7 +321,7 @@ def test_store_round_trip(mixture, tmp_path):
 
 
 def test_generate_and_plot_a_mixture(mixture, tmp_path, sync_scheduler):
-    from daskgen.generation import generate
+    from daskgen.distributed.generation import generate
     from daskgen.plot import load_samples, plot_all
 
     result = generate(mixture, 250, str(tmp_path / "s.zarr"), seed=7, chunk_size=100, dtype="uint8")

@@ -204,16 +204,16 @@ def test_a_set_of_one_class_differs_in_most_bins(stores, sync_scheduler):
 
 def test_counting_reads_one_block_per_task_never_the_whole_store(stores, monkeypatch, sync_scheduler):
     """Memory: each counting task reads one block (one Zarr chunk here) and returns only k counts."""
-    import daskgen.evaluate_samples as es
+    import daskgen.distributed.reduction as layer
 
     seen = []
-    real = es.read_block
+    real = layer.read_block
 
     def spy(block, *args):
         seen.append(block.stop - block.start)
         return real(block, *args)
 
-    monkeypatch.setattr(es, "read_block", spy)
+    monkeypatch.setattr(layer, "read_block", spy)  # each chunk task reads its own block
     sets = open_sets(stores["all"], stores["all"], stores["all"], blocksize=64 * 8)  # smallest: one chunk a task
     C = np.random.default_rng(0).random((9, 64))
     graph_tasks = len(sets["samples"].blocks)
@@ -226,7 +226,7 @@ def test_counting_reads_one_block_per_task_never_the_whole_store(stores, monkeyp
 @pytest.fixture(scope="module")
 def samples_store(digits_data, tmp_path_factory):
     """2,000 uint8 samples of a digits model (the store records the scale 1/16)."""
-    from daskgen.generation import generate
+    from daskgen.distributed.generation import generate
     from daskgen.kernels.class_stats import chunk_stats
     from daskgen.models.gaussian import GaussianClassModel
 

@@ -153,7 +153,7 @@ def test_a_mixture_factors_once_for_every_figure(tmp_path):
 
 LISTENERS = """
 import sys, psutil
-from daskgen.cluster import connect
+from daskgen.distributed.cluster import connect
 workers = None if sys.argv[1] == "threads" else 2
 with connect(workers=workers, threads_per_worker=1, quiet=sys.argv[2] == "quiet"):
     me = psutil.Process()

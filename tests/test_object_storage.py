@@ -264,7 +264,7 @@ def test_generation_into_a_bucket_resumes_and_matches_a_local_run(s3, zarr_model
 
     # ... and the store ends byte for byte as a clean, uninterrupted local run writes it
     # (here with the Python API on Dask's local scheduler: the bytes depend on nothing else).
-    from daskgen.generation import generate
+    from daskgen.distributed.generation import generate
     from daskgen.io.store import read_model
 
     local = tmp_path / "local.zarr"

@@ -102,7 +102,7 @@ def test_any_chunking_and_tree_shape_gives_the_same_statistics(split, seed, spli
     X = rng.normal(size=(n, 4)) * rng.uniform(0.1, 10) + rng.uniform(-1e3, 1e3)
     y = rng.integers(0, 3, n)
     parts = [chunk_stats(X[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
-    while len(parts) > 1:  # the same tree shape reduce.tree_reduce builds
+    while len(parts) > 1:  # the same tree shape distributed.reduction.tree builds
         parts = [merge(parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
     whole = chunk_stats(X, y)
     np.testing.assert_array_equal(parts[0].counts, whole.counts)

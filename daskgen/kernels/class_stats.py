@@ -19,7 +19,7 @@ two statistics merge exactly (Chan, Golub & LeVeque) with::
     scatter = Sa + Sb + (na * nb / n) * d d^T
 
 Chunk -> merge -> finalize mirrors flox's chunk/combine/finalize split: each step is
-a plain function on numpy arrays, and the Dask graph is built elsewhere (``daskgen.reduce``).
+a plain function on numpy arrays, and the Dask graph is built elsewhere (``daskgen.distributed``).
 """
 
 from __future__ import annotations

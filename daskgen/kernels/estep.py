@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg.blas import dtrmm
 
-from .._blas import one_blas_thread
+from .._blas import one_blas_thread, threads_shared
 from .class_stats import as_model_units, class_rows
 from .kmeans import sq_distances
 from .linalg import LOG_2PI, factor_all, logsumexp_rows
@@ -60,7 +60,10 @@ class Components:
         n, D = Xs.shape
         M = self.means.shape[1]
         out = np.full((n, M), -np.inf)
-        trmm = not _threaded_worker()
+        # scipy's BLAS wrappers (trmm) hold the GIL, which would serialise tasks running in
+        # other threads of this process; numpy's matmul releases it. Alone in its process
+        # (a worker process per core, or in memory) trmm's half flops win.
+        trmm = not threads_shared()
         for m in range(M):
             if not np.isfinite(self.log_weights[k, m]):
                 continue
@@ -76,22 +79,6 @@ class Components:
             maha = np.einsum("ij,ij->i", C, C)
             out[:, m] = self.log_weights[k, m] + self.log_det[k, m] - 0.5 * (D * LOG_2PI + maha)
         return out
-
-
-def _threaded_worker() -> bool:
-    """Whether this runs in a Dask worker with several threads.
-
-    scipy's BLAS wrappers (trmm) hold the GIL, which would serialise the worker's
-    tasks; numpy's matmul releases it. Elsewhere (a worker process per core, or in
-    memory) trmm's half flops win.
-    """
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads > 1
-    except (ImportError, ValueError, AttributeError):
-        return False
-
 
 
 def estep_stats(X: np.ndarray, y: np.ndarray, comps: Components, scale: float = 1.0) -> WeightedStats:

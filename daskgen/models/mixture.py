@@ -4,7 +4,7 @@ The class-conditional density of class y is a mixture of M Gaussians,
 ``p(x | y) = sum_m w[y, m] N(x; mu[y, m], Sigma[y, m])``, and the class prior is
 ``p(y) = n_y / n`` as in :class:`~daskgen.models.gaussian.GaussianClassModel`.
 Registered as the model kind ``"mixture"``; fitted by EM (:mod:`daskgen.models.mixture_em`
-in memory, :mod:`daskgen.em` on Dask). Pure numpy.
+in memory, :mod:`daskgen.distributed.em` on Dask). Pure numpy.
 """
 
 from __future__ import annotations

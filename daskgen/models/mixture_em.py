@@ -2,7 +2,7 @@
 
 Labels are known, so EM runs independently per class, but one pass over the data
 serves every class at once. A pass is given as :class:`Passes` (in memory here,
-on Dask in :mod:`daskgen.em`); the E-step statistics are
+on Dask in :mod:`daskgen.distributed.em`); the E-step statistics are
 :class:`~daskgen.kernels.weighted.WeightedStats`, computed per block by
 :mod:`daskgen.kernels.estep`, and they merge exactly for any chunking.
 
@@ -224,7 +224,7 @@ def m_step(
 
 @dataclass
 class Passes:
-    """How one pass over the data is run: in memory (here) or on Dask (``daskgen.em``).
+    """How one pass over the data is run: in memory (here) or on Dask (``daskgen.distributed.em``).
 
     Each method returns the merged result of a pass over every chunk.
     """

@@ -344,7 +344,7 @@ def no_cluster():
     reading and validating text (the cluster paths are covered by the corpus above)."""
     import dask
 
-    with mock.patch("daskgen.cluster.connect", lambda **kw: contextlib.nullcontext()), \
+    with mock.patch("daskgen.distributed.cluster.connect", lambda **kw: contextlib.nullcontext()), \
             dask.config.set(scheduler="synchronous"):
         yield
 

@@ -5,6 +5,7 @@ mid-chunk, and the scheduler lost (not survived: the run fails and a rerun resum
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -76,6 +77,29 @@ def wait_for_idle(cluster, timeout: float = 60) -> None:
         return len(dask_worker.state.executing) + len(dask_worker.state.long_running)
 
     wait_until(lambda: not any(cluster.client.run(executing).values()), timeout, "idle workers", interval=0.2)
+
+
+def kill_every_worker(cluster) -> None:
+    """SIGKILL both worker processes at once (a host's workers restarting); nannies start new ones."""
+    for pid in cluster.worker_pids().values():
+        os.kill(pid, signal.SIGKILL)
+
+
+def run_losing_every_worker(cluster, args: tuple, out: Path, clean: Path, prefix: str, n_blocks: int,
+                            after: int = 4) -> None:
+    """``daskgen ARGS --out OUT`` with every worker SIGKILLed once ``after`` of its ``n_blocks``
+    tasks of ``prefix`` are done, then a clean run to ``clean``: both must succeed."""
+    proc = cluster.popen(*args, "--out", out, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = wait_until(lambda: (n := completed(cluster, prefix)) >= after and n, 240, f"{after} {prefix} tasks done")
+        kill_every_worker(cluster)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert seen < n_blocks - after, f"{prefix} was not interrupted mid-way ({seen} of {n_blocks} blocks)"
+    assert proc.returncode == 0, err[-3000:]
+    p = cluster.daskgen(*args, "--out", clean)
+    assert p.returncode == 0, p.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------- fit
@@ -232,9 +256,7 @@ def test_generation_survives_losing_every_worker_at_once(start_cluster, fashion_
     proc = cluster.popen(*args, "--out", out, stderr=subprocess.PIPE, text=True)
     try:
         seen = wait_until(lambda: (n := done_chunks(out)) >= 5 and n, 120, "5 chunks written")
-        pids = cluster.worker_pids()
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
+        kill_every_worker(cluster)
         _, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
@@ -245,6 +267,48 @@ def test_generation_survives_losing_every_worker_at_once(start_cluster, fashion_
     assert store_bytes(out) == store_bytes(clean)
 
 
+@pytest.mark.slow
+def test_em_pass_survives_losing_every_worker_at_once(start_cluster, fashion_store, tmp_path):
+    """Both workers SIGKILLed during the first E-step pass of a mixture fit. The pass's
+    parameters travel inside its graph (one key), so the new workers recompute them, the
+    persisted blocks and the lost statistics from the graph; the fixed tree makes the model
+    bit-identical to a clean run's."""
+    cluster = start_cluster(nanny=True)
+    args = ("fit", fashion_store, "--components", 2, "--max-iter", 2, "--tol", 0, "--reg-covar", 0.01,
+            "--blocksize", "1MiB")
+    out, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+    run_losing_every_worker(cluster, args, out, clean, "em-estep", N_FIT_ROWS // FIT_CHUNK_ROWS)
+    killed, fresh = daskgen.load_model(str(out)), daskgen.load_model(str(clean))
+    assert killed.fingerprint == fresh.fingerprint
+    for name in ("weights", "means", "covariances", "mass"):
+        np.testing.assert_array_equal(getattr(killed, name), getattr(fresh, name))
+    assert killed.config["em"]["log_likelihood"] == fresh.config["em"]["log_likelihood"]
+
+
+@pytest.fixture(scope="module")
+def fashion_model_784(fashion_small, tmp_path_factory):
+    """One Gaussian per class at full size (D = 784): scoring a block takes long enough to be interrupted."""
+    X, y = fashion_small
+    stats = chunk_stats(X[:N_FIT_ROWS].reshape(N_FIT_ROWS, -1), y[:N_FIT_ROWS], scale=1 / 255)
+    model = GaussianClassModel.from_stats(stats, image_shape=(28, 28), scale=1 / 255, reg_covar=1e-2)
+    path = tmp_path_factory.mktemp("faults-model-784") / "model.zarr"
+    model.save(str(path))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_evaluate_survives_losing_every_worker_at_once(start_cluster, fashion_model_784, fashion_store, tmp_path):
+    """Both workers SIGKILLed mid-evaluate: the scorer is a key of the graph, not scattered
+    data, so the run goes on and reports exactly what a clean run reports."""
+    cluster = start_cluster(nanny=True)
+    args = ("evaluate", fashion_model_784, fashion_store, "--blocksize", "1MiB", "--seed", 3)
+    run_losing_every_worker(cluster, args, tmp_path / "killed", tmp_path / "clean", "evaluate",
+                            N_FIT_ROWS // FIT_CHUNK_ROWS)
+    killed = json.loads((tmp_path / "killed" / "evaluation.json").read_text())
+    clean = json.loads((tmp_path / "clean" / "evaluation.json").read_text())
+    assert killed == clean
+
+
 def test_a_killed_writers_partial_file_is_not_left_in_a_finished_store(fashion_model, tmp_path, monkeypatch):
     """A worker killed while zarr writes a chunk leaves ``<chunk>.<uuid>.partial``; the
     scheduler reruns the task elsewhere and the run finishes without a resume. The
@@ -252,7 +316,7 @@ def test_a_killed_writers_partial_file_is_not_left_in_a_finished_store(fashion_m
     the first attempt at chunk 2 leaves one, as a SIGKILL mid-write does)."""
     import dask
 
-    import daskgen.generation as gen
+    import daskgen.distributed.generation as gen
 
     model = daskgen.load_model(fashion_model)
     real = gen._write_chunk

@@ -13,7 +13,7 @@ import zarr
 
 import daskgen
 from daskgen.datasets import write_zarr_dataset
-from daskgen.generation import generate
+from daskgen.distributed.generation import generate
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
 

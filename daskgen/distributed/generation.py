@@ -23,12 +23,13 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from ._version import __version__
-from .errors import OutputExistsError, user_input
-from .io.readers import _fs, _is_local, open_zarr_group
-from .io.store import consolidate, label_array
-from .models.base import ClassModel, ModelSampler
+from .._blas import one_blas_thread
+from .._version import __version__
+from ..errors import OutputExistsError, user_input
+from ..io.readers import _fs, _is_local, open_zarr_group
+from ..io.store import consolidate, label_array
+from ..models.base import ClassModel, ModelSampler
+from .reduction import in_graph
 
 DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
@@ -166,8 +167,8 @@ def generate(
     Runs on the active ``distributed.Client`` if there is one, else on Dask's local
     scheduler. Re-running resumes: only chunks not yet marked done are written.
     """
+    from ..options import SAMPLE
     from .cluster import compute
-    from .options import SAMPLE
 
     SAMPLE.check(n=n, seed=seed, chunk_size=chunk_size, dtype=dtype)
     n, chunk_size = int(n), int(chunk_size)
@@ -215,7 +216,7 @@ def generate(
         )
         plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape)
         token = tokenize(identity, out)
-        plan_key = _share(plan, f"sampler-{token}")
+        plan_key = in_graph(plan, f"sampler-{token}")
         writes = []
         for i in todo.tolist():
             start = i * chunk_size
@@ -225,7 +226,7 @@ def generate(
                 delayed(_write_chunk, pure=True)(out, storage_options or None, i, start, data, dask_key_name=f"write-{token}-{i}")
             )
         with warnings.catch_warnings():
-            # the sampler is in the graph once, on purpose (see _share)
+            # the sampler is in the graph once, on purpose (see in_graph)
             warnings.filterwarnings("ignore", message="Sending large graph")
             compute(writes, stage="generate", progress=progress)
         # a worker killed mid-write leaves zarr's temporary file; its chunk was rewritten
@@ -241,9 +242,3 @@ def generate(
         consolidate(group)
     return GenerateResult(out, n, int(seed), n_chunks, len(todo), resumed)
 
-
-def _share(obj: Any, key: str):
-    """A large read-only object as one task of the graph, rather than embedded in every
-    task. Not scattered: scattered data lives only on workers, and once every worker
-    holding it has died the run fails; a graph task is recomputed elsewhere."""
-    return delayed(obj, name=key, pure=False)

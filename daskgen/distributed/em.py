@@ -3,18 +3,20 @@
 The input blocks are read once and kept in the cluster's memory (``persist``)
 when they fit in half of it, so iterations do not re-read CSV; otherwise every
 pass re-reads them, and the model's ``config["em"]["persist"]`` says why. Each
-pass is a task per block on the persisted data plus a tree of combine tasks
-(:func:`daskgen.reduce.tree_reduce`), named for the dashboard::
+pass is a :class:`~daskgen.distributed.reduction.Reduction` over the persisted blocks
+(a task per block, then a fixed tree of combine tasks), named for the dashboard::
 
     read-<token>-<i>                  the persisted blocks
     em-sample-<token>-<i>             the initial per-class sample (bottom keys)
     em-assign-<token>-<i>             hard assignment to the initial centres
     em-estep-<token>-<t>-<i>          E-step of iteration t: responsibilities and weighted statistics
+    em-estep-params-<token>-<t>       the parameters of that pass: one key in the graph
     combine-em-...                    the tree reduction of each pass
 
 The parameters of a pass (a few hundred MB for 10 classes x 5 full 784-dimensional
-components) are scattered to the workers once per pass. The M-step runs on the
-client (:func:`daskgen.models.mixture_em.m_step`).
+components) travel inside its graph as one key every block task depends on, so a
+pass survives losing every worker (scattered data would die with them). The M-step
+runs on the client (:func:`daskgen.models.mixture_em.m_step`).
 """
 
 from __future__ import annotations
@@ -26,41 +28,31 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
-from dask.delayed import delayed
 
-from ._blas import one_blas_thread
-from .cluster import active_client, compute
-from .errors import user_input
-from .io.readers import Dataset, _fs, open_zarr_group, read_block
-from .kernels.estep import Components, estep_stats, hard_stats
-from .kernels.init_sample import InitSample, merge_samples, sample_chunk
-from .kernels.weighted import WeightedStats, merge_weighted
-from .models.mixture import GaussianMixtureClassModel
-from .models.mixture_em import DEFAULTS, Passes, em_config, run_em
-from .options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
-from .reduce import DEFAULT_SPLIT_EVERY, tree_reduce
+from ..errors import user_input
+from ..io.readers import Dataset, _fs, open_zarr_group
+from ..kernels.estep import Components, estep_stats, hard_stats
+from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
+from ..kernels.weighted import WeightedStats, merge_weighted
+from ..models.mixture import GaussianMixtureClassModel
+from ..models.mixture_em import DEFAULTS, Passes, em_config, run_em
+from ..options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
+from .cluster import active_client
+from .reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
 
 log = logging.getLogger("daskgen")
 #: Persist the blocks when their estimated size is at most this fraction of the cluster's memory.
 PERSIST_FRACTION = 0.5
 
 
-# ---------------------------------------------------------------------------- block tasks
-def _block_sample(xy, seed: int, size: int, scale: float) -> InitSample:
-    X, y = xy
-    return sample_chunk(X, y, seed, size, scale)
-
-
-def _block_assign(xy, classes: np.ndarray, centers: np.ndarray, diagonal: bool, scale: float) -> WeightedStats:
-    X, y = xy
-    with one_blas_thread():
-        return hard_stats(X, y, classes, centers, diagonal, scale)
-
-
-def _block_estep(xy, comps: Components, scale: float) -> WeightedStats:
-    X, y = xy
-    with one_blas_thread():  # Dask runs a task per core already
-        return estep_stats(X, y, comps, scale)
+# ---------------------------------------------------------------------------- the passes
+#: The initial per-class sample (the rows with the smallest hash keys). Not declared exact:
+#: distinct 8-bit rows can share a key, and ties keep the first row in merge order, so the
+#: sample is only reproducible with a fixed merge order (the tree).
+SAMPLE = Reduction("em-sample", sample_chunk, merge_samples)
+#: Hard assignment to the initial centres, and the E-step: Chan-merged weighted statistics.
+ASSIGN = Reduction("em-assign", hard_stats, merge_weighted)
+ESTEP = Reduction("em-estep", estep_stats, merge_weighted)
 
 
 # ---------------------------------------------------------------------------- persistence
@@ -147,33 +139,23 @@ def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto") 
     return persisted, report
 
 
-# ---------------------------------------------------------------------------- passes
-def _share(obj: Any, key: str):
-    client = active_client()
-    if client is not None:
-        return client.scatter(obj, broadcast=True, hash=False)
-    return delayed(obj, name=key)
-
-
 def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False) -> Passes:
-    """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a task per block + a tree."""
+    """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a reduction whose
+    parameters travel inside its graph (one key per pass)."""
     scale = float(dataset.scale)
     counter = iter(range(1, 10**9))
 
-    def run(name: str, fn: Callable, args: tuple, combine: Callable):
-        tag = f"{token}-{next(counter)}" if name == "em-estep" else token
-        parts = [delayed(fn, pure=True)(b, *args, dask_key_name=f"{name}-{tag}-{i}") for i, b in enumerate(blocks)]
-        return compute(tree_reduce(parts, split_every, f"{name}-{tag}", combine=combine), stage=name, progress=progress)
+    def run(reduction: Reduction, params: tuple, tag: str):
+        return reduce_blocks(reduction, blocks, params, split_every=split_every, token=tag, progress=progress)
 
     def sample(seed: int, size: int) -> InitSample:
-        return run("em-sample", _block_sample, (seed, size, scale), merge_samples)
+        return run(SAMPLE, (seed, size, scale), token)
 
     def hard(classes, centers, diagonal) -> WeightedStats:
-        return run("em-assign", _block_assign, (classes, _share(centers, f"em-centers-{token}"), diagonal, scale),
-                   merge_weighted)
+        return run(ASSIGN, (classes, centers, diagonal, scale), token)
 
     def estep(comps: Components) -> WeightedStats:
-        return run("em-estep", _block_estep, (_share(comps, f"em-params-{token}"), scale), merge_weighted)
+        return run(ESTEP, (comps, scale), f"{token}-{next(counter)}")
 
     return Passes(sample=sample, hard=hard, estep=estep)
 
@@ -214,7 +196,7 @@ def fit_mixture(
     ``callback`` is called after every iteration with its number, mean
     log-likelihood, change, events and seconds.
     """
-    from .fitting import default_reg_covar, prepare
+    from ..fitting import default_reg_covar, prepare
 
     checked = {**GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, split_every=split_every),
                **MIXTURE_FIT.check(names={"components": "n_components"}, components=n_components, max_iter=max_iter,
@@ -233,12 +215,7 @@ def fit_mixture(
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
-    reads = [
-        delayed(read_block, pure=True)(block, dataset.integer_pixels, dataset.storage_options or None,
-                                       dataset.rows(i), dask_key_name=f"read-{token}-{i}")
-        for i, block in enumerate(dataset.blocks)
-    ]
-    blocks, persisted = persist_blocks(reads, dataset, persist)
+    blocks, persisted = persist_blocks(read_tasks(dataset, token), dataset, persist)
     em_token = tokenize(token, n_components, em_options)
     passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
     with user_input():  # the driver checks the data (a class of one row) and given parameters

@@ -1,0 +1,54 @@
+"""The fit's statistics on Dask: one :class:`~daskgen.distributed.reduction.Reduction` per
+kind of statistic, run over every block of the input.
+
+* 8-bit pixels (full covariances) carry exact integer sums (:class:`PixelSums`), whose
+  merge is exact in any order: they merge *as blocks finish* on a distributed cluster
+  (a worker holds a handful of statistics however many blocks there are; with a fixed
+  tree it held those of every block waiting for its group), and the model is
+  bit-identical whatever the order. ``finalize`` turns the sums into ClassStats.
+* Other data (floats, diagonal statistics) carries centered statistics merged by
+  Chan's update, whose rounding depends on the order: a fixed tree of ``split_every``
+  fan-in, so results are bit-identical run to run.
+
+Keys read ``chunk-stats`` (a block read and its statistics, in one task) and
+``combine`` on the dashboard; the stage's span is ``fit``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from dask.base import tokenize
+
+from ..io.readers import Dataset
+from ..kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from .reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
+
+__all__ = ["DEFAULT_SPLIT_EVERY", "compute_stats", "exact_sums", "stats_reduction"]
+
+
+def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
+    """Whether the fit of ``dataset`` runs on exact integer sums."""
+    return bool(dataset.integer_pixels) and not diagonal
+
+
+def _finalize_sums(sums: PixelSums, scale: float) -> ClassStats:
+    return sums.to_class_stats(scale)
+
+
+def stats_reduction(dataset: Dataset, diagonal: bool = False) -> Reduction:
+    """The fit's statistic over ``dataset``: exact 8-bit sums, or Chan-merged ClassStats."""
+    if exact_sums(dataset, diagonal):
+        return Reduction("chunk-stats", pixel_sums, add_sums, finalize=partial(_finalize_sums, scale=dataset.scale),
+                         exact=True, combine_name="combine")
+    return Reduction("chunk-stats", partial(chunk_stats, diagonal=diagonal, scale=dataset.scale), merge,
+                     combine_name="combine")
+
+
+def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY,
+                  progress: bool = False) -> ClassStats:
+    """ClassStats of every block of ``dataset`` on the current Dask scheduler (a distributed
+    Client if one is active): D features, counts per class, model units."""
+    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal)
+    return reduce_blocks(stats_reduction(dataset, diagonal), dataset, split_every=split_every, token=token,
+                         stage="fit", progress=progress)

@@ -1,0 +1,209 @@
+"""The reduction layer (daskgen.distributed.reduction): the fixed tree's grouping, the
+merge as completed, parameters as one graph key, and kernels free of Dask."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+
+import dask
+import numpy as np
+import pytest
+from dask.core import get_dependencies
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daskgen.distributed.reduction import (
+    Reduction,
+    chunk_tasks,
+    reduce_blocks,
+    reduction_graph,
+    tree,
+)
+
+
+# ---------------------------------------------------------------------------- an exact reduction to test with
+def _sums(X, y, delay=0.0):
+    """Per block: integer column sums, the blocks seen (1) and the widest merge so far (1)."""
+    if delay:
+        time.sleep(float(delay))
+    return np.asarray(X, dtype=np.int64).sum(axis=0), 1, 1
+
+
+def _delayed_sums(X, y, index, delays):
+    return _sums(X, y, delays[index % len(delays)])
+
+
+def _add(parts):
+    parts = list(parts)
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), max(len(parts), *(p[2] for p in parts)))
+
+
+SUMS = Reduction("sums", _sums, _add, exact=True)
+SLOW_SUMS = Reduction("slow-sums", _delayed_sums, _add, exact=True, indexed=True)
+
+
+def _blocks(X: np.ndarray, sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    bounds = np.cumsum([0, *sizes])
+    return [(X[a:b], np.zeros(b - a, dtype=int)) for a, b in itertools.pairwise(bounds)]
+
+
+chunkings = st.integers(1, 40).flatmap(
+    lambda n: st.lists(st.integers(1, 7), min_size=1, max_size=n))
+
+
+# ---------------------------------------------------------------------------- the fixed tree
+def _combines(graph) -> dict[str, list[str]]:
+    dsk = dict(graph.__dask_graph__())
+    return {k: sorted(get_dependencies(dsk, k)) for k in dsk if str(k).startswith("combine-")}
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 7, 8, 9, 64, 65])
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_the_fixed_tree_groups_consecutive_blocks_at_most_split_every_at_a_time(n_blocks, split_every):
+    X = np.arange(n_blocks * 3).reshape(n_blocks, 3)
+    blocks = _blocks(X, [1] * n_blocks)
+    first = _combines(reduction_graph(SUMS, blocks, split_every=split_every, token="t"))
+    again = _combines(reduction_graph(SUMS, blocks, split_every=split_every, token="t"))
+    assert first == again  # the grouping is a function of the number of blocks only
+    assert all(1 <= len(deps) <= split_every for deps in first.values())
+    leaves = sorted(f"sums-t-{i}" for i in range(n_blocks))
+    assert sorted(d for deps in first.values() for d in deps if d.startswith("sums-")) == leaves
+    level0 = sorted((k, deps) for k, deps in first.items() if k.startswith("combine-sums-t-0-"))
+    for _, deps in level0:  # consecutive blocks, in order
+        idx = sorted(int(d.rsplit("-", 1)[1]) for d in deps)
+        assert idx == list(range(idx[0], idx[0] + len(idx)))
+
+
+def test_tree_refuses_a_fan_in_below_two_and_nothing_to_reduce():
+    with pytest.raises(ValueError, match="split_every"):
+        tree([dask.delayed(1)], _add, 1, "combine-x")
+    with pytest.raises(ValueError, match="no blocks"):
+        tree([], _add, 2, "combine-x")
+
+
+def test_merging_as_completed_needs_an_exact_merge(sync_scheduler):
+    inexact = Reduction("floats", _sums, _add)
+    with pytest.raises(ValueError, match="exact"):
+        reduce_blocks(inexact, _blocks(np.ones((4, 2)), [2, 2]), strategy="as-completed")
+    with pytest.raises(ValueError, match="strategy"):
+        reduce_blocks(SUMS, _blocks(np.ones((4, 2)), [2, 2]), strategy="sideways")
+
+
+# ---------------------------------------------------------------------------- parameters
+def test_parameters_are_one_key_every_block_task_depends_on():
+    big = np.zeros((64, 64))
+    blocks = _blocks(np.ones((12, 2)), [3, 3, 3, 3])
+    tasks = chunk_tasks(SLOW_SUMS, blocks, (big,), token="t")
+    dsk = dict(dask.delayed(tasks).__dask_graph__())
+    params = [k for k in dsk if str(k).startswith("slow-sums-params-")]
+    assert params == ["slow-sums-params-t"]
+    for i in range(4):
+        assert "slow-sums-params-t" in get_dependencies(dsk, f"slow-sums-t-{i}")
+    assert sum(v is big for v in _walk(dsk)) == 1  # in the graph once, not embedded in each task
+
+
+def _walk(obj):
+    """Every value reachable in a graph's tasks, arguments included."""
+    from dask._task_spec import DataNode, Task
+
+    stack = list(obj.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Task):
+            stack.extend(v.args)
+            stack.extend(v.kwargs.values())
+        elif isinstance(v, DataNode):
+            stack.append(v.value)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif hasattr(v, "values") and isinstance(getattr(v, "values", None), tuple):  # Params
+            stack.extend(v.values)
+        else:
+            yield v
+
+
+def test_indexed_chunks_get_their_block_position_and_finalize_gets_the_merged_result(sync_scheduler):
+    def chunk(X, y, index, base):
+        return [base + index]
+
+    r = Reduction("pos", chunk, lambda parts: sorted(x for p in parts for x in p), finalize=tuple, indexed=True)
+    out = reduce_blocks(r, _blocks(np.ones((10, 1)), [2] * 5), (100,), split_every=2)
+    assert out == (100, 101, 102, 103, 104)
+
+
+# ---------------------------------------------------------------------------- both strategies
+@pytest.fixture(scope="module")
+def threaded_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=chunkings, split_every=st.integers(2, 5), delays=st.lists(st.sampled_from([0, 0.001, 0.005, 0.02]),
+                                                                        min_size=1, max_size=6))
+def test_as_completed_and_tree_give_the_same_exact_result(threaded_client, sizes, split_every, delays):
+    """Random chunkings and random completion orders (each block sleeps a drawn time): the
+    merge as completed equals the fixed tree and numpy's sum, every block is merged once,
+    and no combine takes more than ``split_every`` inputs."""
+    rng = np.random.default_rng(len(sizes) * 31 + split_every)
+    X = rng.integers(0, 256, size=(sum(sizes), 5))
+    blocks = _blocks(X, sizes)
+    with dask.config.set(scheduler="synchronous"):
+        by_tree = reduce_blocks(SLOW_SUMS, blocks, (tuple(delays),), split_every=split_every)
+    with threaded_client.as_current():
+        as_completed = reduce_blocks(SLOW_SUMS, blocks, (tuple(delays),), split_every=split_every,
+                                     strategy="as-completed")
+    np.testing.assert_array_equal(as_completed[0], X.sum(axis=0))
+    np.testing.assert_array_equal(by_tree[0], X.sum(axis=0))
+    assert as_completed[1] == by_tree[1] == len(sizes)
+    assert as_completed[2] <= split_every and by_tree[2] <= split_every
+
+
+def test_the_fit_statistics_are_chunking_invariant_on_8_bit_pixels(threaded_client):
+    """The exact 8-bit fit through the layer: bit-equal over chunkings and completion orders."""
+    from daskgen.distributed.fit import compute_stats
+    from daskgen.io.arrays import from_arrays
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(300, 16), dtype=np.uint8)
+    y = rng.integers(0, 3, size=300)
+    results = []
+    for rows in (300, 37, 8):
+        ds = from_arrays(X, y, blocksize=rows)
+        with threaded_client.as_current():
+            results.append(compute_stats(ds, split_every=3))
+        with dask.config.set(scheduler="synchronous"):
+            results.append(compute_stats(ds, split_every=2))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.counts, results[0].counts)
+        np.testing.assert_array_equal(r.means, results[0].means)
+        np.testing.assert_array_equal(r.scatter, results[0].scatter)
+
+
+# ---------------------------------------------------------------------------- kernels stay numpy
+def test_kernels_and_models_import_and_run_without_dask():
+    """``daskgen.kernels`` and ``daskgen.models`` (every submodule) load without dask or
+    distributed, and the E-step kernel never asks for a worker."""
+    code = """
+import importlib, pkgutil, sys
+import numpy as np
+import daskgen.kernels, daskgen.models
+for pkg in (daskgen.kernels, daskgen.models):
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{m.name}")
+from daskgen.kernels.estep import Components, estep_stats
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+comps = Components.from_covariances(np.array([0, 1]), np.full((2, 2), 0.5), rng.normal(size=(2, 2, 3)),
+                                    np.broadcast_to(np.eye(3), (2, 2, 3, 3)).copy())
+estep_stats(X, y, comps)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
