@@ -361,3 +361,19 @@ def test_cli_components_1_is_todays_model_and_3_is_a_mixture(digits_store, tmp_p
     assert c.config["prior_rows"] == 50.0
     bad = runner.invoke(main, ["fit", digits_store, "--components", "2", "--shrinkage", "oas", "-o", str(tmp_path / "d.zarr")])
     assert bad.exit_code == 2 and "--shrinkage" in bad.output
+
+
+def test_row_keys_of_distinct_8_bit_rows_do_not_collide(digits):
+    """Small integers have float64 bits that are zero below the top mantissa bits; the keys
+    must still separate every distinct row (a tie between distinct rows makes the initial
+    sample depend on which block a row was in)."""
+    from daskgen.kernels.init_sample import row_keys
+
+    X = np.unique(digits[0], axis=0)
+    keys = row_keys(X, seed=0)
+    assert len(np.unique(keys)) == len(X)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 3, size=(20000, 784)).astype(np.uint8)
+    pixels = np.unique(pixels, axis=0)
+    assert len(np.unique(row_keys(pixels, seed=7))) == len(pixels)
+    np.testing.assert_array_equal(row_keys(pixels[:50], 7), row_keys(pixels[:50].astype(np.float64), 7))

@@ -28,8 +28,11 @@ def row_keys(X: np.ndarray, seed: int) -> np.ndarray:
     """A pseudo-random uint64 key per row, a function of the row's values and ``seed`` only.
 
     The values are hashed as float64 bits (so uint8 and float64 pixels give the same
-    keys): a random linear form mod 2^64 with odd coefficients, then a splitmix64
-    finaliser. Equal rows get equal keys; distinct rows collide with probability ~2^-64.
+    keys), each value's bits mixed by splitmix64 first — the bits of small integers
+    are zero below the top ~12 mantissa bits, and a product with them mod 2^64 would
+    keep only those — then a random linear form mod 2^64 with odd coefficients and a
+    splitmix64 finaliser. Equal rows get equal keys; distinct rows collide with
+    probability ~2^-64.
     """
     D = X.shape[1]
     coef = np.random.default_rng([int(seed), 0x5EED]).integers(0, 2**63, size=D, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -38,7 +41,7 @@ def row_keys(X: np.ndarray, seed: int) -> np.ndarray:
     step = max(1, 2**22 // max(D, 1))
     with np.errstate(over="ignore"):
         for a in range(0, X.shape[0], step):
-            h[a : a + step] += (bits[a : a + step] * coef).sum(axis=1, dtype=np.uint64)
+            h[a : a + step] += (_splitmix(bits[a : a + step]) * coef).sum(axis=1, dtype=np.uint64)
     return _splitmix(h)
 
 
