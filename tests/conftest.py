@@ -86,8 +86,18 @@ SLOW_FIXTURES = frozenset(
 )
 
 
+#: Modules that test whole runs end to end (jobs, the new-user path, deploy scripts and
+#: manifests, object storage, faults on external clusters): slow as a whole.
+SLOW_MODULES = frozenset(
+    {
+        "test_run.py", "test_new_user.py", "test_deploy_local.py", "test_kubernetes.py",
+        "test_object_storage.py", "test_faults.py", "test_model_store_kills.py", "test_load.py",
+    }
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that uses a slow fixture as ``slow``.
+    """Mark every test of a slow module, or that uses a slow fixture, as ``slow``.
 
     ``pytest -m "not slow"`` is then the fast tier (kernels, models, CLI parsing and
     errors on small data, in-process schedulers); plain ``pytest`` runs everything.
@@ -95,5 +105,5 @@ def pytest_collection_modifyitems(config, items):
     carry ``@pytest.mark.slow`` themselves.
     """
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if item.path.name in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -34,6 +34,7 @@ def test_fit_then_sample(tmp_path, good_csv):
     assert set(np.unique(g["labels"][:])) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_fit_as_a_real_process(tmp_path, good_csv):
     exe = os.path.join(os.path.dirname(sys.executable), "daskgen")
     p = subprocess.run([exe, "fit", good_csv, "--out", str(tmp_path / "m.zarr"), "--workers", "2"],

@@ -113,6 +113,7 @@ def test_dataframes_and_xarray_give_the_numpy_model(pixels, sync_scheduler):
 
 
 # ---------------------------------------------------------------------------- references
+@pytest.mark.slow
 def test_gaussian_classifier_matches_qda_and_np_cov(dequantized, sync_scheduler):
     from scipy.stats import multivariate_normal
     from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis

@@ -100,6 +100,7 @@ def test_zarr_through_fsspec_memory_url(sync_scheduler):
     assert_model_matches(m, images.reshape(300, -1) / 255, labels)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blocksize=st.integers(min_value=300, max_value=60_000), split_every=st.integers(min_value=2, max_value=9))
 def test_result_does_not_depend_on_blocks_or_tree(tmp_path_factory, offset_data, blocksize, split_every):

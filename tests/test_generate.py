@@ -114,6 +114,7 @@ def test_resume_writes_only_missing_chunks_and_cleans_partials(digits_model, tmp
     assert store_bytes(out) == full
 
 
+@pytest.mark.slow
 def test_interrupted_process_resumes_byte_identical(digits_model, tmp_path):
     digits_model.save(str(tmp_path / "m.zarr"))
     exe = os.path.join(os.path.dirname(sys.executable), "daskgen")
@@ -147,6 +148,7 @@ def test_interrupted_process_resumes_byte_identical(digits_model, tmp_path):
     assert "wrote 0 of 200 chunks" in third.stderr
 
 
+@pytest.mark.slow
 def test_a_million_samples_fit_back_to_the_model(tmp_path, sync_scheduler):
     rng = np.random.default_rng(4)
     D = 6

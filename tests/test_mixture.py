@@ -112,6 +112,7 @@ def test_one_component_is_the_single_gaussian(digits_pixels):
     assert mix.config["em"]["n_iter"] == 2 and mix.config["em"]["converged"]
 
 
+@pytest.mark.slow
 def test_prior_rows_shrink_each_component_toward_its_class(digits_pixels):
     from daskgen.models.mixture_em import m_step
 
@@ -194,6 +195,7 @@ def test_merge_does_not_depend_on_chunking(cuts, diagonal, order_seed):
     assert (merged.minimum, merged.maximum) == (whole.minimum, whole.maximum)
 
 
+@pytest.mark.slow
 def test_initial_sample_and_fit_do_not_depend_on_blocks(digits_pixels):
     X, y = digits_pixels
     one = memory_passes(X, y, DIGITS_SCALE).sample(5, 50)
@@ -264,6 +266,7 @@ def test_distributed_em_equals_in_memory_em(digits_pixels, digits_store, client)
     assert len(client.scheduler_info()["workers"]) == 2
 
 
+@pytest.mark.slow
 def test_threaded_worker_equals_in_memory_em(digits_pixels, digits_store):
     """A worker with two threads scores with numpy's matmul (it releases the GIL), not trmm."""
     from distributed import Client, LocalCluster
@@ -307,6 +310,7 @@ def test_sampling_follows_the_weights():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_store_round_trip(mixture, tmp_path):
     mixture.save(str(tmp_path / "m.zarr"))
     back = daskgen.load_model(str(tmp_path / "m.zarr"))

@@ -33,6 +33,8 @@ def kmeans_plusplus(X: np.ndarray, M: int, rng: np.random.Generator) -> np.ndarr
     Fewer than M centres when X has fewer than M distinct rows.
     """
     n = len(X)
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.einsum("ij,ij->i", X, X)
     first = int(rng.integers(n))
     centers = [X[first]]
     closest = ((X - X[first]) ** 2).sum(1)
@@ -43,9 +45,11 @@ def kmeans_plusplus(X: np.ndarray, M: int, rng: np.random.Generator) -> np.ndarr
             break  # every row coincides with a centre
         cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
         cand = np.minimum(cand, n - 1)
-        d = ((X[None, :, :] - X[cand][:, None, :]) ** 2).sum(2) if n * trials * X.shape[1] < 2**24 else np.stack(
-            [((X - X[c]) ** 2).sum(1) for c in cand]
-        )
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one (trials, D) x (D, n) product, not an
+        # (n, trials, D) difference array; a candidate's distance to itself is exactly 0.
+        d = norms[None, :] - 2.0 * (X[cand] @ X.T) + norms[cand][:, None]
+        np.maximum(d, 0.0, out=d)
+        d[np.arange(len(cand)), cand] = 0.0
         pots = np.minimum(closest[None, :], d).sum(1)
         best = int(np.argmin(pots))
         centers.append(X[cand[best]])
