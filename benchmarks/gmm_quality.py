@@ -62,14 +62,16 @@ def prepare(train_rows: int | None, validation_rows: int) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def fit_one(K, path, reg, prior, args):
+def fit_one(K, path, reg, prior, args, **options):
+    """The model of K components per class (``options``: e.g. ``transform``), its EM summary and seconds."""
     import daskgen
 
     start = time.perf_counter()
     if K == 1:
-        return daskgen.fit(path, reg_covar=reg), {"n_iter": None, "converged": None}, time.perf_counter() - start
+        model = daskgen.fit(path, reg_covar=reg, seed=args.seed, **options)
+        return model, {"n_iter": None, "converged": None}, time.perf_counter() - start
     model = daskgen.fit_mixture(
-        path, K, reg_covar=reg, prior_rows=prior, max_iter=args.max_iter, tol=args.tol, seed=args.seed,
+        path, K, reg_covar=reg, prior_rows=prior, max_iter=args.max_iter, tol=args.tol, seed=args.seed, **options,
         callback=lambda it: print(f"  K={K} reg={reg:.3g} prior={prior:g} iteration {it['iteration']}: {it['log_likelihood']:.2f} "
                                   f"({it['seconds']:.1f}s)", file=sys.stderr))
     em = model.config["em"]

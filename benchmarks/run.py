@@ -79,7 +79,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 def summary(runs: list[tuple[float, int]]) -> dict:
     return {"seconds": statistics.median(t for t, _ in runs), "runs": [round(t, 3) for t, _ in runs],
-            "peak_rss_bytes": max(m for _, m in runs)}
+            "peak_rss_bytes": max(m for _, m in runs), "peak_rss_runs": [m for _, m in runs]}
 
 
 def interleaved(cmds: dict[str, list[str]], repeat: int) -> dict[str, dict]:

@@ -163,7 +163,8 @@ class _UserErrorFilter(logging.Filter):
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        split_every, components, max_iter, tol, init, seed, prior_rows, storage, overwrite, **kw):
+        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, storage, overwrite,
+        **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -171,7 +172,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .distributed.cluster import connect
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
-    from .fitting import prepare
+    from .fitting import fit_transform, prepare
     from .io.store import output_exists, read_model
 
     cluster = _cluster_kwargs(kw)
@@ -183,6 +184,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
+    if logit_lambda is not None and transform != "logit":
+        raise InputError("--logit-lambda applies to --transform logit")
+    transform = fit_transform(transform, logit_lambda)  # checked before anything is read
     replacing_update = update_path is not None and out == update_path
     if output_exists(out, so) and not (overwrite or replacing_update):
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -204,14 +208,15 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                 _say(cluster["quiet"], f"daskgen: EM iteration {it['iteration']}: mean log-likelihood "
                      f"{it['log_likelihood']:,.4f}{change} in {it['seconds']:.1f}s")
 
-            model = fit_mixture(dataset, components, covariance=covariance,
-                                reg_covar=reg_covar, max_iter=max_iter, tol=tol,
-                                init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
-                                callback=report)
+            model = fit_mixture(dataset, components, covariance=covariance, reg_covar=reg_covar, max_iter=max_iter,
+                                tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
+                                callback=report, transform=transform)
         else:
-            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar,
-                              shrinkage=shrinkage, split_every=split_every, update=previous,
-                              progress=not cluster["quiet"])
+            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                              split_every=split_every, update=previous, progress=not cluster["quiet"],
+                              transform=previous.transform if previous is not None and transform.identity
+                              else transform,
+                              seed=previous.config.get("seed", seed) if previous is not None else seed)
     with _writing(out):
         model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
     took = time.perf_counter() - start
@@ -244,9 +249,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, overwrite, **kw):
     """Score MODEL on labelled held-out INPUT: log-likelihood (nats/image, bits/dim) and the Bayes classifier.
 
-    Integer pixels are dequantized with uniform noise (x + u) * scale, u in [-1/2, 1/2),
-    and bits/dim = -(mean log p + D log scale) / (D ln 2). Prints a table; with --out,
-    writes evaluation.json and confusion-matrix.png.
+    Integer pixels are dequantized as RealNVP/Glow/MAF do, x~ = (x + u)/256 with u in
+    [0, 1), and bits/dim = -log2 p(x~)/D + 8, for pixel-space and logit-space models
+    alike. Prints a table; with --out, writes evaluation.json and confusion-matrix.png.
     """
     from .distributed.cluster import connect
     from .evaluate import FILES, format_table, open_for_model, write_outputs

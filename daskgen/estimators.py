@@ -16,6 +16,14 @@ else an estimator returns or holds is in the units of the ``X`` given to ``fit``
 (data units): ``means_``, ``covariances_``, samples, and ``score_samples``, the
 log-density of ``x`` itself, ``log p_model(x * scale) + D * log(scale)``.
 
+Logit space (``transform="logit"``). The model is of logit(lam + (1 - 2 lam) x~),
+x~ in [0, 1] the dequantized data (``(x + u) / 256`` for 8-bit pixels, ``x * scale``
+for other data in [0, 1]); ``means_`` and ``covariances_`` are then in logit space.
+Scoring maps each 8-bit pixel to its bin centre, x~ = (x + 1/2) / 256, and
+``score_samples`` is the log-density in pixel units, ``log p(x~) - D log 256``;
+``sample`` returns ``256 x~ - 1/2`` (pixel units; rounding gives the pixel). Integer
+pixels of L = 1/scale + 1 levels (e.g. 0..16) take L in place of 256.
+
 scikit-learn is not needed: ``get_params``/``set_params`` follow its protocol
 (parameters are the ``__init__`` arguments, stored unchanged and validated in
 ``fit``), and ``__sklearn_tags__`` says "classifier", so ``sklearn.base.clone`` and
@@ -33,6 +41,7 @@ import numpy as np
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
+from .kernels.transform import make_transform, pixel_levels, to_unit
 from .options import GAUSSIAN_FIT, MIXTURE_FIT, READ, SPLIT_EVERY, OptionError
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
@@ -109,6 +118,8 @@ class _Estimator:
         model = self._fit_model(dataset)
         self.model_ = model
         self.scale_ = float(model.scale)
+        # 8-bit pixels as the logit transform sees them (its kernel also takes integer blocks as pixels)
+        self.pixels_ = bool(dataset.integer_pixels) or np.dtype(getattr(X, "dtype", np.float64)).kind in "iub"
         self.classes_ = np.asarray(model.classes)
         self.counts_ = np.asarray(model.counts)
         self.priors_ = np.asarray(model.priors)
@@ -131,11 +142,25 @@ class _Estimator:
         return rows
 
     def _joint(self, rows: np.ndarray) -> np.ndarray:
-        """log p(y = k) + log p(x * scale | y = k) for numpy rows, shape (n, K), model units."""
+        """log p(y = k) + log p(x * scale | y = k) for numpy rows, shape (n, K), model units
+        (logit models: log p(x~ | y = k), x~ the rows' bin centres in [0, 1])."""
         Z = np.asarray(rows, dtype=np.float64)
+        if not self.model_.transform.identity:
+            try:
+                levels = pixel_levels(self.scale_)
+                unit = to_unit(Z + 0.5, False, 1 / levels) if self.pixels_ else to_unit(Z, False, self.scale_)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+            return self.model_.data_log_likelihood(unit) + np.log(self.model_.priors)
         if self.scale_ != 1.0:
             Z = Z * self.scale_
         return self.model_.class_log_likelihood(Z) + np.log(self.model_.priors)
+
+    def _data_offset(self) -> float:
+        """log-density in data units minus that in the model's units, per row."""
+        if not self.model_.transform.identity and self.pixels_:
+            return -self.n_features_in_ * math.log(pixel_levels(self.scale_))
+        return self.n_features_in_ * math.log(self.scale_)
 
     def _per_row(self, X: Any, fn, columns: int | None, dtype: Any = np.float64):
         """``fn(numpy rows)`` per row block: a numpy result, or a lazy dask array for dask input."""
@@ -149,8 +174,9 @@ class _Estimator:
 
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) of each row, shape (n,), float64, in data units:
-        ``log p_model(x * scale) + D * log(scale)`` (lazy for dask input)."""
-        offset = self.n_features_in_ * math.log(self.scale_)
+        ``log p_model(x * scale) + D * log(scale)`` (lazy for dask input; logit models:
+        ``log p(x~) - D log 256`` at the bin centres of 8-bit pixels)."""
+        offset = self._data_offset()
         return self._per_row(X, lambda r: logsumexp_rows(self._joint(r)) + offset, None)
 
     def score(self, X: Any, y: Any = None) -> float:
@@ -185,10 +211,19 @@ class _Estimator:
         """
         self._check_fitted()
         Z, y = self.model_.sample(int(n_samples), seed=random_state)
+        if not self.model_.transform.identity and self.pixels_:
+            return Z * pixel_levels(self.scale_) - 0.5, y
         return Z / self.scale_, y
 
     def _check_params(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _transform(self):
+        """The transform of ``transform``/``logit_lambda``; ValueError (InputError) when bad."""
+        try:
+            return make_transform(self.transform, self.logit_lambda)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     def _fit_model(self, dataset):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -205,11 +240,18 @@ class GaussianClassifier(_Estimator):
     ----------
     covariance : {"full", "diag"}
     reg_covar : "auto" or float >= 0
-        Added to every covariance's diagonal, in model units squared; "auto" (as
-        ``daskgen fit``): ``scale**2 / 12``, the dequantization noise's variance, for
-        integer pixels, else 0.
+        Added to every covariance's diagonal, in model units squared (logit units
+        squared in logit space); "auto" (as ``daskgen fit``): ``scale**2 / 12``, the
+        dequantization noise's variance, for integer pixels, 0 for floats, 0.1 with
+        ``transform="logit"``.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
+    transform : {"none", "logit"}
+        ``logit``: model logit(lam + (1 - 2 lam) x~) of the dequantized data (see the module).
+    logit_lambda : float, optional
+        lam of the logit transform (None: 1e-6).
+    random_state : int
+        Seed of the logit transform's dequantization noise.
     scale : "auto" or float
         Model units are ``X * scale``; "auto": 1/255 for integer pixels (exact 8-bit
         path, values must lie in 0..255), 1 for floats.
@@ -238,6 +280,9 @@ class GaussianClassifier(_Estimator):
         covariance: str = "full",
         reg_covar: float | str = "auto",
         shrinkage: str = "none",
+        transform: str = "none",
+        logit_lambda: float | None = None,
+        random_state: int = 0,
         scale: str | float = "auto",
         split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
@@ -246,6 +291,9 @@ class GaussianClassifier(_Estimator):
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.shrinkage = shrinkage
+        self.transform = transform
+        self.logit_lambda = logit_lambda
+        self.random_state = random_state
         self.scale = scale
         self.split_every = split_every
         self.blocksize = blocksize
@@ -253,16 +301,17 @@ class GaussianClassifier(_Estimator):
 
     def _check_params(self) -> None:
         GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
-                           split_every=self.split_every)
+                           split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda)
+        MIXTURE_FIT.check(names={"seed": "random_state"}, seed=self.random_state)
 
     def _fit_model(self, dataset):
         from .fitting import fit
 
         return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
-                   split_every=self.split_every)
+                   split_every=self.split_every, transform=self._transform(), seed=int(self.random_state))
 
     def _set_fitted(self, model) -> None:
-        s = self.scale_
+        s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.means_ = model.means / s
         self.covariances_ = model.covariances / (s * s)
 
@@ -275,9 +324,9 @@ class GaussianMixtureClassifier(_Estimator):
     n_components : int >= 1
     covariance : {"full", "diag"}
     reg_covar : "auto" or float > 0
-        Added to every component covariance's diagonal, in model units squared;
-        "auto" (as ``daskgen fit --components``): max(1e-6, ``scale**2 / 12``) for
-        integer pixels, else 1e-6.
+        Added to every component covariance's diagonal, in model units squared; "auto"
+        (as ``daskgen fit --components``): max(1e-6, scale**2 / 12) for integer pixels,
+        1e-6 for floats, 0.1 with ``transform="logit"``.
     max_iter : int >= 1
     tol : float >= 0
         On the change of the mean log-likelihood per row (model units).
@@ -290,7 +339,8 @@ class GaussianMixtureClassifier(_Estimator):
         Shrinks each component covariance toward its class's, with this weight in rows.
     persist : {"auto", "always", "never"}
         Keep the blocks in the cluster's memory across iterations.
-    scale, split_every, blocksize, sample_dim : as :class:`GaussianClassifier`.
+    transform, logit_lambda, scale, split_every, blocksize, sample_dim : as :class:`GaussianClassifier`
+        (the logit transform's noise is seeded by ``random_state``).
 
     Attributes (after ``fit``; data units)
     ----------
@@ -315,6 +365,8 @@ class GaussianMixtureClassifier(_Estimator):
         init_sample: int = 10_000,
         prior_rows: float = 0.0,
         persist: str = "auto",
+        transform: str = "none",
+        logit_lambda: float | None = None,
         scale: str | float = "auto",
         split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
@@ -330,18 +382,21 @@ class GaussianMixtureClassifier(_Estimator):
         self.init_sample = init_sample
         self.prior_rows = prior_rows
         self.persist = persist
+        self.transform = transform
+        self.logit_lambda = logit_lambda
         self.scale = scale
         self.split_every = split_every
         self.blocksize = blocksize
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, split_every=self.split_every)
+        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, split_every=self.split_every,
+                           transform=self.transform, logit_lambda=self.logit_lambda)
         MIXTURE_FIT.check(names={"components": "n_components", "seed": "random_state"},
                           components=self.n_components, max_iter=self.max_iter, tol=self.tol, init=self.init,
                           prior_rows=self.prior_rows, init_sample=self.init_sample,
                           **({} if self.random_state is None else {"seed": self.random_state}))
-        if self.reg_covar != "auto" and self.reg_covar is not None and not float(self.reg_covar) > 0:
+        if self.reg_covar not in ("auto", None) and not float(self.reg_covar) > 0:
             raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without "
                               f"it), got {self.reg_covar:g}")
         if self.persist not in ("auto", "always", "never"):
@@ -357,11 +412,11 @@ class GaussianMixtureClassifier(_Estimator):
             dataset, self.n_components, covariance=self.covariance, reg_covar=self.reg_covar,
             max_iter=self.max_iter, tol=self.tol, init=self.init, seed=int(seed),
             init_sample=self.init_sample, prior_rows=self.prior_rows, persist=self.persist,
-            split_every=self.split_every,
+            split_every=self.split_every, transform=self._transform(),
         )
 
     def _set_fitted(self, model) -> None:
-        s = self.scale_
+        s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.weights_ = np.asarray(model.weights)
         self.means_ = model.means / s
         self.covariances_ = model.covariances / (s * s)

@@ -12,28 +12,35 @@ Conventions
 Let ``s`` be the model's scale (pixel units -> model units, 1/255 for 8-bit images
 fitted with ``--scale auto``) and ``D`` the number of features.
 
-* ``log p(x)`` is the model's log-density at ``x * s`` (model units), in nats.
-* Integer pixels (a block whose values are all integers) are *dequantized*:
-  ``x~ = (x + u) * s`` with ``u ~ Uniform[-1/2, 1/2)^D``, i.e. each integer value
-  stands for the bin of width 1 pixel unit centred on it, and the noise is drawn
-  once per row from a stream seeded by ``(seed, block index)``. The model density
-  in pixel units is ``p_model(x~) * s^D``, so ``E_u[log p_model(x~)] + D log s``
-  is a lower bound on the log-probability of the discrete image (Theis et al.,
-  2016), and ::
+* Integer pixels (a block whose values are all integers) are *dequantized* as
+  RealNVP, Glow and MAF do: ``x~ = (x + u) / 256``, ``u ~ U[0, 1)^D``, the noise of a
+  row a function of (``seed``, the row's values) only
+  (:func:`daskgen.kernels.transform.dequantization_noise`), so the result does not
+  depend on the blocks. ``bits_per_dim`` is the protocol's number::
 
-      bits/dim = -(mean log p_model(x~) + D * log(s)) / (D * ln 2)
-               = -(ll - D * log(1 / s)) / (D * ln 2)
+      bits/dim = -log2 p(x~) / D + 8  =  -log2 p_pixel(x + u) / D
 
-  the usual figure of image density models (8 for a uniform model of 8-bit
-  pixels). ``nats_per_image`` is ``mean log p_model(x~)`` itself (model units);
-  ``pixel_nats_per_image`` is ``mean log p_model(x~) + D log s`` (the discrete
-  bound, nats per image).
-* Non-integer data are not dequantized; bits/dim is then ``-ll / (D ln 2)`` of the
-  density in model units (a differential quantity, comparable only between
-  models of the same data and scale).
-* The Bayes classifier ``argmax_k log p(y=k) + log p(x | y=k)`` is evaluated on the
-  data itself (``x * s``, no noise). ``log p(x)`` without noise is reported too
-  (``raw_nats_per_image``).
+  (``p_pixel`` the density in pixel units, bins of one pixel unit; 8 for a uniform
+  model of 8-bit pixels). For every model kind and transform:
+
+  - ``logit`` models are densities of x~ in [0, 1]^D (log-Jacobian included):
+    ``log p_pixel(x + u) = log p(x~) - D log 256`` (pixels of L levels other than
+    256, e.g. the digits' 0..16: ``x~ = (x + u) / L``, ``- D log L``);
+  - ``none`` (pixel-space) models are densities of ``z = (x + u - 1/2) * s``:
+    ``log p_pixel(x + u) = log p_model(z) + D log s``, i.e. ``log p(x~) = log p_model(z)
+    + D log(256 s)`` — the number reported before, with the noise of a bin centred on
+    each integer (u - 1/2), which is the same distribution.
+
+  ``nats_per_image`` is the mean log-density in the model's data units (model units
+  ``z`` for ``none``, x~ for ``logit``); ``pixel_nats_per_image`` the mean of
+  ``log p_pixel(x + u)`` (the discrete bound of Theis et al. 2016, nats per image).
+* Non-integer data are not dequantized (a ``logit`` model's inputs, times the scale,
+  must lie in [0, 1]); bits/dim is then ``-ll / (D ln 2)`` of the density in data
+  units (a differential quantity, comparable only between models of the same data),
+  not the protocol's.
+* The Bayes classifier ``argmax_k log p(y=k) + log p(x | y=k)`` is evaluated at each
+  pixel's bin centre, no noise: ``x * s`` for ``none`` models (u = 1/2),
+  ``(x + 1/2) / 256`` for ``logit``. ``raw_nats_per_image`` is ``log p`` there.
 """
 
 from __future__ import annotations
@@ -52,10 +59,14 @@ from .distributed.reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 from .errors import InputError
 from .io.readers import Dataset
 from .kernels.linalg import logsumexp_rows
+from .kernels.transform import EVALUATE_STREAM, NONE, Transform, dequantization_noise, pixel_levels, to_unit
 
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
 #: Rows scored at once inside a block task (bounds the task's memory).
 BATCH = 4096
+#: How ``bits_per_dim`` is defined, as the report states it.
+PROTOCOL = ("RealNVP/Glow/MAF: x~ = (x + u)/256, u ~ U[0,1)^D, bits/dim = -log2 p(x~)/D + 8 "
+            "(= -log2 p_pixel(x + u)/D for integer pixels)")
 
 
 @dataclass
@@ -105,10 +116,40 @@ def _is_integer(X: np.ndarray) -> bool:
     return bool(X.size) and bool(np.all(X == np.rint(X)))
 
 
+def score_points(X: np.ndarray, dequantized: bool, transform: Transform, scale: float, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Where rows ``X`` (n, D, pixel units) are scored: ``(noisy, centre, to_pixel)``.
+
+    ``noisy`` are the dequantized points in the model's data units (``(x + u - 1/2) s``
+    for ``none``, ``(x + u) / 256`` for ``logit``; the rows scaled when not
+    ``dequantized``), ``centre`` the bin centres the classifier scores, and
+    ``to_pixel`` the constant turning a log-density there into one in pixel units
+    (``D log s``, or ``-D log L`` with L = 256 levels for 8-bit pixels). Raises ``ValueError`` for values a logit model
+    cannot score (outside 0..255 for pixels, [0, 1] otherwise).
+    """
+    D = X.shape[1]
+    if transform.identity:
+        centre = X * scale
+        if not dequantized:
+            return centre, centre, 0.0
+        u = dequantization_noise(X, seed, EVALUATE_STREAM)
+        return (X + u - 0.5) * scale, centre, D * math.log(scale)
+    if not dequantized:
+        unit = to_unit(X, False, scale)
+        return unit, unit, 0.0
+    levels = pixel_levels(scale)  # 256 for 8-bit pixels
+    noisy = to_unit(X, True, scale, seed, EVALUATE_STREAM)
+    return noisy, to_unit(X + 0.5, False, 1 / levels), -D * math.log(levels)
+
+
 def evaluate_block(X: np.ndarray, y: np.ndarray, index: int, scorer, scale: float, dequantize: str,
-                   seed: int) -> EvalStats:
+                   seed: int, transform: Transform = NONE) -> EvalStats:
     """Scores of block ``index``, rows ``X`` (n, D) in pixel units and labels ``y`` (n,):
-    sums of log-likelihoods (nats, model units) and the confusion matrix."""
+    sums of log-likelihoods (nats, the model's data units) and the confusion matrix.
+
+    ``scorer`` scores rows in the model's data units (:meth:`ClassModel.data_scorer`);
+    the noise does not depend on ``index`` (it names the block in errors).
+    """
     K = len(scorer.classes)
     out = EvalStats(K)
     if len(y) == 0:
@@ -119,18 +160,20 @@ def evaluate_block(X: np.ndarray, y: np.ndarray, index: int, scorer, scale: floa
     for v, n in zip(*np.unique(np.asarray(y)[codes < 0], return_counts=True)):
         out.unknown[str(v)] = int(n)
     deq = dequantize == "yes" or (dequantize == "auto" and _is_integer(X))
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(int(index),))))
     log_priors = np.log(scorer.priors)
     with one_blas_thread():
         for a in range(0, len(y), BATCH):
             Xb = np.asarray(X[a : a + BATCH], dtype=np.float64)
             cb = codes[a : a + BATCH]
-            joint = scorer.class_log_likelihood(Xb * scale) + log_priors
+            try:
+                noisy, centre, _ = score_points(Xb, deq, transform, scale, seed)
+            except ValueError as exc:
+                raise InputError(f"block {index}: {exc}") from None
+            joint = scorer.class_log_likelihood(centre) + log_priors
             predicted = np.argmax(joint, axis=1)
             ll = raw_ll = logsumexp_rows(joint)
             out.sum_raw += float(ll.sum())
-            if deq:
-                noisy = (Xb + (rng.random(Xb.shape) - 0.5)) * scale
+            if noisy is not centre:
                 joint = scorer.class_log_likelihood(noisy) + log_priors
                 ll = logsumexp_rows(joint)
             out.sum_ll += float(ll.sum())
@@ -199,7 +242,8 @@ def evaluate(
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
     token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)
-    stats = reduce_blocks(EVALUATE, dataset, (model.scorer(), float(model.scale), dequantize, int(seed)),
+    stats = reduce_blocks(EVALUATE, dataset, (model.data_scorer(), float(model.scale), dequantize, int(seed),
+                                              model.transform),
                           split_every=int(split_every), token=token, progress=progress)
     return report(model, dataset, stats, dequantize=dequantize, seed=seed)
 
@@ -212,7 +256,9 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
     mean = s.sum_ll / n
     var = max(s.sum_ll2 / n - mean * mean, 0.0) if np.isfinite(mean) else math.nan
     deq_all = s.dequantized == n
-    offset = D * math.log(scale) if s.dequantized else 0.0
+    offset = 0.0  # data units -> pixel units (see score_points)
+    if s.dequantized:
+        offset = D * math.log(scale) if model.transform.identity else -D * math.log(pixel_levels(scale))
     bits = -(mean + offset) / (D * math.log(2))
     cond = s.sum_cond / s.labelled if s.labelled else math.nan
     K = model.n_classes
@@ -227,9 +273,11 @@ def report(model, dataset: Dataset, s: EvalStats, dequantize: str = "auto", seed
             "all_rows": deq_all,
             "mode": dequantize,
             "seed": int(seed),
-            "convention": "x~ = (x + u) * scale, u ~ Uniform[-1/2, 1/2)^D, for rows of integer pixels",
+            "convention": ("integer pixels: x~ = (x + u)/256, u ~ U[0,1)^D from (seed, the row's values); "
+                           "a pixel-space model scores z = (x + u - 1/2) * scale"),
         },
         "log_likelihood": {
+            "protocol": PROTOCOL if s.dequantized else "not dequantized: -log2 p(x)/D in data units",
             "nats_per_image": _num(mean),
             "stderr": _num(math.sqrt(var / n)) if np.isfinite(var) else None,
             "bits_per_dim": _num(bits),
@@ -266,15 +314,18 @@ def format_table(rep: dict[str, Any]) -> str:
     def num(x, fmt="{:,.3f}"):
         return "n/a" if x is None else fmt.format(x)
 
-    deq = ("dequantized (uniform noise, bins of one pixel unit)" if dq["all_rows"]
+    deq = ("dequantized: x~ = (x + u)/256, u ~ U[0,1)" if dq["all_rows"]
            else "not dequantized (non-integer data)" if not dq["rows"]
            else f"dequantized on {dq['rows']:,} of {rep['input']['rows']:,} rows")
+    transform = m.get("transform") or {"name": "none"}
+    space = "pixel space" if transform["name"] == "none" else f"{transform['name']} space (lambda {transform['lambda']:g})"
     lines = [
-        f"model       {len(m['classes'])} classes, {kind}, {m['covariance']} covariances, D = {m['features']}",
+        f"model       {len(m['classes'])} classes, {kind}, {m['covariance']} covariances, {space}, D = {m['features']}",
         f"input       {rep['input']['rows']:,} rows ({deq})",
-        f"log p(x)    {num(ll['nats_per_image'])} nats/image (model units)"
-        + (f" ± {ll['stderr']:.3f}" if ll["stderr"] is not None else "")
-        + f"   {num(ll['bits_per_dim'], '{:.4f}')} bits/dim",
+        f"bits/dim    {num(ll['bits_per_dim'], '{:.4f}')}   "
+        + ("-log2 p(x~)/D + 8, as RealNVP/Glow/MAF" if dq["rows"] else "-log2 p(x)/D in data units (not the protocol)"),
+        f"log p(x)    {num(ll['nats_per_image'])} nats/image ({'model units' if transform['name'] == 'none' else 'x~ in [0,1]'})"
+        + (f" ± {ll['stderr']:.3f}" if ll["stderr"] is not None else ""),
         f"log p(x|y)  {num(ll['conditional_nats_per_image'])} nats/image   {num(ll['conditional_bits_per_dim'], '{:.4f}')} bits/dim",
         f"accuracy    {num(cl['accuracy'], '{:.4f}')} ({cl['correct']:,} of {rep['input']['labelled_rows']:,})",
     ]

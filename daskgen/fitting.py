@@ -9,6 +9,7 @@ from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
 from .io.readers import Dataset, NotEightBitError, open_inputs
 from .kernels.class_stats import ClassStats, merge
+from .kernels.transform import LOGIT_REG_COVAR, NONE, Transform, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
@@ -31,6 +32,9 @@ def fit(
     storage_options: dict | None = None,
     progress: bool = False,
     kind: str = "gaussian",
+    transform: str | Transform = "none",
+    logit_lambda: float | None = None,
+    seed: int = 0,
 ) -> ClassModel:
     """Fit one Gaussian per class (or another kind fitted from per-class statistics,
     ``kind``) to labelled rows read from ``inputs``.
@@ -42,9 +46,10 @@ def fit(
         (N, H, W) or (N, D) and ``labels`` (N,).
     covariance : {"full", "diag"}
     reg_covar : float or "auto"
-        Added to every covariance's diagonal (model units squared). "auto" (or
-        None): :func:`default_reg_covar` — the dequantization noise's variance
-        ``scale**2 / 12`` for integer pixels, 0 for other data.
+        Added to every covariance's diagonal (model units squared; logit units squared
+        for a logit model). "auto" (or None): :func:`default_reg_covar` — the
+        dequantization noise's variance ``scale**2 / 12`` for integer pixels, 0 for
+        other data, :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` in logit space.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     split_every : int
@@ -55,6 +60,15 @@ def fit(
         features are kept and must match the new inputs. Inputs the model's
         manifest (``model.inputs``) lists unchanged are skipped, so a growing
         folder can be updated every night and only new files are read.
+    transform : {"none", "logit"}
+        ``logit``: the statistics are of logit(lam + (1 - 2 lam) x~), x~ = (x + u) / 256
+        the dequantized 8-bit pixels (u from ``seed`` and each row's values: the same
+        fit whatever the chunking), or x~ = x * scale for other data in [0, 1]; they
+        take the float (Chan) path, not the exact integer one.
+    logit_lambda : float, optional
+        lam of the logit transform (default 1e-6).
+    seed : int
+        Seed of the logit transform's dequantization noise.
     kind : str
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
@@ -64,10 +78,12 @@ def fit(
     ``distributed.Client`` if there is one, else on Dask's local scheduler.
     """
     checked = GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                                 split_every=split_every)
+                                 split_every=split_every, logit_lambda=logit_lambda,
+                                 **({"transform": transform} if isinstance(transform, str) else {}))
     reg_covar, split_every = checked["reg_covar"], checked["split_every"]
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
+    transform = fit_transform(transform, logit_lambda, update)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
     if diagonal_stats is None:
@@ -80,22 +96,24 @@ def fit(
     )
     label_column = dataset.label_column
     if reg_covar == "auto":
-        reg_covar = default_reg_covar(dataset)
+        reg_covar = default_reg_covar(dataset, transform=transform)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
+    noise = {"transform": transform, "seed": int(seed)}
     if not dataset.blocks:
         stats = ClassStats.empty(update.n_features if update is not None else dataset.n_features, diagonal)
     elif dataset.integer_values and not dataset.integer_pixels and not diagonal:
         # Integer CSV/Parquet columns with an explicit scale: 8-bit pixels take the exact
         # integer path (the same bits as a fit with --scale auto, or of a uint8 Zarr
-        # copy); wider integers, found by a read, the general one.
+        # copy; in logit space, they are dequantized as pixels); wider integers, found
+        # by a read, the general one.
         try:
             stats = compute_stats(replace(dataset, integer_pixels=True), diagonal=False,
-                                  split_every=int(split_every), progress=progress)
+                                  split_every=int(split_every), progress=progress, **noise)
             dataset = replace(dataset, integer_pixels=True)
         except NotEightBitError:
-            stats = compute_stats(dataset, diagonal=False, split_every=int(split_every), progress=progress)
+            stats = compute_stats(dataset, diagonal=False, split_every=int(split_every), progress=progress, **noise)
     else:
-        stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress)
+        stats = compute_stats(dataset, diagonal=diagonal, split_every=int(split_every), progress=progress, **noise)
     previous: list[dict[str, Any]] = []
     if update is not None:
         try:
@@ -117,17 +135,35 @@ def fit(
             feature_names=dataset.feature_names,
             config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
                     "integer_pixels": bool(dataset.integer_pixels),
-                    **({"class_names": dataset.class_names} if dataset.class_names else {})},
+                    **({"class_names": dataset.class_names} if dataset.class_names else {}),
+                    **({} if transform.identity else {"seed": int(seed)})},
             inputs=previous + dataset.files,
+            transform=transform,
         )
+
+
+def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None
+                  ) -> Transform:
+    """The transform of a fit's options (``InputError`` when bad); an update keeps its model's."""
+    try:
+        transform = make_transform(name, logit_lambda)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if update is not None and update.transform != transform:
+        raise InputError(f"--update folds data into a model of its own transform ({update.transform}), "
+                         f"not {transform}")
+    return transform
 
 
 #: reg_covar of a mixture on non-integer data (its components need a positive one).
 MIXTURE_REG_COVAR = 1e-6
 
 
-def default_reg_covar(dataset: Dataset, components: int = 1) -> float:
+def default_reg_covar(dataset: Dataset, components: int = 1, transform: Transform = NONE) -> float:
     """The default ``reg_covar`` of a fit of ``dataset`` (model units squared).
+
+    In logit space: :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` (logit units
+    squared, chosen on validation data), for one Gaussian and mixtures alike.
 
     Integer pixels stand for bins one pixel unit wide: their dequantization noise,
     uniform on a bin, has variance ``scale**2 / 12``. Adding it to every covariance
@@ -137,6 +173,8 @@ def default_reg_covar(dataset: Dataset, components: int = 1) -> float:
     ``MIXTURE_REG_COVAR`` for mixtures; a mixture on integer pixels takes the larger
     of the two.
     """
+    if not transform.identity:
+        return LOGIT_REG_COVAR
     base = MIXTURE_REG_COVAR if components > 1 else 0.0
     if dataset.integer_values:
         return max(base, float(dataset.scale) ** 2 / 12)

@@ -13,10 +13,13 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
     fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8,
+          transform: none, logit_lambda: null,
           components: 1, max_iter: 100, tol: 0.001, init: kmeans++, seed: 0,
           prior_rows: 0, init_sample: 10000, incremental: false}
                                     # reg_covar auto: scale²/12 for integer pixels, else 0;
-                                    # components > 1: a mixture per class by EM (seed: EM's)
+                                    # 0.1 with transform logit (logit_lambda null: 1e-6);
+                                    # components > 1: a mixture per class by EM (seed: EM's
+                                    # and the logit transform's dequantization noise's)
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}

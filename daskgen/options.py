@@ -510,7 +510,7 @@ READ = Group("read", (
 REG_COVAR = Option(
     "reg_covar", "number", "auto",
     "Added to each covariance's diagonal, model units squared; auto: scale^2/12 (the dequantization noise's "
-    "variance) for integer pixels, else 0; mixtures at least 1e-6.", minimum=0, auto=True)
+    "variance) for integer pixels, else 0; mixtures at least 1e-6; 0.1 in logit space.", minimum=0, auto=True)
 
 #: One Gaussian per class (the ``fit`` section of a job file, with :data:`MIXTURE_FIT`).
 GAUSSIAN_FIT = Group("fit", (
@@ -520,6 +520,10 @@ GAUSSIAN_FIT = Group("fit", (
     Option("shrinkage", "choice", "none", "Oracle Approximating Shrinkage of each covariance (one Gaussian per "
            "class).", choices=("none", "oas")),
     SPLIT_EVERY,
+    Option("transform", "choice", "none", "logit: model logit(lambda + (1 - 2 lambda) x~) of the dequantized pixels "
+           "x~ = (x + u)/256 in [0, 1].", choices=("none", "logit")),
+    Option("logit_lambda", "number", None, "lambda of the logit transform.", minimum=0, maximum=0.5, optional=True,
+           default_help="1e-6"),
 ), section="fit")
 
 #: A mixture per class, fitted by EM (``components`` > 1).
@@ -529,7 +533,8 @@ MIXTURE_FIT = Group("mixture", (
     Option("tol", "number", 1e-3, "EM: stop when the mean log-likelihood per row changes by less.", minimum=0),
     Option("init", "choice", "kmeans++", "EM: initial centres from a sample of each class (k-means++ then "
            "k-means, or random rows).", choices=("kmeans++", "random")),
-    Option("seed", "int", 0, "EM: seed of the initial sample and centres.", minimum=0),
+    Option("seed", "int", 0, "EM: seed of the initial sample and centres; logit: of the dequantization noise.",
+           minimum=0),
     Option("prior_rows", "number", 0.0, "EM: weight, in rows, of a prior pulling each component's covariance "
            "toward its class's (0: maximum likelihood).", minimum=0),
     Option("init_sample", "int", 10_000, "EM: rows per class the initialisation looks at.", minimum=1, cli=False),

@@ -169,6 +169,8 @@ def _style(model: ClassModel, images: np.ndarray) -> _Style:
     panel = (long, short) if W >= H else (short, long)
     if images.dtype.kind in "iub":
         lo, hi = float(images.min()), float(images.max())
+    elif not model.transform.identity:
+        lo, hi = 0.0, 1.0  # x~, the data space of a logit model
     else:
         lo, hi = model.display_range()
     return _Style((H, W), aspect, lo, hi if hi > lo else lo + 1.0, panel)
@@ -272,7 +274,7 @@ def plot_means_and_samples(
     growing with longer ones. Returns ``path``.
     """
     picked = _one_per_class(model, samples, seed)
-    means = model.class_means  # a mixture's: sum_m w_m mu_m
+    means = model.transform.inverse(model.class_means)  # a mixture's: sum_m w_m mu_m; logit: sigmoid
     means_style, sample_style = _style(model, means), _style(model, picked)
     (pw, ph), K = means_style.panel, model.n_classes
     labels = [_label(c) for c in model.class_names]
@@ -389,6 +391,7 @@ def plot_component_means(model: ClassModel, path: str) -> str:
     if parts is None:
         raise InputError(f"a {model.kind} model has one density per class, no component means to draw")
     means, weights = parts
+    means = model.transform.inverse(means)  # logit means: through the sigmoid, in [0, 1]
     style = _style(model, means)
     (pw, ph), K, M = style.panel, model.n_classes, weights.shape[1]
     labels = [_label(c) for c in model.class_names]

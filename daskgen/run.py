@@ -133,8 +133,12 @@ def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
 
 def _fit_options(job: Job) -> dict[str, Any]:
     """The keyword arguments of :func:`daskgen.fit` (and of the mixture's fit) the job asks for."""
+    from .kernels.transform import make_transform
     from .options import to_bytes
 
+    if job.fit["logit_lambda"] is not None and job.fit["transform"] != "logit":
+        raise InputError(f"{job.origin}: fit.logit_lambda applies to fit.transform: logit")
+    transform = make_transform(job.fit["transform"], job.fit["logit_lambda"])
     shape = job.image_shape
     return {
         "label_column": job.label_column,
@@ -146,6 +150,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "reg_covar": job.fit["reg_covar"],
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
+        "transform": transform,
     }
 
 
@@ -178,14 +183,15 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     components = int((mixture or {}).get("components", 1))
     reg_covar = options["reg_covar"]
     if reg_covar in (None, "auto"):
-        reg_covar = default_reg_covar(dataset, components)
+        reg_covar = default_reg_covar(dataset, components, transform=options["transform"])
     want = {"components": components, "covariance": options["covariance"], "reg_covar": reg_covar,
-            "shrinkage": options["shrinkage"] if components == 1 else "none"}
+            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"])}
     have = {
         "components": int(model.config.get("components", 1)),
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
+        "transform": str(model.transform),
     }
     if mixture:
         want.update({k: v for k, v in mixture.items() if k != "components"})

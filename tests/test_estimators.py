@@ -48,15 +48,16 @@ def test_dask_array_fit_is_bit_equal_to_the_file_fit_on_8bit_pixels(fashion, tmp
     images, labels = fashion[0][:3000], fashion[1][:3000]
     zarr_path = write_zarr_dataset(str(tmp_path / "f.zarr"), images, labels, chunk_rows=500)
     csv_path = write_csv_dataset(str(tmp_path / "f.csv"), images, labels)
-    # the defaults of both: reg_covar auto, scale**2 / 12 on 8-bit pixels
-    by_zarr = daskgen.fit(zarr_path, blocksize=500 * 784 * 8)  # blocks of 500 rows
-    by_csv = daskgen.fit(csv_path, blocksize=1 << 20)
+    # reg_covar 0 everywhere: the covariances compared are the raw statistics' (both default
+    # to scale**2 / 12 on 8-bit pixels)
+    by_zarr = daskgen.fit(zarr_path, blocksize=500 * 784 * 8, reg_covar=0)  # blocks of 500 rows
+    by_csv = daskgen.fit(csv_path, blocksize=1 << 20, reg_covar=0)
     X = images.reshape(len(images), -1)
     for chunks in [500, (1000, 7, 1993), 3000]:
-        est = GaussianClassifier().fit(da.from_array(X, chunks=(chunks, 392)), labels)
+        est = GaussianClassifier(reg_covar=0).fit(da.from_array(X, chunks=(chunks, 392)), labels)
         assert_same_model(est.model_, by_zarr)
         assert_same_model(est.model_, by_csv)
-    est3d = GaussianClassifier(blocksize=777).fit(images, labels)  # numpy (n, 28, 28)
+    est3d = GaussianClassifier(reg_covar=0, blocksize=777).fit(images, labels)  # numpy (n, 28, 28)
     assert_same_model(est3d.model_, by_zarr)
     assert est3d.model_.image_shape == (28, 28) and est3d.scale_ == 1 / 255
     np.testing.assert_array_equal(est3d.means_, by_zarr.means / (1 / 255))

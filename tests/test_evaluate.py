@@ -14,6 +14,7 @@ from daskgen.cli import main
 from daskgen.datasets import load_digits_dataset, write_zarr_dataset
 from daskgen.evaluate import BATCH, evaluate, format_table, write_outputs
 from daskgen.kernels.class_stats import chunk_stats
+from daskgen.kernels.transform import EVALUATE_STREAM, dequantization_noise
 from daskgen.models.gaussian import GaussianClassModel
 from daskgen.models.mixture_em import fit_em
 
@@ -63,10 +64,12 @@ def test_accuracy_and_log_likelihood_equal_in_memory_scores(split, which, reques
 
 def test_dequantized_log_likelihood_and_bits_per_dim(split, mixture, sync_scheduler):
     _, _, Xte, yte, path = split
-    rep = evaluate(mixture, path, blocksize=10**9, seed=3)  # one block: the noise stream is reproducible
+    rep = evaluate(mixture, path, blocksize=10**9, seed=3)
     assert len(yte) < BATCH
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(3, spawn_key=(0,))))
-    noisy = (Xte + rng.random(Xte.shape) - 0.5) * S
+    # the noise of a row depends on (seed, its values) only: the blocks do not matter
+    blocks = evaluate(mixture, path, blocksize=100 * 64 * 8, seed=3)
+    assert blocks["log_likelihood"]["nats_per_image"] == pytest.approx(rep["log_likelihood"]["nats_per_image"], rel=1e-12)
+    noisy = (Xte + dequantization_noise(Xte, 3, EVALUATE_STREAM) - 0.5) * S
     ll = mixture.log_prob(noisy)
     D = 64
     out = rep["log_likelihood"]

@@ -28,16 +28,19 @@ from typing import Any
 
 import numpy as np
 from dask.base import tokenize
+from dask.delayed import delayed
 
 from ..errors import user_input
 from ..io.readers import Dataset, _fs, open_zarr_group
 from ..kernels.estep import Components, estep_stats, hard_stats
 from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
+from ..kernels.transform import NONE, Transform
 from ..kernels.weighted import WeightedStats, merge_weighted
 from ..models.mixture import GaussianMixtureClassModel
 from ..models.mixture_em import DEFAULTS, Passes, em_config, run_em
 from ..options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
 from .cluster import active_client
+from .fit import block_features
 from .reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
 
 log = logging.getLogger("daskgen")
@@ -56,15 +59,15 @@ ESTEP = Reduction("em-estep", estep_stats, merge_weighted)
 
 
 # ---------------------------------------------------------------------------- persistence
-def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
-    """Bytes the blocks take in memory once read, and how that was estimated.
+def estimate_bytes(dataset: Dataset, transform: Transform = NONE) -> tuple[int, str]:
+    """Bytes the blocks take in memory once read (and transformed), and how that was estimated.
 
     Zarr and arrays: exact (rows x features x item size). Parquet: row counts from the
     file metadata. CSV: an upper bound, each value taking at least two characters.
-    Dataframes: unknown (0), so they are persisted.
+    Dataframes: unknown (0), so they are persisted. Logit features are float64.
     """
     D = dataset.n_features
-    item = 1 if dataset.integer_pixels else 8
+    item = 1 if dataset.integer_pixels and transform.identity else 8
     if dataset.fmt == "array":
         return sum(b.stop - b.start for b in dataset.blocks) * D * item, "exact (array shape)"
     if dataset.fmt == "dataframe":
@@ -73,7 +76,8 @@ def estimate_bytes(dataset: Dataset) -> tuple[int, str]:
         total = 0
         for url in {b.url for b in dataset.blocks}:
             images = open_zarr_group(url, dataset.storage_options or None)["images"]
-            total += int(np.prod(images.shape)) * (1 if dataset.integer_pixels else images.dtype.itemsize)
+            per_value = item if dataset.integer_pixels or not transform.identity else images.dtype.itemsize
+            total += int(np.prod(images.shape)) * per_value
         return total, "exact (Zarr shapes)"
     if dataset.fmt == "parquet":
         import pyarrow.parquet as pq
@@ -105,9 +109,10 @@ def _host_memory() -> int:
         return 0
 
 
-def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto") -> tuple[list, dict[str, Any]]:
+def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto",
+                   transform: Transform = NONE) -> tuple[list, dict[str, Any]]:
     """Persist the read tasks in the cluster's memory when they fit; returns (blocks, report)."""
-    need, how = estimate_bytes(dataset)
+    need, how = estimate_bytes(dataset, transform)
     client = active_client()
     memory = _cluster_memory(client) if client is not None else _host_memory()
     where = "the cluster's workers" if client is not None else "this process"
@@ -139,10 +144,12 @@ def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto") 
     return persisted, report
 
 
-def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False) -> Passes:
+def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False,
+                scale: float | None = None) -> Passes:
     """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a reduction whose
-    parameters travel inside its graph (one key per pass)."""
-    scale = float(dataset.scale)
+    parameters travel inside its graph (one key per pass); ``scale`` (default the
+    dataset's) is what the kernels multiply the blocks' rows by."""
+    scale = float(dataset.scale if scale is None else scale)
     counter = iter(range(1, 10**9))
 
     def run(reduction: Reduction, params: tuple, tag: str):
@@ -182,6 +189,8 @@ def fit_mixture(
     storage_options: dict | None = None,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    transform: str | Transform = "none",
+    logit_lambda: float | None = None,
     **options: Any,
 ) -> GaussianMixtureClassModel:
     """Fit, per class, a mixture of ``n_components`` Gaussians by EM on the current Dask scheduler.
@@ -194,30 +203,40 @@ def fit_mixture(
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
     (when the blocks fit in half of the cluster's memory), "always" or "never".
     ``callback`` is called after every iteration with its number, mean
-    log-likelihood, change, events and seconds.
+    log-likelihood, change, events and seconds. ``transform``/``logit_lambda`` as for
+    :func:`daskgen.fit` (the dequantization noise is seeded by ``seed``); ``reg_covar``
+    then defaults to :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR`.
     """
-    from ..fitting import default_reg_covar, prepare
+    from ..fitting import default_reg_covar, fit_transform, prepare
 
-    checked = {**GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, split_every=split_every),
+    checked = {**GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, split_every=split_every,
+                                    **({"transform": transform} if isinstance(transform, str) else {}),
+                                    logit_lambda=logit_lambda),
                **MIXTURE_FIT.check(names={"components": "n_components"}, components=n_components, max_iter=max_iter,
                                    tol=tol, init=init, seed=seed, init_sample=init_sample,
                                    **{k: v for k, v in options.items() if k in MIXTURE_FIT})}
     reg_covar, split_every, tol = checked["reg_covar"], checked["split_every"], checked["tol"]
     options.update({k: checked[k] for k in options if k in checked})
+    transform = fit_transform(transform, logit_lambda)
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
         inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
         storage_options=storage_options)
     if reg_covar == "auto":
-        reg_covar = default_reg_covar(dataset, n_components)
+        reg_covar = default_reg_covar(dataset, n_components, transform)
     elif not reg_covar > 0:
         raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without it), "
                           f"got {reg_covar:g}")
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
-    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels)
-    blocks, persisted = persist_blocks(read_tasks(dataset, token), dataset, persist)
+    token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, transform, seed)
+    reads = read_tasks(dataset, token)
+    if not transform.identity:  # the blocks in logit space, once: every pass reuses them
+        reads = [delayed(block_features, pure=True)(xy, transform, dataset.integer_pixels, dataset.scale, seed,
+                                                    dask_key_name=f"features-{token}-{i}")
+                 for i, xy in enumerate(reads)]
+    blocks, persisted = persist_blocks(reads, dataset, persist, transform)
     em_token = tokenize(token, n_components, em_options)
-    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress)
+    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress, transform.feature_scale(dataset.scale))
     with user_input():  # the driver checks the data (a class of one row) and given parameters
         params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
     summary["persist"] = persisted
@@ -230,4 +249,5 @@ def fit_mixture(
     return GaussianMixtureClassModel.from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,
+        transform=transform,
     )

@@ -20,24 +20,47 @@ from functools import partial
 
 from dask.base import tokenize
 
+from ..errors import InputError
 from ..io.readers import Dataset
 from ..kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from ..kernels.transform import NONE, Transform
 from .reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 
-__all__ = ["DEFAULT_SPLIT_EVERY", "compute_stats", "exact_sums", "stats_reduction"]
+__all__ = ["DEFAULT_SPLIT_EVERY", "block_features", "compute_stats", "exact_sums", "stats_reduction"]
 
 
-def exact_sums(dataset: Dataset, diagonal: bool) -> bool:
-    """Whether the fit of ``dataset`` runs on exact integer sums."""
-    return bool(dataset.integer_pixels) and not diagonal
+def exact_sums(dataset: Dataset, diagonal: bool, transform: Transform = NONE) -> bool:
+    """Whether the fit of ``dataset`` runs on exact integer sums (pixel space only)."""
+    return bool(dataset.integer_pixels) and not diagonal and transform.identity
+
+
+def block_features(xy: tuple, transform: Transform, pixels: bool, scale: float, seed: int) -> tuple:
+    """``(F, y)``: a block's rows ``(X, y)`` (pixel units) in the model's feature space
+    (:meth:`~daskgen.kernels.transform.Transform.block`); values the transform refuses
+    are an InputError. The kernels then apply ``transform.feature_scale(scale)``."""
+    X, y = xy
+    try:
+        return transform.block(X, pixels, scale, seed), y
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _feature_stats(X, y, transform: Transform, pixels: bool, scale: float, seed: int, diagonal: bool) -> ClassStats:
+    F, y = block_features((X, y), transform, pixels, scale, seed)
+    return chunk_stats(F, y, diagonal=diagonal, scale=transform.feature_scale(scale))
 
 
 def _finalize_sums(sums: PixelSums, scale: float) -> ClassStats:
     return sums.to_class_stats(scale)
 
 
-def stats_reduction(dataset: Dataset, diagonal: bool = False) -> Reduction:
-    """The fit's statistic over ``dataset``: exact 8-bit sums, or Chan-merged ClassStats."""
+def stats_reduction(dataset: Dataset, diagonal: bool = False, transform: Transform = NONE, seed: int = 0) -> Reduction:
+    """The fit's statistic over ``dataset``: exact 8-bit sums, or Chan-merged ClassStats
+    (in logit space: of the blocks' logit features, dequantization noise from ``seed``)."""
+    if not transform.identity:
+        return Reduction("chunk-stats", partial(_feature_stats, transform=transform, pixels=bool(dataset.integer_pixels),
+                                                scale=dataset.scale, seed=int(seed), diagonal=diagonal),
+                         merge, combine_name="combine")
     if exact_sums(dataset, diagonal):
         return Reduction("chunk-stats", pixel_sums, add_sums, finalize=partial(_finalize_sums, scale=dataset.scale),
                          exact=True, combine_name="combine")
@@ -46,9 +69,10 @@ def stats_reduction(dataset: Dataset, diagonal: bool = False) -> Reduction:
 
 
 def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY,
-                  progress: bool = False) -> ClassStats:
+                  progress: bool = False, transform: Transform = NONE, seed: int = 0) -> ClassStats:
     """ClassStats of every block of ``dataset`` on the current Dask scheduler (a distributed
-    Client if one is active): D features, counts per class, model units."""
-    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal)
-    return reduce_blocks(stats_reduction(dataset, diagonal), dataset, split_every=split_every, token=token,
-                         stage="fit", progress=progress)
+    Client if one is active): D features, counts per class, model units (logit features
+    with a logit ``transform``, the float path)."""
+    token = tokenize(dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, diagonal, transform, seed)
+    return reduce_blocks(stats_reduction(dataset, diagonal, transform, seed), dataset, split_every=split_every,
+                         token=token, stage="fit", progress=progress)

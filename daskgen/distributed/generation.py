@@ -28,6 +28,7 @@ from .._version import __version__
 from ..errors import OutputExistsError, user_input
 from ..io.readers import _fs, _is_local, open_zarr_group
 from ..io.store import consolidate, label_array
+from ..kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from ..models.base import ClassModel, ModelSampler
 from .reduction import in_graph
 
@@ -68,15 +69,24 @@ class _Plan:
     scale: float
     clip: tuple[float, float]
     shape: tuple[int, ...]
+    transform: Transform = NONE
 
 
 def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels."""
+    """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels.
+
+    A logit model draws in logit space and maps back through the sigmoid to x~ in
+    [0, 1]: floats are x~, 8-bit pixels floor(256 x~) (L levels: floor(L x~)); no
+    clipping of Gaussian tails is needed.
+    """
     rng = chunk_rng(seed, index)
     idx = plan.sampler.draw_classes(rows, rng, plan.class_index)
     with one_blas_thread():  # the same bits whatever the worker's thread count
         X = plan.sampler.draw(idx, rng)
-    if plan.dtype == "uint8":
+    if not plan.transform.identity:
+        X = plan.transform.inverse(X)
+        X = unit_to_pixels(X, pixel_levels(plan.scale)) if plan.dtype == "uint8" else X.astype(plan.dtype, copy=False)
+    elif plan.dtype == "uint8":
         X /= plan.scale
         np.clip(X, plan.clip[0], plan.clip[1], out=X)
         X = np.rint(X).astype(np.uint8)
@@ -160,7 +170,8 @@ def generate(
 
     Classes come from the model's prior p(y) (or are all ``label``). ``images`` has
     shape (n, H, W) (or (n, D)) in ``dtype``: ``float32``/``float64`` in model units,
-    ``uint8`` clipped to the training data's range and rounded to pixel units;
+    ``uint8`` clipped to the training data's range and rounded to pixel units (a logit
+    model: x~ in [0, 1], and ``uint8`` floor(256 x~), see :func:`generate_chunk`);
     ``labels`` (n,) holds class values. With ``seed=None`` a new seed is drawn and
     recorded, except when resuming a store, whose seed is reused.
 
@@ -214,7 +225,8 @@ def generate(
             max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
             min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
         )
-        plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape)
+        plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape,
+                     model.transform)
         token = tokenize(identity, out)
         plan_key = in_graph(plan, f"sampler-{token}")
         writes = []

@@ -128,6 +128,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         "covariance_type": model.covariance_type,
         "config": model.config,
         "inputs": model.inputs,
+        "transform": model.transform.to_attrs(),
         "data_range": [_jsonable(model.data_range[0]), _jsonable(model.data_range[1])],
         "fingerprint": model.fingerprint,
         **kind_attrs,

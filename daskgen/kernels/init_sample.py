@@ -16,7 +16,8 @@ from .class_stats import as_model_units, class_rows, union_classes, value_range
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix(h: np.ndarray) -> np.ndarray:
+def splitmix64(h: np.ndarray) -> np.ndarray:
+    """The SplitMix64 output function of state ``h + gamma`` (uint64, elementwise)."""
     with np.errstate(over="ignore"):
         h = h + np.uint64(0x9E3779B97F4A7C15)
         h = (h ^ (h >> np.uint64(30))) * _MIX1
@@ -36,13 +37,13 @@ def row_keys(X: np.ndarray, seed: int) -> np.ndarray:
     """
     D = X.shape[1]
     coef = np.random.default_rng([int(seed), 0x5EED]).integers(0, 2**63, size=D, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    h = np.full(X.shape[0], _splitmix(np.array([seed], dtype=np.uint64))[0], dtype=np.uint64)
+    h = np.full(X.shape[0], splitmix64(np.array([seed], dtype=np.uint64))[0], dtype=np.uint64)
     bits = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
     step = max(1, 2**22 // max(D, 1))
     with np.errstate(over="ignore"):
         for a in range(0, X.shape[0], step):
-            h[a : a + step] += (_splitmix(bits[a : a + step]) * coef).sum(axis=1, dtype=np.uint64)
-    return _splitmix(h)
+            h[a : a + step] += (splitmix64(bits[a : a + step]) * coef).sum(axis=1, dtype=np.uint64)
+    return splitmix64(h)
 
 
 @dataclass

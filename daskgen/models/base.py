@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ModelError, first_line
 from ..kernels.class_stats import plain_label
 from ..kernels.linalg import factor_covariance, logsumexp_rows
+from ..kernels.transform import NONE, Transform
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
@@ -58,7 +59,7 @@ class ModelSampler(Protocol):
 
 
 #: The attributes every kind keeps besides its parameters, as stored under ``daskgen``.
-META_FIELDS = ("image_shape", "scale", "label_column", "feature_names", "config", "inputs")
+META_FIELDS = ("image_shape", "scale", "label_column", "feature_names", "config", "inputs", "transform")
 
 
 def meta_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,7 +72,42 @@ def meta_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
         "feature_names": meta.get("feature_names"),
         "config": meta.get("config", {}),
         "inputs": meta.get("inputs", []),
+        "transform": stored_transform(meta),
     }
+
+
+def stored_transform(meta: Mapping[str, Any]) -> Transform:
+    """The ``transform`` of a model store's attributes; stores written before it: ``none``."""
+    try:
+        return Transform.from_attrs(meta.get("transform"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelError(f"corrupted model store: transform {meta.get('transform')!r}: {first_line(exc)}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class TransformedScorer:
+    """A kind's scorer seen from data space: rows x~ go through the transform, and the
+    log-Jacobian is added, so ``class_log_likelihood`` is log p(x~ | y), a density of x~."""
+
+    inner: Scorer
+    transform: Transform
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.inner.classes
+
+    @property
+    def priors(self) -> np.ndarray:
+        return self.inner.priors
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """log p(x~ | y = k) for rows ``X`` (n, D) in data space: (n, K) float64."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        return self.inner.class_log_likelihood(self.transform.forward(X)) + self.transform.log_det(X)[:, None]
 
 
 def stored_data_range(meta: Mapping[str, Any]) -> tuple[float, float]:
@@ -99,6 +135,14 @@ class ClassModel(ABC):
     ``config`` (the fit's options, JSON-able) and ``inputs`` (the fit's input manifest).
     A kind is a ``@dataclass`` subclass; it implements the abstract members below, and
     the rest have defaults built on them.
+
+    ``transform`` (:class:`~daskgen.kernels.transform.Transform`) says how the kind's
+    *features* are made from data: ``none``, the features are the data in model units;
+    ``logit``, they are logit(lam + (1 - 2 lam) x~) of the dequantized data x~ in
+    [0, 1]. The kind's own members (means, covariances, ``class_log_likelihood``, its
+    scorer and sampler, ``data_range``) are in feature space; :meth:`log_prob`,
+    :meth:`predict`, :meth:`sample` and :meth:`data_scorer` are in data space (model
+    units for ``none``, x~ for ``logit``), the log-Jacobian added.
     """
 
     #: The name of the kind in the model store (attribute ``model_kind``) and the registry.
@@ -110,6 +154,7 @@ class ClassModel(ABC):
     feature_names: list[str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    transform: Transform = NONE
 
     # -- what a kind implements -----------------------------------------------
     @property
@@ -219,7 +264,7 @@ class ClassModel(ABC):
 
     def summary(self) -> dict[str, Any]:
         """The model as reports describe it (JSON-able): kind, fingerprint, classes,
-        components, covariance, reg_covar, scale, features."""
+        components, covariance, reg_covar, scale, features, transform."""
         return {
             "kind": self.kind,
             "fingerprint": self.fingerprint,
@@ -230,6 +275,7 @@ class ClassModel(ABC):
             "reg_covar": self.config.get("reg_covar"),
             "scale": float(self.scale),
             "features": int(self.n_features),
+            "transform": self.transform.to_attrs(),
         }
 
     # -- the Bayes classifier and in-memory sampling -----------------------------
@@ -254,20 +300,34 @@ class ClassModel(ABC):
             f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
         )
 
+    def data_scorer(self) -> Scorer:
+        """What a task needs to score rows in data space: :meth:`scorer`, behind the
+        transform and its log-Jacobian unless the transform is ``none``."""
+        scorer = self.scorer()
+        return scorer if self.transform.identity else TransformedScorer(scorer, self.transform)
+
+    def data_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """log p(x | y = k) of rows ``X`` (n, D) in data space (x~ in [0, 1] for a logit
+        model; model units otherwise): (n, K) float64, the log-Jacobian included."""
+        if self.transform.identity:
+            return self.class_log_likelihood(X)
+        return TransformedScorer(self, self.transform).class_log_likelihood(X)
+
     def log_prob(self, X: np.ndarray) -> np.ndarray:
-        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)], shape (n,)."""
-        return logsumexp_rows(self.class_log_likelihood(X) + np.log(self.priors))
+        """log p(x) = logsumexp_k [log p(y=k) + log p(x | y=k)] in data space, shape (n,)."""
+        return logsumexp_rows(self.data_log_likelihood(X) + np.log(self.priors))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,)."""
-        return self.classes[np.argmax(self.class_log_likelihood(X) + np.log(self.priors), axis=1)]
+        """The Bayes classifier: argmax_k p(y = k | x), as class labels, shape (n,); ``X`` in data space."""
+        return self.classes[np.argmax(self.data_log_likelihood(X) + np.log(self.priors), axis=1)]
 
     def sample(
         self, n: int, seed: int | None = None, label: Any = None, dtype: Any = np.float64
     ) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` samples in memory: classes from the prior (or only ``label``).
 
-        Returns ``(X, y)``: X of shape (n, D) in model units, y of shape (n,) labels.
+        Returns ``(X, y)``: X of shape (n, D) in data space (model units; x~ in [0, 1]
+        for a logit model, drawn in logit space and mapped back), y of shape (n,) labels.
         For large ``n`` use :func:`daskgen.generate`, which writes chunks to Zarr.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -275,7 +335,7 @@ class ClassModel(ABC):
         rng = np.random.default_rng(seed)
         sampler = self.cached_sampler(dtype)
         idx = sampler.draw_classes(n, rng, None if label is None else self.class_index(label))
-        return sampler.draw(idx, rng).astype(dtype, copy=False), self.classes[idx]
+        return self.transform.inverse(sampler.draw(idx, rng)).astype(dtype, copy=False), self.classes[idx]
 
     def cached_sampler(self, dtype: Any = np.float64) -> ModelSampler:
         """:meth:`sampler`, built once per model and working dtype and kept: every
@@ -298,6 +358,8 @@ class ClassModel(ABC):
         if self.config.get("reg_covar") is not None:
             parts.append(f"reg_covar={self.config['reg_covar']:.3g}")
         parts.append(f"scale={self.scale:.6g}")
+        if not self.transform.identity:
+            parts.append(f"transform='{self.transform.name}', logit_lambda={self.transform.lam:g}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:

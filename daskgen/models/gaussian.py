@@ -217,7 +217,8 @@ class GaussianClassModel(ClassModel):
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the parameters: equal fingerprints sample identically."""
-        return fingerprint_arrays(self.classes, self.priors, self.means, self.covariances)
+        return fingerprint_arrays(self.classes, self.priors, self.means, self.covariances,
+                                  *self.transform.fingerprint_parts())
 
     @cached_property
     def factors(self) -> list[ClassFactor]:

@@ -147,7 +147,8 @@ class GaussianMixtureClassModel(ClassModel):
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint_arrays(self.classes, self.priors, self.weights, self.means, self.covariances)
+        return fingerprint_arrays(self.classes, self.priors, self.weights, self.means, self.covariances,
+                                  *self.transform.fingerprint_parts())
 
     # -- derived -----------------------------------------------------------
     @property
