@@ -20,34 +20,21 @@ import click
 
 from . import __version__
 from .errors import DaskgenError, one_line
-
-
-def _human_bytes(text: str) -> int:
-    from dask.utils import parse_bytes
-
-    try:
-        return int(parse_bytes(text))
-    except (ValueError, TypeError):
-        raise click.BadParameter(f"not a size: {text!r} (e.g. 64MB)") from None
+from .options import CLUSTER, EVALUATE, GAUSSIAN_FIT, MIXTURE_FIT, NDB, READ, SAMPLE, Group, pairs, to_bytes
 
 
 def cluster_options(func: Callable) -> Callable:
     """Options shared by every command that runs on a cluster."""
-    options = [
-        click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", help="Address of a running Dask scheduler (tcp://host:8786)."),
-        click.option("--scheduler-file", type=click.Path(dir_okay=False), help="Scheduler file of a running Dask cluster."),
-        click.option("--workers", type=click.IntRange(min=1), help="Start a local cluster of N worker processes (default: one worker, a thread per core)."),
-        click.option("--threads-per-worker", type=click.IntRange(min=1), help="Threads per local worker."),
-        click.option("--memory-limit", help="Memory limit per local worker, e.g. 2GiB (default: auto)."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or dashboard link."),
-    ]
-    for opt in reversed(options):
-        func = opt(func)
-    return func
+    return CLUSTER.click()(func)
 
 
 def _cluster_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: kw.pop(k) for k in ("scheduler", "scheduler_file", "workers", "threads_per_worker", "memory_limit", "quiet")}
+    return {o.argument: kw.pop(o.argument) for o in CLUSTER}
+
+
+def _group_values(group: Group, kw: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of ``group``'s options among a command's arguments (removed from ``kw``)."""
+    return {o.name: kw.pop(o.argument) for o in group if o.cli and o.name not in exclude and o.argument in kw}
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -105,21 +92,6 @@ def _cluster_failure(exc: BaseException) -> str | None:
         return (f"lost the connection to the Dask scheduler (during {key_split(exc.key)} tasks); start it again and "
                 "rerun the same command: sampling resumes from the chunks already written")
     return None
-
-
-def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    import json
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 def _check_output(url: str, storage_options: dict | None = None) -> None:
@@ -183,38 +155,16 @@ class _UserErrorFilter(logging.Filter):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "-o", help="Model store to write (a Zarr group). Default with --update: the updated model.")
 @click.option("--update", "update_path", help="Fold INPUTS into this stored model's statistics.")
-@click.option("--label-column", default="label", show_default=True, help="Name of the label column (CSV/Parquet) or labels array (Zarr).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Input format (default: from the file names).")
-@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per read task.")
-@click.option("--image-shape", help="Image shape HxW (default: from Zarr, or square when D is a perfect square).")
-@click.option("--scale", default="auto", show_default=True, help="Multiply pixels by this (a number or a fraction such as 1/255); auto: 1/255 for integer pixels, 1 for floats.")
-@click.option("--covariance", type=click.Choice(["full", "diag"]), default="full", show_default=True,
-              help="full: a D x D covariance per class (pixels correlate); diag: per-pixel variances only.")
-@click.option("--reg-covar", type=click.FloatRange(min=0),
-              help="Added to each covariance's diagonal (default: scale^2/12, the dequantization noise's variance, for "
-                   "integer pixels, else 0; mixtures at least 1e-6; 0.1 in logit space).")
-@click.option("--shrinkage", type=click.Choice(["none", "oas"]), default="none", show_default=True, help="Oracle Approximating Shrinkage of each covariance.")
-@click.option("--components", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Gaussians per class: more than 1 fits a mixture per class by EM.")
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="EM: most iterations (passes over the data).")
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="EM: stop when the mean log-likelihood per row changes by less.")
-@click.option("--init", type=click.Choice(["kmeans++", "random"]), default="kmeans++", show_default=True,
-              help="EM: initial centres from a sample of each class (k-means++ then k-means, or random rows).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="EM: seed of the initial sample and centres; logit: of the dequantization noise.")
-@click.option("--transform", type=click.Choice(["none", "logit"]), default="none", show_default=True,
-              help="logit: model logit(lambda + (1 - 2 lambda) x~) of the dequantized pixels x~ = (x + u)/256 in [0, 1].")
-@click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
-@click.option("--prior-rows", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="EM: weight, in rows, of a prior pulling each component's covariance toward its class's (0: maximum likelihood).")
-@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
-@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@READ.click(exclude=("storage_options",))
+@GAUSSIAN_FIT.click()
+@MIXTURE_FIT.click()
+@READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace an existing model at --out.")
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        components, max_iter, tol, init, seed, transform, logit_lambda, prior_rows, split_every, storage, overwrite, **kw):
+        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, storage, overwrite,
+        **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -226,7 +176,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .io.store import output_exists, read_model
 
     cluster = _cluster_kwargs(kw)
-    so = _storage_options(storage)
+    so = pairs(storage)
     if not out and not update_path:
         raise InputError("--out is required (or --update MODEL to fold new data into MODEL)")
     out = out or update_path
@@ -247,7 +197,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                          "folds data into one Gaussian per class; fit the mixture again on all the data instead")
     start = time.perf_counter()
     # Inputs are checked (headers, metadata) before a cluster is started.
-    dataset = prepare(list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
+    dataset = prepare(list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
                       image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
     with connect(**cluster):
         if components > 1:
@@ -289,14 +239,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 @click.argument("model_path", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", "-o", help="Folder for evaluation.json and confusion-matrix.png (default: the table only).")
-@click.option("--label-column", help="Label column (CSV/Parquet) or labels array (Zarr) (default: the model's).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Input format (default: from the file names).")
-@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per task.")
-@click.option("--dequantize", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
-              help="Add uniform noise of one pixel unit to integer pixels for the log-likelihood (auto: when they are integers).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the dequantization noise.")
-@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
-@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@READ.click(only=("label_column", "format", "blocksize"), defaults={"label_column": None},
+            shown={"label_column": "the model's"})
+@EVALUATE.click()
+@READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace evaluation.json and confusion-matrix.png in --out.")
 @cluster_options
 @handle_errors
@@ -313,14 +259,14 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)
-    so = _storage_options(storage)
+    so = pairs(storage)
     if out:
         _refuse_existing(out, list(FILES.values()), overwrite)
         _check_output(f"{out.rstrip('/')}/{FILES['json']}")
     model = read_model(model_path, so)
     start = time.perf_counter()
     # Inputs are checked against the model (features, scale) before a cluster is started.
-    dataset = open_for_model(model, list(inputs), label_column=label_column, blocksize=_human_bytes(blocksize),
+    dataset = open_for_model(model, list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
                              fmt=fmt, storage_options=so)
     with connect(**cluster):
         rep = evaluate_model(model, dataset, dequantize=dequantize, seed=seed, split_every=split_every,
@@ -338,19 +284,15 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
 @click.argument("samples", metavar="SAMPLES")
 @click.option("--reference", multiple=True, required=True, metavar="TEST", help="Held-out data the samples are compared with (repeatable).")
 @click.option("--train", multiple=True, required=True, metavar="TRAIN", help="Training data the k-means bins are fitted on (repeatable).")
-@click.option("--bins", type=click.IntRange(min=2), default=100, show_default=True, help="Number of k-means bins k.")
-@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05, show_default=True,
-              help="Significance level of each bin's two-proportion z-test.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the k-means++ initial centres.")
-@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True, help="Most Lloyd iterations of the k-means.")
+@NDB.click(exclude=("split_every",))
 @click.option("--out", "-o", help="Folder for ndb.json and ndb-bins.png (default: the table only).")
 @click.option("--overwrite", is_flag=True, help="Replace ndb.json and ndb-bins.png in --out.")
-@click.option("--label-column", default="label", show_default=True, help="Label column (CSV/Parquet) or labels array (Zarr) of the inputs.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "zarr"]), help="Format of TEST and TRAIN (default: from the file names).")
-@click.option("--blocksize", default="32MiB", show_default=True, help="Bytes of input per task.")
-@click.option("--scale", default="auto", show_default=True, help="Pixels of TEST and TRAIN times this are model units; auto: 1/255 for integer pixels, 1 for floats.")
-@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True, help="Fan-in of the tree reduction.")
-@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@READ.click(only=("label_column", "format", "blocksize", "scale"),
+            help={"format": "Format of TEST and TRAIN.",
+                  "scale": "Pixels of TEST and TRAIN times this are model units; auto: 1/255 for integer pixels, "
+                           "1 for floats."})
+@NDB.click(only=("split_every",))
+@READ.click(only=("storage_options",))
 @cluster_options
 @handle_errors
 def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out, overwrite, label_column, fmt, blocksize,
@@ -367,14 +309,14 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
     from .evaluation.ndb import check_outputs, format_table, ndb, open_sets, write_outputs
 
     cluster = _cluster_kwargs(kw)
-    so = _storage_options(storage)
+    so = pairs(storage)
     if out:
         check_outputs(out, overwrite, so)
         _check_output(f"{out.rstrip('/')}/ndb.json", so)
     start = time.perf_counter()
     # Inputs are checked (features, a complete samples store) before a cluster is started.
     sets = open_sets(samples, list(reference), list(train), label_column=label_column,
-                     blocksize=_human_bytes(blocksize), fmt=fmt, scale=scale, storage_options=so)
+                     blocksize=to_bytes(blocksize), fmt=fmt, scale=scale, storage_options=so)
     with connect(**cluster):
         result = ndb(sets["samples"], sets["reference"], sets["train"], bins=bins, alpha=alpha, seed=seed,
                      max_iter=max_iter, split_every=split_every, progress=not cluster["quiet"])
@@ -388,25 +330,20 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
 
 @main.command()
 @click.argument("model_path", metavar="MODEL")
-@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
 @click.option("--out", "-o", required=True, help="Samples store to write (a Zarr group).")
-@click.option("--seed", type=click.IntRange(min=0), help="Random seed (default: a new one, recorded; a resumed store keeps its own).")
-@click.option("--class", "label", help="Sample this class only (default: classes drawn from the prior p(y)).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Rows per output chunk and task.")
-@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), default="float32", show_default=True,
-              help="float32/float64: model units; uint8: clipped and rounded to pixel units.")
-@click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE", help="fsspec storage option (repeatable).")
+@SAMPLE.click(required=("n",))
+@READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @cluster_options
 @handle_errors
-def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrite, **kw):
+def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrite, **kw):
     """Generate N samples of MODEL into a Zarr store; rerunning resumes an interrupted run."""
     from .distributed.cluster import connect
     from .distributed.generation import generate
     from .io.store import read_model
 
     cluster = _cluster_kwargs(kw)
-    so = _storage_options(storage)
+    so = pairs(storage)
     _check_output(out, so)
     model = read_model(model_path, so)
     start = time.perf_counter()
@@ -423,29 +360,20 @@ def sample(model_path, n, out, seed, label, chunk_size, dtype, storage, overwrit
 @main.command()
 @click.argument("job_file", metavar="[JOB.yaml]", required=False)
 @click.option("--out", "-o", help="Output folder (default: the job's 'out', else ./daskgen-run).")
-@click.option("--n", "n", type=click.IntRange(min=1), help="Number of samples (default: the job's, else 10,000).")
-@click.option("--seed", type=click.IntRange(min=0), help="Random seed of the samples (default: the job's, else 0).")
-@click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per output chunk and task (default: the job's, else 10,000).")
-@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]),
-              help="Samples dtype (see 'daskgen sample') (default: the job's, else float32).")
-@click.option("--covariance", type=click.Choice(["full", "diag"]),
-              help="full or diag covariances (see 'daskgen fit') (default: the job's, else full).")
-@click.option("--reg-covar", type=click.FloatRange(min=0),
-              help="Added to each covariance's diagonal (default: the job's, else auto: scale^2/12 for integer pixels, "
-                   "else 0; 0.1 in logit space).")
-@click.option("--shrinkage", type=click.Choice(["none", "oas"]), help="Oracle Approximating Shrinkage of each covariance.")
-@click.option("--transform", type=click.Choice(["none", "logit"]), help="logit: fit in logit space (see 'daskgen fit').")
-@click.option("--logit-lambda", type=float, help="lambda of --transform logit (default 1e-6).")
+@READ.click(overrides=True, exclude=("storage_options",))
+@GAUSSIAN_FIT.click(overrides=True)
+@MIXTURE_FIT.click(overrides=True, exclude=("seed",))  # --seed is the samples' (the job's fit.seed is EM's)
+@SAMPLE.click(overrides=True, help={"seed": "Random seed of the samples."}, defaults={"seed": 0})
 @click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
 @click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
 @cluster_options
 @handle_errors
-def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrinkage, transform, logit_lambda, report_html,
-        overwrite, **kw):
+def run(job_file, out, report_html, overwrite, **kw):
     """Fit, sample, draw the figures and write run-report.json, as a job file says.
 
     Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
-    else the handwritten digits bundled with daskgen. Flags override the job file.
+    else the handwritten digits bundled with daskgen. Flags override the job file;
+    --components K > 1 fits a mixture per class, as 'daskgen fit' does.
     A rerun skips a fit that is up to date and resumes sampling.
     """
     from .job import REPORT_FILE, load_job
@@ -456,9 +384,9 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
     overrides = {
         "out": out,
         "report": report_html,
-        "fit": {"covariance": covariance, "reg_covar": reg_covar, "shrinkage": shrinkage, "transform": transform,
-                "logit_lambda": logit_lambda},
-        "sample": {"n": n, "seed": seed, "chunk_size": chunk_size, "dtype": dtype},
+        **_group_values(READ, kw),
+        "fit": {**_group_values(GAUSSIAN_FIT, kw), **_group_values(MIXTURE_FIT, kw, exclude=("seed",))},
+        "sample": _group_values(SAMPLE, kw),
         "cluster": cluster,
     }
     job = load_job(job_file, overrides=overrides)
@@ -477,8 +405,10 @@ def run(job_file, out, n, seed, chunk_size, dtype, covariance, reg_covar, shrink
 @click.option("--split", type=click.Choice(["train", "test", "t10k", "all"]), default="train", show_default=True,
               help="MNIST/Fashion-MNIST split (all: train then test).")
 @click.option("--download", is_flag=True, help="Download MNIST/Fashion-MNIST (checksums verified) into --source or the cache.")
-@click.option("--label-column", default="label", show_default=True, help="Label column of a CSV source and of a CSV output.")
-@click.option("--image-shape", help="HxW for flat pixels (default: square when the pixel count is).")
+@READ.click(only=("label_column", "image_shape"),
+            help={"label_column": "Label column of a CSV source and of a CSV output.",
+                  "image_shape": "HxW for flat pixels."},
+            shown={"image_shape": "square when the pixel count is"})
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Samples per Zarr chunk.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")

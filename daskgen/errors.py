@@ -7,6 +7,9 @@ command line returns for it. The CLI prints ``str(error)`` on one line.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DaskgenError(Exception):
     """Base class of the errors daskgen reports to users on one line."""
@@ -36,6 +39,18 @@ class ModelError(DaskgenError):
     """A model store is missing, incomplete, corrupted or from an incompatible version."""
 
     exit_code = 2
+
+
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """At the API edge: a plain ``ValueError`` of the numeric code (kernels, models) is the
+    user's input or options at fault; raise it as an :class:`InputError` (exit code 2)."""
+    try:
+        yield
+    except DaskgenError:
+        raise
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def first_line(exc: BaseException) -> str:

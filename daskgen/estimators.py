@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from .distributed.reduction import DEFAULT_SPLIT_EVERY
 from .errors import InputError
 from .io.arrays import as_rows, from_arrays, is_dataframe
 from .kernels.linalg import logsumexp_rows
 from .kernels.transform import make_transform, pixel_levels, to_unit
+from .options import GAUSSIAN_FIT, MIXTURE_FIT, READ, SPLIT_EVERY, OptionError
 
 __all__ = ["GaussianClassifier", "GaussianMixtureClassifier"]
 
@@ -113,8 +113,7 @@ class _Estimator:
         outside 0..255 with ``scale="auto"``.
         """
         self._check_params()
-        if int(self.split_every) < 2:
-            raise InputError(f"split_every must be at least 2, got {self.split_every}")
+        READ.check(scale=self.scale)
         dataset = from_arrays(X, y, scale=self.scale, blocksize=self.blocksize, sample_dim=self.sample_dim)
         model = self._fit_model(dataset)
         self.model_ = model
@@ -226,11 +225,6 @@ class _Estimator:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    def _reg_covar(self) -> float | None:
-        """``reg_covar`` as a float; None: the fit's default
-        (:func:`daskgen.fitting.default_reg_covar`, which knows the data and the transform)."""
-        return None if self.reg_covar is None else float(self.reg_covar)
-
     def _fit_model(self, dataset):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -245,10 +239,11 @@ class GaussianClassifier(_Estimator):
     Parameters (as the command line's ``daskgen fit`` options)
     ----------
     covariance : {"full", "diag"}
-    reg_covar : float >= 0, optional
+    reg_covar : "auto" or float >= 0
         Added to every covariance's diagonal, in model units squared (logit units
-        squared in logit space). None: the fit's default, scale**2 / 12 for integer
-        pixels, 0 for floats, 0.1 with ``transform="logit"``.
+        squared in logit space); "auto" (as ``daskgen fit``): ``scale**2 / 12``, the
+        dequantization noise's variance, for integer pixels, 0 for floats, 0.1 with
+        ``transform="logit"``.
     shrinkage : {"none", "oas"}
         Oracle Approximating Shrinkage of each class covariance.
     transform : {"none", "logit"}
@@ -283,13 +278,13 @@ class GaussianClassifier(_Estimator):
     def __init__(
         self,
         covariance: str = "full",
-        reg_covar: float | None = None,
+        reg_covar: float | str = "auto",
         shrinkage: str = "none",
         transform: str = "none",
         logit_lambda: float | None = None,
         random_state: int = 0,
         scale: str | float = "auto",
-        split_every: int = DEFAULT_SPLIT_EVERY,
+        split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
         sample_dim: str = "sample",
     ):
@@ -305,23 +300,15 @@ class GaussianClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        if self.covariance not in ("full", "diag"):
-            raise InputError(f"covariance must be 'full' or 'diag', not {self.covariance!r}")
-        if self.shrinkage not in ("none", "oas"):
-            raise InputError(f"shrinkage must be 'none' or 'oas', not {self.shrinkage!r}")
-        self._transform()
-        reg = self._reg_covar()
-        if reg is not None and not (reg >= 0 and math.isfinite(reg)):
-            raise InputError(f"reg_covar must be >= 0, got {self.reg_covar}")
-        if not isinstance(self.random_state, (int, np.integer)):
-            raise InputError(f"random_state must be an int, got {self.random_state!r}")
+        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
+                           split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda)
+        MIXTURE_FIT.check(names={"seed": "random_state"}, seed=self.random_state)
 
     def _fit_model(self, dataset):
         from .fitting import fit
 
-        return fit(dataset, covariance=self.covariance, reg_covar=self._reg_covar(),
-                   shrinkage=self.shrinkage, split_every=int(self.split_every), transform=self._transform(),
-                   seed=int(self.random_state))
+        return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
+                   split_every=self.split_every, transform=self._transform(), seed=int(self.random_state))
 
     def _set_fitted(self, model) -> None:
         s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
@@ -336,10 +323,10 @@ class GaussianMixtureClassifier(_Estimator):
     ----------
     n_components : int >= 1
     covariance : {"full", "diag"}
-    reg_covar : float > 0, optional
-        Added to every component covariance's diagonal, in model units squared. None:
-        the fit's default, max(1e-6, scale**2 / 12) for integer pixels, 1e-6 for floats,
-        0.1 with ``transform="logit"``.
+    reg_covar : "auto" or float > 0
+        Added to every component covariance's diagonal, in model units squared; "auto"
+        (as ``daskgen fit --components``): max(1e-6, scale**2 / 12) for integer pixels,
+        1e-6 for floats, 0.1 with ``transform="logit"``.
     max_iter : int >= 1
     tol : float >= 0
         On the change of the mean log-likelihood per row (model units).
@@ -370,7 +357,7 @@ class GaussianMixtureClassifier(_Estimator):
         self,
         n_components: int = 2,
         covariance: str = "full",
-        reg_covar: float | None = None,
+        reg_covar: float | str = "auto",
         max_iter: int = 100,
         tol: float = 1e-3,
         init: str = "kmeans++",
@@ -381,7 +368,7 @@ class GaussianMixtureClassifier(_Estimator):
         transform: str = "none",
         logit_lambda: float | None = None,
         scale: str | float = "auto",
-        split_every: int = DEFAULT_SPLIT_EVERY,
+        split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
         sample_dim: str = "sample",
     ):
@@ -403,21 +390,17 @@ class GaussianMixtureClassifier(_Estimator):
         self.sample_dim = sample_dim
 
     def _check_params(self) -> None:
-        from .fitting import MIXTURE_REG_COVAR
-        from .models.mixture_em import check_options
-
-        self._transform()
-        reg = self._reg_covar()
-        check_options(self.n_components, self.covariance, MIXTURE_REG_COVAR if reg is None else reg, self.max_iter,
-                      float(self.tol), self.init)
-        if not float(self.prior_rows) >= 0:
-            raise InputError(f"prior_rows must be >= 0, got {self.prior_rows}")
-        if int(self.init_sample) < 1:
-            raise InputError(f"init_sample must be at least 1, got {self.init_sample}")
+        GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, split_every=self.split_every,
+                           transform=self.transform, logit_lambda=self.logit_lambda)
+        MIXTURE_FIT.check(names={"components": "n_components", "seed": "random_state"},
+                          components=self.n_components, max_iter=self.max_iter, tol=self.tol, init=self.init,
+                          prior_rows=self.prior_rows, init_sample=self.init_sample,
+                          **({} if self.random_state is None else {"seed": self.random_state}))
+        if self.reg_covar not in ("auto", None) and not float(self.reg_covar) > 0:
+            raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without "
+                              f"it), got {self.reg_covar:g}")
         if self.persist not in ("auto", "always", "never"):
             raise InputError(f"persist must be 'auto', 'always' or 'never', not {self.persist!r}")
-        if self.random_state is not None and not isinstance(self.random_state, (int, np.integer)):
-            raise InputError(f"random_state must be an int or None, got {self.random_state!r}")
 
     def _fit_model(self, dataset):
         from .distributed.em import fit_mixture
@@ -426,10 +409,10 @@ class GaussianMixtureClassifier(_Estimator):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return fit_mixture(
-            dataset, int(self.n_components), covariance=self.covariance, reg_covar=self._reg_covar(),
-            max_iter=int(self.max_iter), tol=float(self.tol), init=self.init, seed=int(seed),
-            init_sample=int(self.init_sample), prior_rows=float(self.prior_rows), persist=self.persist,
-            split_every=int(self.split_every), transform=self._transform(),
+            dataset, self.n_components, covariance=self.covariance, reg_covar=self.reg_covar,
+            max_iter=self.max_iter, tol=self.tol, init=self.init, seed=int(seed),
+            init_sample=self.init_sample, prior_rows=self.prior_rows, persist=self.persist,
+            split_every=self.split_every, transform=self._transform(),
         )
 
     def _set_fitted(self, model) -> None:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
-from .errors import InputError
+from .errors import InputError, user_input
 from .io.blocks import NotEightBitError
 from .io.inputs import Dataset, open_inputs
 from .kernels.class_stats import ClassStats, merge
@@ -14,6 +14,7 @@ from .kernels.transform import LOGIT_REG_COVAR, NONE, Transform, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
+from .options import GAUSSIAN_FIT
 
 
 def fit(
@@ -25,7 +26,7 @@ def fit(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = "full",
-    reg_covar: float | None = None,
+    reg_covar: float | str | None = "auto",
     shrinkage: str = "none",
     split_every: int = DEFAULT_SPLIT_EVERY,
     update: GaussianClassModel | None = None,
@@ -45,9 +46,9 @@ def fit(
         CSV or Parquet files with a label column, or Zarr groups with ``images``
         (N, H, W) or (N, D) and ``labels`` (N,).
     covariance : {"full", "diag"}
-    reg_covar : float, optional
+    reg_covar : float or "auto"
         Added to every covariance's diagonal (model units squared; logit units squared
-        for a logit model). Default (None): :func:`default_reg_covar` — the
+        for a logit model). "auto" (or None): :func:`default_reg_covar` — the
         dequantization noise's variance ``scale**2 / 12`` for integer pixels, 0 for
         other data, :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR` in logit space.
     shrinkage : {"none", "oas"}
@@ -73,11 +74,14 @@ def fit(
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
 
-    Runs on the active ``distributed.Client`` if there is one, else on Dask's local
-    scheduler.
+    Options are checked as :data:`daskgen.options.GAUSSIAN_FIT` and :data:`~daskgen.options.READ`
+    define them (:class:`~daskgen.options.OptionError`, a ``ValueError``). Runs on the active
+    ``distributed.Client`` if there is one, else on Dask's local scheduler.
     """
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    checked = GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                                 split_every=split_every, logit_lambda=logit_lambda,
+                                 **({"transform": transform} if isinstance(transform, str) else {}))
+    reg_covar, split_every = checked["reg_covar"], checked["split_every"]
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
     transform = fit_transform(transform, logit_lambda, update)
@@ -92,7 +96,7 @@ def fit(
                      scale=scale, fmt=fmt, update=update, storage_options=storage_options)
     )
     label_column = dataset.label_column
-    if reg_covar is None:
+    if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, transform=transform)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     noise = {"transform": transform, "seed": int(seed)}
@@ -120,22 +124,23 @@ def fit(
         previous = list(update.inputs)
     if stats.n_rows == 0:
         raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
-    return model_class.from_stats(
-        stats,
-        covariance=covariance,
-        reg_covar=reg_covar,
-        shrinkage=shrinkage,
-        image_shape=dataset.image_shape,
-        scale=dataset.scale,
-        label_column=label_column,
-        feature_names=dataset.feature_names,
-        config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                "integer_pixels": bool(dataset.integer_pixels),
-                **({"class_names": dataset.class_names} if dataset.class_names else {}),
-                **({} if transform.identity else {"seed": int(seed)})},
-        inputs=previous + dataset.files,
-        transform=transform,
-    )
+    with user_input():  # the model checks the statistics (a class of one row, overflow)
+        return model_class.from_stats(
+            stats,
+            covariance=covariance,
+            reg_covar=reg_covar,
+            shrinkage=shrinkage,
+            image_shape=dataset.image_shape,
+            scale=dataset.scale,
+            label_column=label_column,
+            feature_names=dataset.feature_names,
+            config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                    "integer_pixels": bool(dataset.integer_pixels),
+                    **({"class_names": dataset.class_names} if dataset.class_names else {}),
+                    **({} if transform.identity else {"seed": int(seed)})},
+            inputs=previous + dataset.files,
+            transform=transform,
+        )
 
 
 def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None

@@ -13,9 +13,13 @@ A job file is YAML. Every key is optional except the input (``inputs`` or
     image_shape: 28x28              # or [28, 28] (default: from Zarr, or square)
     scale: auto                     # auto | a number | a fraction such as 1/16
     fit: {covariance: full, reg_covar: auto, shrinkage: none, split_every: 8,
-          transform: none, logit_lambda: null}
+          transform: none, logit_lambda: null,
+          components: 1, max_iter: 100, tol: 0.001, init: kmeans++, seed: 0,
+          prior_rows: 0, init_sample: 10000, incremental: false}
                                     # reg_covar auto: scale²/12 for integer pixels, else 0;
-                                    # 0.1 with transform logit (logit_lambda null: 1e-6)
+                                    # 0.1 with transform logit (logit_lambda null: 1e-6);
+                                    # components > 1: a mixture per class by EM (seed: EM's
+                                    # and the logit transform's dequantization noise's)
     sample: {n: 10000, seed: 0, chunk_size: 10000, dtype: float32, class: null}
     cluster: {scheduler: null, scheduler_file: null, workers: null,
               threads_per_worker: null, memory_limit: null}
@@ -27,7 +31,9 @@ Relative paths in a job file (``inputs``, ``out``, ``dataset.source``, ``report`
 command line are relative to the current folder. :func:`load_job` validates the
 whole file before any work starts and raises :class:`~daskgen.errors.InputError`
 with one line naming the file and the key at fault (an unknown key, a wrong type or
-value, a missing input).
+value, a missing input). The keys of the read options and of the ``fit``, ``sample``
+and ``cluster`` sections, with their defaults and checks, are defined in
+:mod:`daskgen.options`.
 
 What a run does with a job, and how it resumes, is :mod:`daskgen.run`'s part.
 """
@@ -35,39 +41,54 @@ What a run does with a job, and how it resumes, is :mod:`daskgen.run`'s part.
 from __future__ import annotations
 
 import copy
-import difflib
 import glob
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from .datasets import DATASETS
 from .errors import InputError
 from .io.fs import is_url as _is_url
 from .io.fs import join as _join
+from .options import (
+    CLUSTER,
+    GAUSSIAN_FIT,
+    MIXTURE_FIT,
+    READ,
+    SAMPLE,
+    Group,
+    Option,
+    OptionError,
+    UnknownKeyError,
+    type_name,
+)
+from .options import describe as _show
+from .options import suggest as _suggest_close
 
 __all__ = ["DEFAULTS", "Job", "default_job", "load_job"]
 
+#: The options of the job file's sections, defined in :mod:`daskgen.options`; ``fit`` holds
+#: both the Gaussian and the mixture options (``components`` > 1 fits a mixture).
+INCREMENTAL = Option("incremental", "flag", False, "Fold new input files into the stored model (one Gaussian per "
+                     "class) instead of refitting when only new files appeared.", cli=False)
+SECTIONS: dict[str, Group] = {
+    "fit": Group("fit", (*GAUSSIAN_FIT, *(o for o in MIXTURE_FIT if o.job), INCREMENTAL), section="fit"),
+    "sample": SAMPLE.with_defaults(seed=0),
+    "cluster": CLUSTER,
+}
+#: The top-level keys that are read options.
+READ_KEYS = tuple(o.name for o in READ.job_options())
 #: Values of every key a job file may leave out.
 DEFAULTS: dict[str, Any] = {
     "out": "daskgen-run",
-    "label_column": "label",
-    "format": None,
-    "blocksize": "32MiB",
-    "image_shape": None,
-    "scale": "auto",
-    "fit": {"covariance": "full", "reg_covar": "auto", "shrinkage": "none", "split_every": 8, "incremental": False,
-            "transform": "none", "logit_lambda": None},
-    "sample": {"n": 10_000, "seed": 0, "chunk_size": 10_000, "dtype": "float32", "class": None},
-    "cluster": {"scheduler": None, "scheduler_file": None, "workers": None, "threads_per_worker": None, "memory_limit": None},
+    **READ.defaults(job=True),
+    **{name: group.defaults(job=True) for name, group in SECTIONS.items()},
     "plot": True,
     "report": None,
 }
-_SECTIONS = ("fit", "sample", "cluster")
-_TOP = ("inputs", "dataset", "out", "label_column", "format", "blocksize", "image_shape", "scale", *_SECTIONS, "plot", "report")
+_SECTIONS = tuple(SECTIONS)
+_TOP = ("inputs", "dataset", "out", *READ_KEYS, *_SECTIONS, "plot", "report")
 _DATASET_KEYS = ("name", "source", "split", "download")
 #: The tutorial's convention: a Kaggle digit-recognizer CSV in the working folder.
 TUTORIAL_CSV = os.path.join("data", "train.csv")
@@ -109,10 +130,6 @@ class Job:
         }
 
 
-class _Bad(Exception):
-    """A value is wrong: the message is completed with the file and key."""
-
-
 def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None, cwd: str | None = None) -> Job:
     """Read and validate a job file (or, with ``path=None``, the default job) and apply ``overrides``.
 
@@ -142,7 +159,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] |
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise InputError(f"{name}: a job file is a mapping of keys (inputs, out, fit, sample, ...), not a {_type(raw)}")
+        raise InputError(f"{name}: a job file is a mapping of keys (inputs, out, fit, sample, ...), not a {type_name(raw)}")
     return _build(raw, name, os.path.dirname(os.path.abspath(full)), overrides, cwd)
 
 
@@ -218,58 +235,36 @@ def _check(raw: Mapping[str, Any], origin: str, base: str) -> dict[str, Any]:
         if key not in _TOP:
             raise InputError(f"{origin}: unknown key {key!r}{_suggest(key, _TOP)}")
         try:
-            if key in _SECTIONS:
-                out[key] = _check_section(key, value, base)
+            if key in SECTIONS:
+                out[key] = SECTIONS[key].check_section(value, key)
+                if key == "cluster" and out[key].get("scheduler_file") is not None:
+                    out[key]["scheduler_file"] = _resolve(out[key]["scheduler_file"], base)
+            elif key in READ_KEYS:
+                out[key] = READ[key].check(value)
             else:
                 out[key] = _CHECKS[key](value, base)
         except _Bad as exc:
             text = str(exc)
             where, msg = text.split("\x00", 1) if "\x00" in text else (key, text)
             raise InputError(f"{origin}: {where}: {msg}") from None
-        except _Unknown as exc:
-            raise InputError(f"{origin}: unknown key {exc.args[0]!r}{exc.args[1]}") from None
+        except (OptionError, UnknownKeyError) as exc:
+            raise InputError(f"{origin}: {exc}") from None
     return out
-
-
-class _Unknown(Exception):
-    pass
 
 
 def _suggest(key: str, known: tuple[str, ...], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key.replace("-", "_"), known, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {prefix + close[0]!r}?)"
-    for section in _SECTIONS:  # a section's key written at the top level
-        if key.replace("-", "_") in DEFAULTS[section]:
-            return f" (did you mean '{section}.{key.replace('-', '_')}'?)"
-    return f" (known keys: {', '.join(prefix + k for k in known)})"
+    hint = _suggest_close(key, known, prefix)
+    if "did you mean" in hint:
+        return hint
+    name = key.replace("-", "_")
+    for section in ("sample", "cluster", "fit"):  # a section's key written at the top level
+        if name in DEFAULTS[section]:
+            return f" (did you mean '{section}.{name}'?)"
+    return hint
 
 
-def _check_section(section: str, value: Any, base: str) -> dict[str, Any]:
-    known = tuple(DEFAULTS[section])
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Bad(f"{section}\x00expected a mapping of {', '.join(known)}; got {_show(value)}")
-    out = {}
-    for key, v in value.items():
-        key = str(key)
-        if key not in known:
-            raise _Unknown(f"{section}.{key}", _suggest(key, known, prefix=f"{section}."))
-        try:
-            out[key] = _SECTION_CHECKS[section][key](v, base)
-        except _Bad as exc:
-            raise _Bad(f"{section}.{key}\x00{exc}") from None
-    return out
-
-
-def _type(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
-
-
-def _show(v: Any) -> str:
-    text = repr(v)
-    return (text if len(text) <= 40 else text[:37] + "...") + f" ({_type(v)})"
+class _Bad(Exception):
+    """A value is wrong: the message is completed with the file and key."""
 
 
 def _string(v: Any, base: str = "") -> str:
@@ -278,126 +273,12 @@ def _string(v: Any, base: str = "") -> str:
     return v
 
 
-def _optional_string(v: Any, base: str = "") -> str | None:
-    return None if v is None else _string(v)
-
-
 def _boolean(v: Any, base: str = "") -> bool:
     if not isinstance(v, bool):
         raise _Bad(f"expected true or false, got {_show(v)}")
     return v
 
 
-def _integer(lo: int, optional: bool = False) -> Callable[[Any, str], int | None]:
-    def check(v: Any, base: str = "") -> int | None:
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _Bad(f"expected an integer, got {_show(v)}")
-        if v < lo:
-            raise _Bad(f"must be at least {lo}, got {v}")
-        return v
-
-    return check
-
-
-def _number(v: Any) -> float:
-    """A float from a number or a numeric string (YAML reads 1e-4 as a string)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise _Bad(f"expected a number, got {_show(v)}")
-    try:
-        x = float(Fraction(v.strip())) if isinstance(v, str) else float(v)
-    except (ValueError, ZeroDivisionError):
-        raise _Bad(f"expected a number, got {_show(v)}") from None
-    if not math.isfinite(x):
-        raise _Bad(f"expected a finite number, got {_show(v)}")
-    return x
-
-
-def _logit_lambda(v: Any, base: str = "") -> float | None:
-    if v is None:
-        return None
-    x = _number(v)
-    if not 0 <= x < 0.5:
-        raise _Bad(f"must lie in [0, 0.5), got {v}")
-    return x
-
-
-def _auto_or_number(v: Any, positive: bool, example: str) -> str | float:
-    """``"auto"``, or a number (fractions such as 1/255 allowed) > 0 or >= 0."""
-    if isinstance(v, str) and v.strip().lower() == "auto":
-        return "auto"
-    try:
-        x = _number(v)
-    except _Bad:
-        raise _Bad(f"expected 'auto' or a {example}, got {_show(v)}") from None
-    if x < 0 or (positive and x == 0):
-        raise _Bad(f"must be {'positive' if positive else '>= 0'}, got {v}")
-    return x
-
-
-def _reg_covar(v: Any, base: str = "") -> str | float:
-    return _auto_or_number(v, positive=False, example="number >= 0")
-
-
-def _scale(v: Any, base: str = "") -> str | float:
-    return _auto_or_number(v, positive=True, example="positive number such as 1/255")
-
-
-def _choice(*options: str, optional: bool = False) -> Callable[[Any, str], str | None]:
-    def check(v: Any, base: str = "") -> str | None:
-        if v is None and optional:
-            return None
-        if v not in options:
-            raise _Bad(f"expected one of {', '.join(options)}, got {_show(v)}")
-        return v
-
-    return check
-
-
-def _shrinkage(v: Any, base: str = "") -> str:
-    return "none" if v is None else _choice("none", "oas")(v)
-
-
-def _blocksize(v: Any, base: str = "") -> str | int:
-    from dask.utils import parse_bytes
-
-    if isinstance(v, bool) or not isinstance(v, (int, str)):
-        raise _Bad(f"expected a size such as 32MiB, got {_show(v)}")
-    try:
-        if int(parse_bytes(v)) <= 0:
-            raise ValueError
-    except (ValueError, TypeError):
-        raise _Bad(f"expected a positive size such as 32MiB, got {_show(v)}") from None
-    return v
-
-
-def _image_shape(v: Any, base: str = "") -> str | list[int] | None:
-    if v is None:
-        return None
-    if isinstance(v, list) and 1 <= len(v) <= 2 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in v):
-        return v
-    if isinstance(v, str):
-        parts = v.lower().replace("×", "x").split("x")
-        if 1 <= len(parts) <= 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            return v
-    raise _Bad(f"expected HxW such as 28x28 or [28, 28], got {_show(v)}")
-
-
-def _label(v: Any, base: str = "") -> Any:
-    if v is None or (isinstance(v, (int, float, str)) and not isinstance(v, bool)):
-        return v
-    raise _Bad(f"expected a class label (a number or a string), got {_show(v)}")
-
-
-def _memory(v: Any, base: str = "") -> str | int | None:
-    if v is None:
-        return None
-    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-        return v
-    if isinstance(v, str) and v.strip():
-        return v
-    raise _Bad(f"expected a size such as 4GiB, got {_show(v)}")
 
 
 def _resolve(p: str, base: str) -> str:
@@ -448,7 +329,7 @@ def _dataset(v: Any, base: str) -> dict[str, Any]:
         raise _Bad(f"expected a dataset name ({', '.join(DATASETS)}) or a mapping of {', '.join(_DATASET_KEYS)}; got {_show(v)}")
     for key in v:
         if key not in _DATASET_KEYS:
-            raise _Unknown(f"dataset.{key}", _suggest(str(key), _DATASET_KEYS, prefix="dataset."))
+            raise UnknownKeyError(f"dataset.{key}", _suggest(str(key), _DATASET_KEYS, prefix="dataset."))
     if "name" not in v:
         raise _Bad(f"dataset\x00needs a name ({', '.join(DATASETS)})")
     raw_name = v["name"]
@@ -488,36 +369,6 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "inputs": _inputs,
     "dataset": _dataset,
     "out": _out,
-    "label_column": _string,
-    "format": _choice("csv", "parquet", "zarr", optional=True),
-    "blocksize": _blocksize,
-    "image_shape": _image_shape,
-    "scale": _scale,
     "plot": _boolean,
     "report": _local_file,
-}
-_SECTION_CHECKS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "fit": {
-        "covariance": _choice("full", "diag"),
-        "reg_covar": _reg_covar,
-        "shrinkage": _shrinkage,
-        "split_every": _integer(2),
-        "incremental": _boolean,
-        "transform": _choice("none", "logit"),
-        "logit_lambda": _logit_lambda,
-    },
-    "sample": {
-        "n": _integer(1),
-        "seed": _integer(0, optional=True),
-        "chunk_size": _integer(1),
-        "dtype": _choice("float32", "float64", "uint8"),
-        "class": _label,
-    },
-    "cluster": {
-        "scheduler": _optional_string,
-        "scheduler_file": _local_file,
-        "workers": _integer(1, optional=True),
-        "threads_per_worker": _integer(1, optional=True),
-        "memory_limit": _memory,
-    },
 }

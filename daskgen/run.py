@@ -27,6 +27,7 @@ from .io.fs import is_url as _is_url
 from .io.fs import join as _join
 from .io.store import output_exists
 from .job import Job
+from .options import MIXTURE_FIT
 
 #: Samples shown in the figures of a run.
 PLOT_SAMPLES = 40
@@ -133,9 +134,9 @@ def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:
 
 
 def _fit_options(job: Job) -> dict[str, Any]:
-    from dask.utils import parse_bytes
-
+    """The keyword arguments of :func:`daskgen.fit` (and of the mixture's fit) the job asks for."""
     from .kernels.transform import make_transform
+    from .options import to_bytes
 
     if job.fit["logit_lambda"] is not None and job.fit["transform"] != "logit":
         raise InputError(f"{job.origin}: fit.logit_lambda applies to fit.transform: logit")
@@ -143,25 +144,31 @@ def _fit_options(job: Job) -> dict[str, Any]:
     shape = job.image_shape
     return {
         "label_column": job.label_column,
-        "blocksize": int(parse_bytes(job.blocksize)),
+        "blocksize": to_bytes(job.blocksize),
         "image_shape": tuple(shape) if isinstance(shape, list) else shape,
         "scale": job.scale,
         "fmt": job.format,
         "covariance": job.fit["covariance"],
-        "reg_covar": None if job.fit["reg_covar"] in (None, "auto") else float(job.fit["reg_covar"]),
+        "reg_covar": job.fit["reg_covar"],
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
     }
 
 
-def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool):
+def _mixture_options(job: Job) -> dict[str, Any]:
+    """The EM options of the job (its mixture options but ``components``), as the model records them."""
+    return {o.name: job.fit[o.name] for o in MIXTURE_FIT if o.job and o.name != "components"}
+
+
+def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool, mixture: dict[str, Any] | None = None):
     """``(reason, dataset)``: why a stored ``model`` is not the fit the job asks for (reason
     None: it is up to date), and the inputs as opened to find out (a refit reuses them).
 
     Compares the input files as the reader sees them now (path, size, modification
-    time, or a Zarr group's layout) and the options that change the model. The tree's
-    fan-in and the block size do not: they change how, not what, is computed.
+    time, or a Zarr group's layout) and the options that change the model (``mixture``:
+    ``components`` and the EM options of a mixture fit). The tree's fan-in and the
+    block size do not: they change how, not what, is computed.
     """
     from .fitting import default_reg_covar
     from .io.inputs import open_inputs
@@ -175,16 +182,22 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool)
         if incremental and all(_canonical(f) in known for f in model.inputs):
             return _NEW_INPUTS, dataset
         return "its inputs changed", dataset
-    reg_covar = (options["reg_covar"] if options["reg_covar"] is not None
-                 else default_reg_covar(dataset, transform=options["transform"]))
-    want = {"covariance": options["covariance"], "reg_covar": reg_covar, "shrinkage": options["shrinkage"],
-            "transform": str(options["transform"])}
+    components = int((mixture or {}).get("components", 1))
+    reg_covar = options["reg_covar"]
+    if reg_covar in (None, "auto"):
+        reg_covar = default_reg_covar(dataset, components, transform=options["transform"])
+    want = {"components": components, "covariance": options["covariance"], "reg_covar": reg_covar,
+            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"])}
     have = {
+        "components": int(model.config.get("components", 1)),
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
         "transform": str(model.transform),
     }
+    if mixture:
+        want.update({k: v for k, v in mixture.items() if k != "components"})
+        have.update({k: model.config.get(k) for k in mixture if k != "components"})
     have.update(label_column=model.label_column, scale=model.scale, image_shape=tuple(model.image_shape or ()))
     want.update(label_column=options["label_column"], scale=dataset.scale, image_shape=tuple(dataset.image_shape or ()))
     changed = [k for k in want if (not math.isclose(have[k], want[k], rel_tol=1e-12) if k == "scale" else have[k] != want[k])]
@@ -207,6 +220,10 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
 
     path = job.paths["model"]
     options = _fit_options(job)
+    components = int(job.fit["components"])
+    mixture = {"components": components, **_mixture_options(job)} if components > 1 else None
+    if mixture and options["shrinkage"] != "none":
+        raise InputError("fit.shrinkage applies to one Gaussian per class, not to fit.components > 1")
     t = time.perf_counter()
     reason = "--overwrite" if overwrite else None
     opened = None  # the inputs as _stale opened them, for the refit
@@ -217,7 +234,8 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         except ModelError as exc:
             reason = f"the stored model is unusable: {exc}"
         else:
-            reason, opened = _stale(old, options, inputs, bool(job.fit.get("incremental", False)))
+            incremental = bool(job.fit.get("incremental", False)) and mixture is None
+            reason, opened = _stale(old, options, inputs, incremental, mixture)
             if reason is None:
                 took = time.perf_counter() - t
                 say(f"daskgen: fit: skipped: up to date ({path})")
@@ -228,6 +246,8 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
     if incremental:  # fold only the files the model has not seen (its manifest says which)
         model = fit(inputs, progress=not quiet, update=old, **options)
         say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
+    elif mixture:
+        model = _fit_mixture(opened if opened is not None else inputs, options, mixture, quiet, say)
     else:
         model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
     write_model(model, path, overwrite=True)
@@ -239,6 +259,21 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
     status = "updated: new inputs folded in" if incremental else (f"refitted: {reason}" if existed else "done")
     return model, {"status": status, "skipped": False, "refitted": existed and not incremental, "seconds": took,
                    "rows": rows, "rows_per_s": rate, "updated_from": old.fingerprint if incremental else None}
+
+
+def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet: bool, say):
+    """A mixture of ``mixture["components"]`` Gaussians per class, by EM, a line per iteration."""
+    from .distributed.em import fit_mixture
+
+    em = {k: v for k, v in mixture.items() if k != "components"}
+    read = {k: v for k, v in options.items() if k != "shrinkage"}
+
+    def report(it: dict[str, Any]) -> None:
+        change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1
+        say(f"daskgen: fit: EM iteration {it['iteration']}: mean log-likelihood {it['log_likelihood']:,.4f}{change} "
+            f"in {it['seconds']:.1f}s")
+
+    return fit_mixture(inputs, mixture["components"], progress=not quiet, callback=report, **read, **em)
 
 
 def _sample_stage(job: Job, model, fit_stage: dict[str, Any], overwrite: bool, quiet: bool, say):

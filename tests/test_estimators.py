@@ -250,11 +250,11 @@ def test_model_saves_and_loads(pixels, tmp_path, sync_scheduler):
         (np.zeros((10, 4)), None, {}, "y is required"),
         (np.zeros((10, 4)), "label", {}, "names a column or coordinate"),
         (np.zeros((10, 4)), np.r_[np.zeros(9), np.nan], {}, "NaN or infinite labels"),
-        (np.zeros((10, 4)), np.zeros(10), {"covariance": "spherical"}, "covariance must be"),
-        (np.zeros((10, 4)), np.zeros(10), {"reg_covar": -1}, "reg_covar must be >= 0"),
-        (np.zeros((10, 4)), np.zeros(10), {"split_every": 1}, "split_every must be at least 2"),
+        (np.zeros((10, 4)), np.zeros(10), {"covariance": "spherical"}, "covariance: expected one of full, diag"),
+        (np.zeros((10, 4)), np.zeros(10), {"reg_covar": -1}, "reg_covar: must be >= 0"),
+        (np.zeros((10, 4)), np.zeros(10), {"split_every": 1}, "split_every: must be at least 2"),
         (np.zeros((10, 4)), np.zeros(10), {"blocksize": 0}, "blocksize must be a positive"),
-        (np.zeros((10, 4)), np.zeros(10), {"scale": "big"}, "scale must be 'auto', a number or a fraction"),
+        (np.zeros((10, 4)), np.zeros(10), {"scale": "big"}, "scale: expected auto or a number"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(X, y, params, match):

@@ -17,7 +17,6 @@ import daskgen
 from daskgen.cli import main
 from daskgen.datasets import write_zarr_dataset
 from daskgen.distributed.em import fit_mixture
-from daskgen.errors import InputError
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.kernels.estep import Components, estep_stats
 from daskgen.kernels.weighted import merge_weighted
@@ -132,7 +131,7 @@ def test_prior_rows_shrink_each_component_toward_its_class(digits_pixels):
             assert rel(params.means[k, m], stats.means[k, m]) < 1e-15
     shrunk = fit_em(X, y, 3, scale=DIGITS_SCALE, reg_covar=1e-2, max_iter=3, tol=0, seed=1, prior_rows=nu)
     assert shrunk.config["prior_rows"] == nu and plain.config["prior_rows"] == 0.0
-    with pytest.raises(InputError, match="prior_rows"):
+    with pytest.raises(ValueError, match="prior_rows"):
         fit_em(X, y, 2, reg_covar=1e-2, prior_rows=-1.0)
 
 
@@ -246,7 +245,7 @@ def test_empty_component_is_reseeded_then_dropped(caplog):
 
 def test_mixtures_need_reg_covar(digits_pixels):
     X, y = digits_pixels
-    with pytest.raises(InputError, match="reg_covar > 0"):
+    with pytest.raises(ValueError, match="reg_covar > 0"):
         fit_em(X, y, 2, reg_covar=0.0)
 
 

@@ -294,7 +294,8 @@ def test_job_values_and_relative_paths(tmp_path):
     assert loaded.report == str(tmp_path / "project" / "jobs" / "perf.html")
     assert loaded.scale == 1 / 16 and loaded.image_shape == [8, 8]
     assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8, "incremental": False,
-                          "transform": "none", "logit_lambda": None}
+                          "components": 1, "max_iter": 100, "tol": 1e-3, "init": "kmeans++", "seed": 0,
+                          "prior_rows": 0.0, "init_sample": 10_000, "transform": "none", "logit_lambda": None}
     assert loaded.sample == {"n": 1000, "seed": None, "chunk_size": 10_000, "dtype": "float32", "class": 3}
     assert loaded.cluster["workers"] == 2 and loaded.cluster["memory_limit"] == "1GiB"
     # flags override the file; their paths are relative to the current folder
@@ -346,8 +347,7 @@ def test_flags_override_the_job_file(tmp_path, monkeypatch):
     out = tmp_path / "flags"
     report = read_report(out)
     assert report["config"]["sample"] == {"n": 250, "seed": 7, "chunk_size": 100, "dtype": "uint8", "class": None}
-    assert report["config"]["fit"] == {"covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas", "split_every": 8, "incremental": False,
-                                       "transform": "none", "logit_lambda": None}
+    assert report["config"]["fit"] == {**DEFAULTS["fit"], "covariance": "diag", "reg_covar": 0.01, "shrinkage": "oas"}
     assert report["cluster"]["threads"] == report["cluster"]["workers"] == 1
     assert report["stages"]["plot"]["skipped"] and not (out / "figures").exists()  # plot: false in the job
     model = daskgen.load_model(str(out / "model.zarr"))
@@ -399,3 +399,38 @@ def test_incremental_job_over_a_growing_folder(tmp_path):
     np.testing.assert_allclose(model.covariances, full.covariances, rtol=1e-11, atol=1e-13)
     third = run_job(load_job(str(job_file)), quiet=True)
     assert third["stages"]["fit"]["skipped"] and third["stages"]["sample"]["skipped"]
+
+
+def test_shipped_mixture_job_file(tmp_path):
+    job = load_job(str(JOBS / "fashion-mnist-mixture.yaml"), cwd=str(tmp_path))
+    assert job.dataset["name"] == "fashion-mnist" and job.fit["components"] > 1
+    assert set(job.fit) == set(DEFAULTS["fit"])
+
+
+def test_mixture_job_end_to_end(tmp_path):
+    """fit.components > 1 fits a mixture per class, as `daskgen fit --components` does; a rerun
+    skips the fit, a changed EM option refits, and flags override the job file."""
+    job_file = write_job(
+        tmp_path / "mixture.yaml",
+        "dataset: digits\nout: out\nfit: {components: 2, covariance: diag, max_iter: 3, tol: 0, seed: 1, "
+        "init_sample: 200}\nsample: {n: 200, seed: 2, chunk_size: 100}\nplot: false\ncluster: {threads_per_worker: 1}\n",
+    )
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", str(job_file)])
+    assert result.exit_code == 0, result.stderr
+    assert "daskgen: fit: EM iteration 3" in result.stderr
+    model = daskgen.load_model(str(tmp_path / "out" / "model.zarr"))
+    assert model.kind == "mixture" and model.n_components == 2 and model.covariance_type == "diag"
+    assert model.config["max_iter"] == 3 and model.config["seed"] == 1
+    assert model.config["reg_covar"] == pytest.approx(DIGITS_SCALE**2 / 12)  # auto on integer pixels
+    by_fit = daskgen.fit_mixture(str(tmp_path / "out" / "data" / "digits.zarr"), 2, covariance="diag", max_iter=3,
+                                 tol=0, seed=1, init_sample=200)
+    np.testing.assert_allclose(model.means, by_fit.means, rtol=1e-10)
+    rerun = runner.invoke(main, ["run", str(job_file), "-q"])
+    assert rerun.exit_code == 0 and read_report(tmp_path / "out")["stages"]["fit"]["skipped"]
+    # a flag overrides the job's EM option: refit (the samples of the old model are then refused)
+    changed = runner.invoke(main, ["run", str(job_file), "-q", "--max-iter", "2"])
+    assert changed.exit_code == 2, changed.stderr
+    assert "max_iter 3 -> 2" in read_report(tmp_path / "out")["stages"]["fit"]["status"]
+    bad = runner.invoke(main, ["run", str(job_file), "-q", "--shrinkage", "oas"])
+    assert bad.exit_code == 2 and "fit.shrinkage applies to one Gaussian per class" in bad.stderr

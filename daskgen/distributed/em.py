@@ -30,7 +30,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ..errors import InputError
+from ..errors import user_input
 from ..io.fs import open_zarr_group, url_to_fs
 from ..io.inputs import Dataset
 from ..kernels.estep import Components, estep_stats, hard_stats
@@ -38,7 +38,8 @@ from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
 from ..kernels.transform import NONE, Transform
 from ..kernels.weighted import WeightedStats, merge_weighted
 from ..models.mixture import GaussianMixtureClassModel
-from ..models.mixture_em import DEFAULTS, Passes, check_options, em_config, run_em
+from ..models.mixture_em import DEFAULTS, Passes, em_config, run_em
+from ..options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
 from .cluster import active_client
 from .fit import block_features
 from .reduction import DEFAULT_SPLIT_EVERY, Reduction, read_tasks, reduce_blocks
@@ -178,7 +179,7 @@ def fit_mixture(
     scale: str | float | None = "auto",
     fmt: str | None = None,
     covariance: str = DEFAULTS["covariance"],
-    reg_covar: float | None = None,
+    reg_covar: float | str | None = "auto",
     max_iter: int = DEFAULTS["max_iter"],
     tol: float = DEFAULTS["tol"],
     init: str = DEFAULTS["init"],
@@ -197,7 +198,7 @@ def fit_mixture(
 
     ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
     Options as :func:`daskgen.models.mixture_em.run_em`: ``covariance`` full|diag, ``reg_covar``
-    (> 0, added to every component covariance; default:
+    (> 0, added to every component covariance; "auto" (or None):
     :func:`daskgen.fitting.default_reg_covar`, max(1e-6, scale**2 / 12) for integer pixels), ``max_iter``, ``tol`` (on the change of
     the mean log-likelihood per row), ``init`` kmeans++|random, ``seed``,
     ``init_sample`` (rows per class for the initialisation). ``persist``: "auto"
@@ -209,17 +210,25 @@ def fit_mixture(
     """
     from ..fitting import default_reg_covar, fit_transform, prepare
 
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    checked = {**GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, split_every=split_every,
+                                    **({"transform": transform} if isinstance(transform, str) else {}),
+                                    logit_lambda=logit_lambda),
+               **MIXTURE_FIT.check(names={"components": "n_components"}, components=n_components, max_iter=max_iter,
+                                   tol=tol, init=init, seed=seed, init_sample=init_sample,
+                                   **{k: v for k, v in options.items() if k in MIXTURE_FIT})}
+    reg_covar, split_every, tol = checked["reg_covar"], checked["split_every"], checked["tol"]
+    options.update({k: checked[k] for k in options if k in checked})
     transform = fit_transform(transform, logit_lambda)
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
         inputs, label_column=label_column, blocksize=blocksize, image_shape=image_shape, scale=scale, fmt=fmt,
         storage_options=storage_options)
-    if reg_covar is None:
+    if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, n_components, transform)
+    elif not reg_covar > 0:
+        raise OptionError("reg_covar", f"a mixture needs reg_covar > 0 (its likelihood is unbounded without it), "
+                          f"got {reg_covar:g}")
     em_options = dict(covariance=covariance, reg_covar=reg_covar, max_iter=max_iter, tol=tol, init=init, seed=seed,
                       init_sample=init_sample, **options)
-    check_options(n_components, covariance, reg_covar, max_iter, tol, init)
     token = tokenize(dataset.blocks, dataset.scale, dataset.integer_pixels, transform, seed)
     reads = read_tasks(dataset, token)
     if not transform.identity:  # the blocks in logit space, once: every pass reuses them
@@ -229,7 +238,8 @@ def fit_mixture(
     blocks, persisted = persist_blocks(reads, dataset, persist, transform)
     em_token = tokenize(token, n_components, em_options)
     passes = dask_passes(blocks, dataset, em_token, int(split_every), progress, transform.feature_scale(dataset.scale))
-    params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
+    with user_input():  # the driver checks the data (a class of one row) and given parameters
+        params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
     config = em_config(n_components, em_options)

@@ -25,7 +25,7 @@ from dask.delayed import delayed
 
 from .._blas import one_blas_thread
 from .._version import __version__
-from ..errors import InputError, OutputExistsError
+from ..errors import OutputExistsError, user_input
 from ..io.fs import is_local, open_zarr_group, url_to_fs
 from ..io.labels import as_labels
 from ..io.store import consolidate
@@ -33,7 +33,6 @@ from ..kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from ..models.base import ClassModel, ModelSampler
 from .reduction import in_graph
 
-DTYPES = ("float32", "float64", "uint8")
 DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
 IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class", "draw")
@@ -180,16 +179,13 @@ def generate(
     Runs on the active ``distributed.Client`` if there is one, else on Dask's local
     scheduler. Re-running resumes: only chunks not yet marked done are written.
     """
+    from ..options import SAMPLE
     from .cluster import compute
 
+    SAMPLE.check(n=n, seed=seed, chunk_size=chunk_size, dtype=dtype)
     n, chunk_size = int(n), int(chunk_size)
-    if n < 1:
-        raise InputError(f"n must be at least 1, got {n}")
-    if chunk_size < 1:
-        raise InputError(f"chunk size must be at least 1, got {chunk_size}")
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    class_index = None if label is None else model.class_index(label)
+    with user_input():
+        class_index = None if label is None else model.class_index(label)
     fs, path = url_to_fs(out, storage_options)
     existing = existing_identity(out, storage_options) if fs.exists(path) else None
     if seed is None:

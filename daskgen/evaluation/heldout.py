@@ -60,7 +60,6 @@ from ..io.inputs import Dataset
 from ..kernels.linalg import logsumexp_rows
 from ..kernels.transform import EVALUATE_STREAM, NONE, Transform, dequantization_noise, pixel_levels, to_unit
 
-DEQUANTIZE = ("auto", "yes", "no")
 FILES = {"json": "evaluation.json", "confusion": "confusion-matrix.png"}
 #: Rows scored at once inside a block task (bounds the task's memory).
 BATCH = 4096
@@ -236,10 +235,9 @@ def evaluate(
     The inputs are read with the model's scale and must have its features. See the
     module docstring for the conventions.
     """
-    if dequantize not in DEQUANTIZE:
-        raise InputError(f"dequantize must be one of {', '.join(DEQUANTIZE)}, not {dequantize!r}")
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    from ..options import EVALUATE as OPTIONS  # EVALUATE here is the reduction
+
+    OPTIONS.check(dequantize=dequantize, seed=seed, split_every=split_every)
     dataset = inputs if isinstance(inputs, Dataset) else open_for_model(
         model, inputs, label_column=label_column, blocksize=blocksize, fmt=fmt, storage_options=storage_options)
     token = tokenize(dataset.blocks, model.fingerprint, dequantize, seed)

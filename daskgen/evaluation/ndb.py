@@ -326,10 +326,9 @@ def ndb(
     k-means++ start; ``progress`` shows a bar for the counting stage. See the module
     docstring for the stages.
     """
-    if not 0.0 < alpha < 1.0:
-        raise InputError(f"alpha must be between 0 and 1, got {alpha}")
-    if split_every is None or int(split_every) < 2:
-        raise InputError(f"split_every must be at least 2, got {split_every}")
+    from ..options import NDB
+
+    NDB.check(bins=bins, alpha=alpha, seed=seed, max_iter=max_iter, split_every=split_every)
     if (init_sample is not None and init_sample < 1) or max_iter < 1 or tol < 0:
         raise InputError("init_sample and max_iter must be at least 1, tol at least 0")
     sets = open_sets(samples, reference, train, label_column=label_column, blocksize=blocksize, fmt=fmt,

@@ -22,7 +22,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ from .labels import as_labels
 from .parquet_input import open_parquet, read_parquet_block
 from .zarr_input import open_zarr, read_zarr_block
 
-FORMATS = ("csv", "parquet", "zarr")
 #: Blocks whose rows are handed to ``read_block`` (``Dataset.parts``), not read from a file.
 ARRAY_FORMATS = ("array", "dataframe")
 DEFAULT_BLOCKSIZE = 32 * 2**20
@@ -204,15 +202,10 @@ def resolve_scale(scale: str | float | None, integer: bool, stored: float | None
 
 def parse_scale(scale: str | float | None) -> float | None:
     """``'auto'``/None -> None (decide from the data), else a positive float (``"1/255"`` allowed)."""
-    if scale is None or str(scale).lower() == "auto":
-        return None
-    try:
-        value = float(Fraction(str(scale).strip())) if isinstance(scale, str) else float(scale)
-    except (ValueError, ZeroDivisionError):
-        raise InputError(f"scale must be 'auto', a number or a fraction such as 1/255, got {scale!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise InputError(f"scale must be a positive number, got {scale!r}")
-    return value
+    from ..options import READ
+
+    value = READ["scale"].check(scale)
+    return None if value == "auto" else value
 
 
 # ---------------------------------------------------------------------------- public
@@ -231,11 +224,11 @@ def open_inputs(
     ``pixels_8bit``: integer values must be 8-bit pixels (0..255) whatever the scale
     (e.g. held-out data of a model fitted on 8-bit pixels).
     """
-    if fmt is not None and fmt not in FORMATS:
-        raise InputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    blocksize = int(blocksize or DEFAULT_BLOCKSIZE)
-    if blocksize <= 0:
-        raise InputError(f"blocksize must be positive, got {blocksize}")
+    from ..options import READ, to_bytes
+
+    READ.check(names={"format": "fmt"}, label_column=label_column, format=fmt, blocksize=blocksize,
+               image_shape=image_shape, scale=scale)
+    blocksize = to_bytes(blocksize) or DEFAULT_BLOCKSIZE
     entries = expand_inputs(inputs, storage_options, fmt)
     kinds = {k for k, _, _ in entries}
     if len(kinds) > 1:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..errors import InputError, ModelError, first_line
+from ..errors import ModelError, first_line
 from ..kernels.class_stats import plain_label
 from ..kernels.linalg import factor_covariance, logsumexp_rows
 from ..kernels.transform import NONE, Transform
@@ -229,7 +229,7 @@ class ClassModel(ABC):
 
         ``meta`` are the attributes of :data:`META_FIELDS`.
         """
-        raise InputError(f"a {cls.kind} model is not fitted from per-class statistics")
+        raise ValueError(f"a {cls.kind} model is not fitted from per-class statistics")
 
     @property
     def n_components(self) -> int:
@@ -296,7 +296,7 @@ class ClassModel(ABC):
         for i, c in enumerate(self.classes.tolist()):
             if c == label or str(c) == str(label):
                 return i
-        raise InputError(
+        raise ValueError(
             f"class {label!r} is not in the model (classes: {', '.join(map(str, self.classes.tolist()))})"
         )
 
@@ -370,9 +370,9 @@ class ClassModel(ABC):
 
 
 def check_features(X: np.ndarray, n_features: int) -> np.ndarray:
-    """``X`` as a 2-D float64 array of ``n_features`` columns (``InputError`` otherwise)."""
+    """``X`` as a 2-D float64 array of ``n_features`` columns (``ValueError`` otherwise)."""
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
     if X.shape[1] != n_features:
-        raise InputError(f"X has {X.shape[1]} features, the model {n_features}")
+        raise ValueError(f"X has {X.shape[1]} features, the model {n_features}")
     return X
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ..kernels.class_stats import ClassStats, to_diagonal
 from ..kernels.linalg import ClassFactor, factor_covariance
 from ..kernels.sampling import Sampler
@@ -37,23 +37,23 @@ def finalize(
     then added to the diagonal.
     """
     if covariance not in ("full", "diag"):
-        raise InputError(f"covariance must be 'full' or 'diag', not {covariance!r}")
+        raise ValueError(f"covariance must be 'full' or 'diag', not {covariance!r}")
     if shrinkage not in ("none", "oas"):
-        raise InputError(f"shrinkage must be 'none' or 'oas', not {shrinkage!r}")
+        raise ValueError(f"shrinkage must be 'none' or 'oas', not {shrinkage!r}")
     if not reg_covar >= 0:
-        raise InputError(f"reg_covar must be >= 0, got {reg_covar}")
+        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}")
     if stats.n_rows == 0 or len(stats.classes) == 0:
-        raise InputError("the input has no rows")
+        raise ValueError("the input has no rows")
     small = [c for c, n in zip(stats.classes.tolist(), stats.counts.tolist()) if n < 2]
     if small:
         n = dict(zip(stats.classes.tolist(), stats.counts.tolist()))
-        raise InputError(
+        raise ValueError(
             "class "
             + ", ".join(f"{c!r} has {n[c]} row{'s' if n[c] != 1 else ''}" for c in small)
             + "; every class needs at least 2 rows for a covariance"
         )
     if covariance == "full" and stats.diagonal:
-        raise InputError("these statistics are diagonal; a full covariance needs full statistics")
+        raise ValueError("these statistics are diagonal; a full covariance needs full statistics")
     if covariance == "diag":
         stats = to_diagonal(stats)
     counts = stats.counts.astype(np.float64)
@@ -77,7 +77,7 @@ def finalize(
     finite = np.isfinite(stats.means).all(axis=1) & np.isfinite(covs).all(axis=axes)
     if not finite.all():
         bad = stats.classes[~finite].tolist()
-        raise InputError(
+        raise ValueError(
             f"class {bad[0]!r}: the mean or covariance overflows float64 (data range "
             f"{stats.minimum:g}..{stats.maximum:g}); rescale the data (e.g. --scale)"
         )

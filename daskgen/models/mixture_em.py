@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .._blas import one_blas_thread
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ..kernels.class_stats import plain_label
 from ..kernels.estep import Components, estep_stats, hard_stats
 from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
@@ -264,7 +264,7 @@ def run_em(
     """
     check_options(n_components, covariance, reg_covar, max_iter, tol, init)
     if not prior_rows >= 0:
-        raise InputError(f"prior_rows must be >= 0, got {prior_rows}")
+        raise ValueError(f"prior_rows must be >= 0, got {prior_rows}")
     diagonal = covariance == "diag"
     M = int(n_components)
     events: list[dict[str, Any]] = []
@@ -317,25 +317,25 @@ def run_em(
 
 def check_options(n_components, covariance, reg_covar, max_iter, tol, init) -> None:
     if int(n_components) < 1:
-        raise InputError(f"components must be at least 1, got {n_components}")
+        raise ValueError(f"components must be at least 1, got {n_components}")
     if covariance not in ("full", "diag"):
-        raise InputError(f"covariance must be 'full' or 'diag', not {covariance!r}")
+        raise ValueError(f"covariance must be 'full' or 'diag', not {covariance!r}")
     if not (reg_covar > 0 and math.isfinite(reg_covar)):
-        raise InputError(f"a mixture needs reg_covar > 0 (its likelihood is unbounded without it), got {reg_covar}")
+        raise ValueError(f"a mixture needs reg_covar > 0 (its likelihood is unbounded without it), got {reg_covar}")
     if int(max_iter) < 1:
-        raise InputError(f"max_iter must be at least 1, got {max_iter}")
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     if not tol >= 0:
-        raise InputError(f"tol must be >= 0, got {tol}")
+        raise ValueError(f"tol must be >= 0, got {tol}")
     if init not in INITS:
-        raise InputError(f"init must be one of {', '.join(INITS)}, not {init!r}")
+        raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
 
 
 def _check_counts(classes: np.ndarray, counts: np.ndarray, M: int) -> None:
     if counts.sum() == 0:
-        raise InputError("the input has no rows")
+        raise ValueError("the input has no rows")
     small = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n < 2]
     if small:
-        raise InputError(
+        raise ValueError(
             ", ".join(f"class {c!r} has {n} row{'s' if n != 1 else ''}" for c, n in small)
             + "; every class needs at least 2 rows"
         )
@@ -343,7 +343,7 @@ def _check_counts(classes: np.ndarray, counts: np.ndarray, M: int) -> None:
 
 def _given_params(p: dict[str, np.ndarray], classes, M: int, diagonal: bool) -> Params:
     if classes is None:
-        raise InputError("init_params needs the classes")
+        raise ValueError("init_params needs the classes")
     weights = np.asarray(p["weights"], dtype=np.float64).reshape(len(classes), M)
     means = np.asarray(p["means"], dtype=np.float64).reshape(len(classes), M, -1)
     D = means.shape[2]
@@ -390,7 +390,7 @@ def fit_em(
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise InputError(f"fit_em needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
+        raise ValueError(f"fit_em needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
     classes = np.unique(y)
     params, stats, summary = run_em(memory_passes(X, y, scale, block_rows), n_components,
                                     classes=classes, **options)
