@@ -190,34 +190,21 @@ def pixels_8bit(model: Any) -> bool:
     return bool(flag)
 
 
-def prepare(
-    inputs: list[str] | str,
-    *,
-    label_column: str = "label",
-    blocksize: int | None = None,
-    image_shape: str | tuple | None = None,
-    scale: str | float | None = "auto",
-    fmt: str | None = None,
-    update: GaussianClassModel | None = None,
-    storage_options: dict | None = None,
-) -> Dataset:
+def prepare(inputs: list[str] | str, *, update: GaussianClassModel | None = None, **read_options: Any) -> Dataset:
     """Open and validate the inputs (headers and metadata only, no cluster needed).
 
-    Returns the :class:`~daskgen.io.inputs.Dataset` that :func:`fit` accepts in place
-    of ``inputs``; with ``update``, the new data must match the model's features and
-    takes its scale and image shape.
+    ``read_options`` are :func:`~daskgen.io.inputs.open_inputs`'s keywords (label
+    column, blocksize, image shape, scale, format, storage options). Returns the
+    :class:`~daskgen.io.inputs.Dataset` that :func:`fit` accepts in place of
+    ``inputs``; with ``update``, the new data must match the model's features and
+    takes its scale and image shape unless they are given.
     """
-    if update is not None and (scale is None or str(scale) == "auto"):
-        scale = update.scale
-    dataset = open_inputs(
-        inputs,
-        label_column=label_column,
-        blocksize=blocksize,
-        image_shape=image_shape if image_shape is not None else (update.image_shape if update else None),
-        scale=scale,
-        fmt=fmt,
-        storage_options=storage_options,
-    )
+    if update is not None:
+        if read_options.get("scale") in (None, "auto"):
+            read_options["scale"] = update.scale
+        if read_options.get("image_shape") is None:
+            read_options["image_shape"] = update.image_shape
+    dataset = open_inputs(inputs, **read_options)
     if update is not None:
         check_compatible(update, dataset)
         dataset = dataset.unseen(update.inputs)  # fold each input in once

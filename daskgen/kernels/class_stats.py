@@ -156,7 +156,7 @@ class PixelSums:
     ``counts`` (K,), ``sums`` (K, D) and ``gram`` (K, D, D) (sum of x x^T) hold exact
     integers (float64 is exact below 2**53: up to ~10**11 rows of a class). Merging is
     plain addition, exact in any order and any grouping, so the reduction may combine
-    blocks in the order they finish (see ``reduce``) and still give bit-identical
+    blocks in the order they finish (see ``daskgen.distributed.reduction``) and still give bit-identical
     results. :meth:`to_class_stats` forms the centered statistics once, at the end.
     """
 
