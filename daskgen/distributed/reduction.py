@@ -60,8 +60,9 @@ from dask.delayed import Delayed, delayed
 
 from .._blas import one_blas_thread, shares_threads
 from ..io.inputs import Dataset, read_block
+from ..options import SPLIT_EVERY
 
-DEFAULT_SPLIT_EVERY = 8
+DEFAULT_SPLIT_EVERY = SPLIT_EVERY.default
 TREE, AS_COMPLETED, AUTO = "tree", "as-completed", "auto"
 STRATEGIES = (TREE, AS_COMPLETED, AUTO)
 
