@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -154,8 +155,42 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
     publish_local(path, exists, lambda tmp: _write_model_group(model, tmp, None))
 
 
-def read_model(url: str, storage_options: dict | None = None):
-    """Load a model store written by :func:`write_model`, as the class registered for its kind."""
+@dataclass(frozen=True)
+class ModelHeader:
+    """What a model store's metadata says, its arrays unread: the kind, K classes, D
+    features, components per class and the attributes held-out data is checked against
+    (``label_column``, ``image_shape``, ``scale``, ``feature_names``, ``config``)."""
+
+    kind: str
+    covariance_type: str
+    n_classes: int
+    n_features: int
+    n_components: int
+    label_column: str
+    image_shape: tuple[int, ...] | None
+    scale: float
+    feature_names: list[str] | None
+    config: dict[str, Any]
+
+
+def read_model_header(url: str, storage_options: dict | None = None) -> ModelHeader:
+    """The metadata of a model store (refused as :func:`read_model` refuses it), reading
+    no array's data: K from ``classes``' shape, D from ``means``' last axis."""
+    group, meta = _open_model(url, storage_options)
+    try:
+        K = int(group["classes"].shape[0])
+        D = int(group["means"].shape[-1])
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
+    shape = meta.get("image_shape")
+    return ModelHeader(registry.stored_kind(meta), str(meta.get("covariance_type", "full")), K, D,
+                       int(meta.get("components") or 1), meta.get("label_column", "label"),
+                       tuple(shape) if shape else None, float(meta.get("scale", 1.0)), meta.get("feature_names"),
+                       dict(meta.get("config") or {}))
+
+
+def _open_model(url: str, storage_options: dict | None) -> tuple[Any, dict]:
+    """The group and ``daskgen`` attributes of a complete model store of a supported format."""
     fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         raise ModelError(f"{url}: no such model store")
@@ -173,6 +208,12 @@ def read_model(url: str, storage_options: dict | None = None):
         )
     if not meta.get("complete"):
         raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
+    return group, meta
+
+
+def read_model(url: str, storage_options: dict | None = None):
+    """Load a model store written by :func:`write_model`, as the class registered for its kind."""
+    group, meta = _open_model(url, storage_options)
     try:
         kind = registry.get(registry.stored_kind(meta))
     except ModelError as exc:

@@ -18,6 +18,7 @@ from ..kernels.class_stats import ClassStats, to_diagonal
 from ..kernels.linalg import ClassFactor, factor_covariance
 from ..kernels.sampling import Sampler
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
+from .memory import Copies, StageMemory, Workload, class_memory_plan
 from .registry import register
 
 
@@ -141,6 +142,29 @@ class GaussianScorer:
         return out
 
 
+#: The memory plan of one Gaussian per class, in copies of one statistic (K * D**2 * 8
+#: bytes for full covariances, K * D * 8 for diagonal ones) per stage of each command
+#: (:class:`~daskgen.models.memory.Copies`: in a worker, per running task, on the
+#: client); the 8-bit path of the fit (exact sums merged as blocks finish). What each
+#: stage holds today (measured: benchmarks/memory.py, README "Memory plan"):
+#:
+#: fit: statistics — every running block task makes a whole K x D x D statistic, and a
+#:   merge holds its inputs and its new total; to_class_stats — the merged 8-bit sums
+#:   and the centered scatter (on the client, which finalizes a merge-as-completed);
+#:   finalize — the scatter, the covariances and their regularized copy; write — the
+#:   model's covariances and scatter, written class by class.
+#: sample: load — covariances and scatter; factor — plus an eigendecomposition (root and
+#:   basis) per class and the sampler's triangular factor (float32: half a copy);
+#:   draw — the client keeps all that while a worker holds the sampler and its chunks.
+#: evaluate: load; factor — plus root and basis; score — a worker holds the scorer's
+#:   factors and its blocks.
+GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2),
+            "finalize": Copies(client=3), "write": Copies(client=2)},
+    "sample": {"load": Copies(client=2), "factor": Copies(client=4.5), "draw": Copies(worker=0.5, client=4.5)},
+    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4), "score": Copies(worker=2, client=4)},
+}
+
 @register
 @dataclass(repr=False)
 class GaussianClassModel(ClassModel):
@@ -199,6 +223,16 @@ class GaussianClassModel(ClassModel):
             **params,
             **meta,
         )
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
+        """See :data:`GAUSSIAN_COPIES`; float data (and diagonal statistics) merge by a
+        fixed tree, whose merges hold up to ``split_every`` statistics on a worker."""
+        table = GAUSSIAN_COPIES
+        if options.command == "fit" and not (options.exact and options.covariance != "diag"):
+            table = {**table, "fit": {"statistics": Copies(worker=options.split_every + 1, per_task=1),
+                                      "finalize": Copies(client=3), "write": Copies(client=2)}}
+        return class_memory_plan(n_classes, n_features, options, table)
 
     # -- shape -------------------------------------------------------------
     @property
