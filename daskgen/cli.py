@@ -396,8 +396,9 @@ def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrit
 @click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
 @click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
 @cluster_options
+@PLAN.click()
 @handle_errors
-def run(job_file, out, report_html, overwrite, **kw):
+def run(job_file, out, report_html, overwrite, dry_run, **kw):
     """Fit, sample, draw the figures and write run-report.json, as a job file says.
 
     Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
@@ -406,7 +407,7 @@ def run(job_file, out, report_html, overwrite, **kw):
     A rerun skips a fit that is up to date and resumes sampling.
     """
     from .job import REPORT_FILE, load_job
-    from .run import run_job
+    from .run import plan_run, run_job
 
     cluster = _cluster_kwargs(kw)
     quiet = cluster.pop("quiet")
@@ -419,6 +420,8 @@ def run(job_file, out, report_html, overwrite, **kw):
         "cluster": cluster,
     }
     job = load_job(job_file, overrides=overrides)
+    if _planned(plan_run(job), dry_run):
+        return
     _check_output(f"{str(job.out).rstrip('/')}/{REPORT_FILE}")
     _say(quiet, f"daskgen: job {job.origin} -> {job.out}")
     with _writing(job.out):

@@ -416,7 +416,8 @@ def enforce(plan: Plan | None, dry_run: bool, echo: Any = print) -> bool:
     dry run). A kind without a plan: dry runs say so, other runs go on unchecked."""
     if plan is None:
         if dry_run:
-            echo("memory plan: this model kind has no memory plan; it runs unchecked")
+            echo("memory plan: none (the model kind has no memory plan, or the data is not converted yet); "
+                 "nothing was run")
         return dry_run
     if dry_run:
         echo(plan.table())
