@@ -294,7 +294,8 @@ def alternatives(plan: Plan, workloads: list[Workload]) -> list[str]:
         if diag is not None and diag.fits:
             out.append(f"--covariance diag (~{gib(diag.worker_need[0])})")
         out.append("--covariance ppca|fa --rank q (low-rank kinds)")
-        out.append("--tiles T (statistics in tiles across workers)")
+        if plan.kind == "gaussian":
+            out.append("--tiles T (statistics in tiles across workers)")
     r = plan.resources
     need = plan.worker_need[0]
     if r.worker_memory is not None and plan.any_worker_stage() and need > (r.worker_usable or 0):
@@ -392,6 +393,15 @@ def plan_model(header: Any, workload: Workload, cluster: Mapping[str, Any]) -> P
                      cluster_resources(**cluster))
 
 
+def fit_kind(covariance: str, components: int) -> str:
+    """The model kind a fit's options make: a kind registered under the ``covariance``
+    name itself (a low-rank kind), else a mixture for several components, else one
+    Gaussian per class."""
+    if covariance not in ("full", "diag") and covariance in registry.kinds():
+        return covariance
+    return "mixture" if components > 1 else "gaussian"
+
+
 def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, split_every: int = 8,
              transform: str = "none", cluster: Mapping[str, Any], previous: Any = None,
              then: Workload | None = None) -> Plan | None:
@@ -401,9 +411,9 @@ def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, spl
     labels = set(classes_of(dataset))
     if previous is not None:
         labels |= {str(c) for c in previous.classes.tolist()}
-    kind = "mixture" if components > 1 else "gaussian"
+    kind = fit_kind(covariance, components)
     if previous is not None:
-        covariance = previous.covariance_type
+        kind, covariance = previous.kind, previous.covariance_type
     fit = fit_workload(dataset, covariance=covariance, components=components, split_every=split_every,
                        transform=transform)
     workloads = [fit] + ([replace(then, covariance=covariance, components=components)] if then else [])
