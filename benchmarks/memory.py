@@ -132,6 +132,37 @@ def run(cmd: list[str]) -> tuple[str, int, float]:
     return out, usage.ru_maxrss * 1024, time.perf_counter() - start
 
 
+def tree_peaks(cmd: list[str], interval: float = 0.02) -> tuple[int, int]:
+    """Peak resident memory of a command's own process and of its largest descendant
+    (a worker process), polled every ``interval`` seconds."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()}")
+    client = peaks.pop(proc.pid, 0)
+    return client, max(peaks.values(), default=0)
+
+
+def plan_workers(data: str, workers: int) -> dict:
+    """The plan of a fit on ``workers`` local worker processes of one thread."""
+    from daskgen import planning
+    from daskgen.fitting import prepare
+
+    plan = planning.plan_fit(prepare([data]), cluster={"workers": workers, "threads_per_worker": 1})
+    return {"plan_worker": max(plan.worker_peak(s) for s in plan.stages.values()),
+            "plan_client": max(plan.stages[n].client for n in plan.stages) + planning.CLIENT_BASELINE}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/work/data", help="folder of fmnistS-train.zarr (and fmnistS-test.zarr)")
@@ -150,6 +181,8 @@ def main() -> None:
         results = json.loads((RESULTS / "memory.json").read_text())
         for e in results["runs"]:
             e.update(plan_of(e["command"], e["data"], e["model"], e["rows"]))
+        for e in results.get("workers", []):
+            e.update(plan_workers(e["data"], 2))
         report(results)
         return
     os.makedirs(args.work, exist_ok=True)
@@ -172,6 +205,14 @@ def main() -> None:
                 _, entry["cli_peak"], entry["cli_seconds"] = run(cli)
             results["runs"].append(entry)
             print(json.dumps(entry), flush=True)
+        # the fit on 2 worker processes of one thread: each worker's peak, and the client's
+        cli = [str(Path(sys.executable).parent / "daskgen"), "fit", train, "--out", f"{args.work}/w{size}.zarr",
+               "--overwrite", "--quiet", "--workers", "2", "--threads-per-worker", "1"]
+        client, worker = tree_peaks(cli)
+        entry = {"size": size, "D": size * size, "command": "fit --workers 2", "data": train,
+                 "client_peak": client, "worker_peak": worker, **plan_workers(train, 2)}
+        results.setdefault("workers", []).append(entry)
+        print(json.dumps(entry), flush=True)
     report(results)
 
 
@@ -179,6 +220,12 @@ def report(results: dict) -> None:
     """Write memory.json and print the markdown table of plan against measured peaks."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n| D | `fit --workers 2` | plan (GiB) | measured peak (GiB) | plan / measured |")
+    print("|---|---|---|---|---|")
+    for e in results.get("workers", []):
+        for role in ("worker", "client"):
+            plan, measured = e[f"plan_{role}"], e[f"{role}_peak"]
+            print(f"| {e['D']:,} | {role} | {plan / 2**30:.2f} | {measured / 2**30:.2f} | {plan / measured:.2f} |")
     print("\n| D | command | stage | plan (GiB) | measured peak (GiB) | plan / measured |")
     print("|---|---|---|---|---|---|")
     for e in results["runs"]:

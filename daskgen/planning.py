@@ -33,9 +33,11 @@ from .models import registry
 from .models.memory import GIB, StageMemory, Workload
 
 #: Bytes of a client process before any data (interpreter, numpy, dask, distributed,
-#: zarr, the scheduler of a local cluster): measured by benchmarks/memory.py.
-CLIENT_BASELINE = 300 * 2**20
-#: Bytes of a worker process of its own before any data.
+#: zarr, the scheduler of a local cluster, buffers kept for reuse): 0.20-0.24 GiB
+#: measured by benchmarks/memory.py.
+CLIENT_BASELINE = 256 * 2**20
+#: Bytes of a worker process of its own before any data (its imports, distributed's
+#: buffers; ~0.15 GiB measured).
 WORKER_BASELINE = 200 * 2**20
 #: A worker's fraction of its memory limit a plan may use when dask's configuration
 #: does not say (distributed pauses a worker at ``distributed.worker.memory.pause``).

@@ -42,9 +42,14 @@ def test_gaussian_fit_in_copies_of_the_statistic():
     # 4,096 uint8 values plus 0.75 float64 copies (float32 rows): 7 bytes a value
     assert plan["statistics"].worker == 4 * U + 2 * 1000 * 4096 * 7 == 5_426_053_120
     assert plan["statistics"].client == 0
-    assert plan["to_class_stats"].client == 2 * U and plan["to_class_stats"].worker == 0
+    C = D * D * 8  # one class's D x D
+    # the sums and the scatter, and three D x D temporaries of one class
+    assert plan["to_class_stats"].client == 2 * U + 3 * C == 3_087_007_744 and plan["to_class_stats"].worker == 0
     assert plan["finalize"].client == 3 * U
-    assert plan["write"].client == 2 * U
+    # covariances and scatter, and up to ten chunks in zarr's buffers: every class here
+    assert plan["write"].client == 2 * U + 10 * C == 3 * U
+    few = registry.get("gaussian").memory_plan(4, D, Workload("fit", threads=2, block_rows=1000))
+    assert few["write"].client == 2 * (4 * C) + 4 * C  # four classes: four chunks at most
     assert "4 x statistic (K·D²·8 = 1.25 GiB)" in plan["statistics"].dominant
 
 

@@ -145,25 +145,30 @@ class GaussianScorer:
 #: The memory plan of one Gaussian per class, in copies of one statistic (K * D**2 * 8
 #: bytes for full covariances, K * D * 8 for diagonal ones) per stage of each command
 #: (:class:`~daskgen.models.memory.Copies`: in a worker, per running task, on the
-#: client); the 8-bit path of the fit (exact sums merged as blocks finish). What each
-#: stage holds today (measured: benchmarks/memory.py, README "Memory plan"):
+#: client, class-sized temporaries); the 8-bit path of the fit (exact sums merged as
+#: blocks finish). What each stage holds today (measured at D = 1,024 and 4,096:
+#: benchmarks/memory.py, README "The memory plan"):
 #:
 #: fit: statistics — every running block task makes a whole K x D x D statistic, and a
-#:   merge holds its inputs and its new total; to_class_stats — the merged 8-bit sums
-#:   and the centered scatter (on the client, which finalizes a merge-as-completed);
-#:   finalize — the scatter, the covariances and their regularized copy; write — the
-#:   model's covariances and scatter, written class by class.
+#:   merge holds its inputs and its new total; to_class_stats — the merged 8-bit sums,
+#:   the centered scatter and three D x D temporaries (on the client, which finalizes a
+#:   merge-as-completed); finalize — the scatter, the covariances and their regularized
+#:   copy; write — the model's covariances and scatter, and zarr's buffers of up to ten
+#:   (1, D, D) chunks being written at once.
 #: sample: load — covariances and scatter; factor — plus an eigendecomposition (root and
-#:   basis) per class and the sampler's triangular factor (float32: half a copy);
-#:   draw — the client keeps all that while a worker holds the sampler and its chunks.
-#: evaluate: load; factor — plus root and basis; score — a worker holds the scorer's
-#:   factors and its blocks.
+#:   basis) per class, two D x D workspaces, and the sampler's triangular factor
+#:   (float32: half a copy); draw — the client keeps all that while a worker holds the
+#:   sampler and its chunks.
+#: evaluate: load; factor — plus root and basis, two workspaces; score — a worker holds
+#:   the scorer's factors and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2),
-            "finalize": Copies(client=3), "write": Copies(client=2)},
-    "sample": {"load": Copies(client=2), "factor": Copies(client=4.5), "draw": Copies(worker=0.5, client=4.5)},
-    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4), "score": Copies(worker=2, client=4)},
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=3),
+            "finalize": Copies(client=3), "write": Copies(client=2, classes=10)},
+    "sample": {"load": Copies(client=2), "factor": Copies(client=4.5, classes=2),
+               "draw": Copies(worker=0.5, client=4.5)},
+    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4, classes=2), "score": Copies(worker=2, client=4)},
 }
+
 
 @register
 @dataclass(repr=False)
@@ -230,8 +235,8 @@ class GaussianClassModel(ClassModel):
         fixed tree, whose merges hold up to ``split_every`` statistics on a worker."""
         table = GAUSSIAN_COPIES
         if options.command == "fit" and not (options.exact and options.covariance != "diag"):
-            table = {**table, "fit": {"statistics": Copies(worker=options.split_every + 1, per_task=1),
-                                      "finalize": Copies(client=3), "write": Copies(client=2)}}
+            fit = {k: v for k, v in table["fit"].items() if k != "to_class_stats"}
+            table = {**table, "fit": {**fit, "statistics": Copies(worker=options.split_every + 1, per_task=1)}}
         return class_memory_plan(n_classes, n_features, options, table)
 
     # -- shape -------------------------------------------------------------

@@ -81,14 +81,20 @@ class StageMemory:
 class Copies:
     """How many copies of a unit one stage holds: ``worker`` in one worker process, plus
     ``per_task`` for each task running at once there (``Workload.threads``), and
-    ``client`` on the client."""
+    ``client`` on the client, plus ``classes`` arrays of one class's share of the unit
+    there (temporaries made class by class: at most one per class)."""
 
     worker: float = 0
     client: float = 0
     per_task: float = 0
+    classes: float = 0
 
     def on_worker(self, threads: int) -> float:
         return self.worker + self.per_task * threads
+
+    def on_client(self, n_classes: int) -> float:
+        """Copies on the client: ``client`` and ``classes`` class arrays (of ``n_classes``)."""
+        return self.client + min(self.classes, n_classes) / max(n_classes, 1)
 
 
 def copies_text(n: float, unit_name: str) -> str:
@@ -155,6 +161,6 @@ def class_memory_plan(n_classes: int, n_features: int, options: Workload, table:
     plan = {}
     for stage_name, n in table[cmd].items():
         rows_here = stage_name in BLOCK_STAGES
-        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads), client=n.client,
+        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads), client=n.on_client(K * M),
                                  worker_extra=blocks if rows_here else 0, extra_name=what if rows_here else "")
     return plan

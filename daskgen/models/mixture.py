@@ -89,7 +89,7 @@ class MixtureScorer:
 #: :meth:`GaussianMixtureClassModel.memory_plan`); write — covariances and factors.
 #: sample: Cholesky factors (and the float32 sampler); evaluate: the precision factors.
 MIXTURE_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"em": Copies(worker=2, per_task=1, client=3), "write": Copies(client=2)},
+    "fit": {"em": Copies(worker=2, per_task=1, client=3), "write": Copies(client=2, classes=10)},
     "sample": {"load": Copies(client=1), "factor": Copies(client=2.5), "draw": Copies(worker=0.5, client=2.5)},
     "evaluate": {"load": Copies(client=1), "factor": Copies(client=2), "score": Copies(worker=1, client=2)},
 }
