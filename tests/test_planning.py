@@ -96,6 +96,11 @@ def test_process_peaks_add_the_baselines_and_share_a_process_in_process():
                        on(threads=2, memory=64 * GiB, in_process=True))
     assert shared.worker_peak(shared.stages["fit/statistics"]) == stages["statistics"].worker + CLIENT_BASELINE
     assert shared.fits and separate.fits
+    # a worker in the client's process shares the scorer the client holds: 4, not 2 + 4, statistics
+    ev = make_plan("gaussian", 10, 1024, [Workload("evaluate", block_rows=100)], on(threads=1, in_process=True))
+    score = ev.stages["evaluate/score"]
+    assert score.worker == 2 * U + 100 * 1024 * 33 and score.client == 4 * U
+    assert ev.client_peak(score) == 4 * U + 100 * 1024 * 33 + CLIENT_BASELINE
 
 
 def test_d16384_on_a_2gib_worker_is_refused_with_what_would_fit():

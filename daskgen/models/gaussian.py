@@ -158,15 +158,16 @@ class GaussianScorer:
 #: sample: load — covariances and scatter; factor — plus an eigendecomposition (root and
 #:   basis) per class, two D x D workspaces, and the sampler's triangular factor
 #:   (float32: half a copy); draw — the client keeps all that while a worker holds the
-#:   sampler and its chunks.
+#:   sampler (shipped: a worker in the client's process shares it) and its chunks.
 #: evaluate: load; factor — plus root and basis, two workspaces; score — a worker holds
-#:   the scorer's factors and its blocks.
+#:   the scorer's factors (shipped) and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
     "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=3),
             "finalize": Copies(client=3), "write": Copies(client=2, classes=10)},
     "sample": {"load": Copies(client=2), "factor": Copies(client=4.5, classes=2),
-               "draw": Copies(worker=0.5, client=4.5)},
-    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4, classes=2), "score": Copies(worker=2, client=4)},
+               "draw": Copies(worker=0.5, client=4.5, shipped=0.5)},
+    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4, classes=2),
+                 "score": Copies(worker=2, client=4, shipped=2)},
 }
 
 

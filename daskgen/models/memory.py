@@ -69,12 +69,15 @@ class StageMemory:
     worker: int
     client: int
     dominant: str
+    #: of ``worker``, the bytes that copy what the client holds too (parameters shipped
+    #: in the graph): a process that is both holds them once
+    shared: int = 0
 
     @property
     def total(self) -> int:
         """Worker and client together: the peak of a process that is both (a local
         cluster whose worker runs in the client's process)."""
-        return self.worker + self.client
+        return self.worker + self.client - self.shared
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,15 @@ class Copies:
     """How many copies of a unit one stage holds: ``worker`` in one worker process, plus
     ``per_task`` for each task running at once there (``Workload.threads``), and
     ``client`` on the client, plus ``classes`` arrays of one class's share of the unit
-    there (temporaries made class by class: at most one per class)."""
+    there (temporaries made class by class: at most one per class). ``shipped``: of the
+    worker's copies, those of parameters the client holds too (a worker in the client's
+    process shares them)."""
 
     worker: float = 0
     client: float = 0
     per_task: float = 0
     classes: float = 0
+    shipped: float = 0
 
     def on_worker(self, threads: int) -> float:
         return self.worker + self.per_task * threads
@@ -106,10 +112,11 @@ def copies_text(n: float, unit_name: str) -> str:
 
 
 def stage(unit: int, unit_name: str, *, worker: float = 0, client: float = 0, worker_extra: int = 0,
-          client_extra: int = 0, extra_name: str = "") -> StageMemory:
+          client_extra: int = 0, extra_name: str = "", shared: float = 0) -> StageMemory:
     """A stage holding ``worker`` copies of ``unit`` bytes (named ``unit_name``) in one
     worker and ``client`` copies on the client, plus ``worker_extra`` and
-    ``client_extra`` bytes of something else (``extra_name``: blocks of rows, say)."""
+    ``client_extra`` bytes of something else (``extra_name``: blocks of rows, say);
+    ``shared`` of the worker's copies are the client's parameters shipped to it."""
     w = int(worker * unit) + int(worker_extra)
     c = int(client * unit) + int(client_extra)
     parts = []
@@ -122,7 +129,7 @@ def stage(unit: int, unit_name: str, *, worker: float = 0, client: float = 0, wo
         parts.append(extra_name)
         if big:
             parts.append(copies_text(big, unit_name))
-    return StageMemory(w, c, " + ".join(parts) or "small")
+    return StageMemory(w, c, " + ".join(parts) or "small", int(shared * unit))
 
 
 def block_bytes(rows: int, n_features: int, itemsize: int, copies: float) -> int:
@@ -162,5 +169,6 @@ def class_memory_plan(n_classes: int, n_features: int, options: Workload, table:
     for stage_name, n in table[cmd].items():
         rows_here = stage_name in BLOCK_STAGES
         plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads), client=n.on_client(K * M),
-                                 worker_extra=blocks if rows_here else 0, extra_name=what if rows_here else "")
+                                 worker_extra=blocks if rows_here else 0, extra_name=what if rows_here else "",
+                                 shared=n.shipped)
     return plan

@@ -83,15 +83,16 @@ class MixtureScorer:
 #: The memory plan of a mixture per class, in copies of its statistic (K * M * D**2 * 8
 #: bytes for full covariances) per stage (see ``daskgen.models.gaussian.GAUSSIAN_COPIES``).
 #: fit: em — a pass's fixed tree holds up to ``split_every`` statistics and their total on
-#: a worker, plus the precision factors every task reads, and one statistic per running
+#: a worker, plus the precision factors every task reads (shipped), and one statistic per running
 #: task; the client holds the parameters, the precision factors and the merged statistic
 #: (plus the initial sample, and the persisted blocks on the workers: see
 #: :meth:`GaussianMixtureClassModel.memory_plan`); write — covariances and factors.
 #: sample: Cholesky factors (and the float32 sampler); evaluate: the precision factors.
 MIXTURE_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"em": Copies(worker=2, per_task=1, client=3), "write": Copies(client=2, classes=10)},
-    "sample": {"load": Copies(client=1), "factor": Copies(client=2.5), "draw": Copies(worker=0.5, client=2.5)},
-    "evaluate": {"load": Copies(client=1), "factor": Copies(client=2), "score": Copies(worker=1, client=2)},
+    "fit": {"em": Copies(worker=2, per_task=1, client=3, shipped=1), "write": Copies(client=2, classes=10)},
+    "sample": {"load": Copies(client=1), "factor": Copies(client=2.5),
+               "draw": Copies(worker=0.5, client=2.5, shipped=0.5)},
+    "evaluate": {"load": Copies(client=1), "factor": Copies(client=2), "score": Copies(worker=1, client=2, shipped=1)},
 }
 
 
@@ -156,7 +157,7 @@ class GaussianMixtureClassModel(ClassModel):
         table = MIXTURE_COPIES
         if options.command != "fit":
             return class_memory_plan(n_classes, n_features, options, table)
-        table = {"fit": {**table["fit"], "em": Copies(worker=options.split_every + 1, per_task=1, client=3)}}
+        table = {"fit": {**table["fit"], "em": Copies(worker=options.split_every + 2, per_task=1, client=3, shipped=1)}}
         plan = class_memory_plan(n_classes, n_features, options, table)
         D = int(n_features)
         rows = options.rows or 0
