@@ -1,6 +1,7 @@
 """The memory plan against measured peaks: each stage of fit, sample and evaluate.
 
     python benchmarks/memory.py --data DIR [--sizes 32 64] [--work DIR]
+    python benchmarks/memory.py --data DIR --work DIR --replan   # the stored runs against today's plan
 
 For each size S (Fashion-MNIST upsampled to S x S: ``DIR/fmnistS-train.zarr``, and
 ``DIR/fmnistS-test.zarr`` when there is one), every command runs in a process of its
@@ -165,7 +166,8 @@ def plan_workers(data: str, workers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/data", help="folder of fmnistS-train.zarr (and fmnistS-test.zarr)")
+    ap.add_argument("--data", help="folder of fmnistS-train.zarr (and fmnistS-test.zarr), as `daskgen data "
+                    "fashion-mnist --size S` writes them")
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--work", default="/tmp/daskgen-memory-bench")
     ap.add_argument("--samples", type=int, default=20_000)
@@ -177,12 +179,14 @@ def main() -> None:
         command, data, model, out, rows = args.stages
         print(json.dumps(stages(command, data, model, out, int(rows))))
         return
+    if not args.data:
+        ap.error("--data is required")
     if args.replan:
         results = json.loads((RESULTS / "memory.json").read_text())
         for e in results["runs"]:
-            e.update(plan_of(e["command"], e["data"], e["model"], e["rows"]))
+            e.update(plan_of(e["command"], f"{args.data}/{e['data']}", f"{args.work}/{e['model']}", e["rows"]))
         for e in results.get("workers", []):
-            e.update(plan_workers(e["data"], 2))
+            e.update(plan_workers(f"{args.data}/{e['data']}", 2))
         report(results)
         return
     os.makedirs(args.work, exist_ok=True)
@@ -197,7 +201,8 @@ def main() -> None:
             out = f"{args.work}/{command}{size}.zarr" if command != "fit" else model
             text, _, wall = run([sys.executable, __file__, "--stages", command, data, model, out, str(rows)])
             doc = json.loads(text.strip().splitlines()[-1])
-            entry = {"size": size, "D": size * size, "command": command, "rows": rows, "data": data, "model": model,
+            entry = {"size": size, "D": size * size, "command": command, "rows": rows, "data": Path(data).name,
+                     "model": Path(model).name,
                      "seconds": round(wall, 1), **doc, **plan_of(command, data, model, rows)}
             if command == "fit":  # the command line itself, whole process
                 cli = [str(Path(sys.executable).parent / "daskgen"), "fit", train, "--out", f"{args.work}/cli{size}.zarr",
@@ -209,7 +214,7 @@ def main() -> None:
         cli = [str(Path(sys.executable).parent / "daskgen"), "fit", train, "--out", f"{args.work}/w{size}.zarr",
                "--overwrite", "--quiet", "--workers", "2", "--threads-per-worker", "1"]
         client, worker = tree_peaks(cli)
-        entry = {"size": size, "D": size * size, "command": "fit --workers 2", "data": train,
+        entry = {"size": size, "D": size * size, "command": "fit --workers 2", "data": Path(train).name,
                  "client_peak": client, "worker_peak": worker, **plan_workers(train, 2)}
         results.setdefault("workers", []).append(entry)
         print(json.dumps(entry), flush=True)
