@@ -170,6 +170,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
     """
     from .distributed.cluster import connect
+    from .distributed.factors import run_calls
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
     from .fitting import fit_transform, prepare
@@ -217,8 +218,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                               transform=previous.transform if previous is not None and transform.identity
                               else transform,
                               seed=previous.config.get("seed", seed) if previous is not None else seed)
-    with _writing(out):
-        model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
+        with _writing(out):  # on the cluster: the store's Cholesky factors are one task per class
+            model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so,
+                       run=functools.partial(run_calls, progress=not cluster["quiet"]))
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
     if not dataset.blocks:

@@ -31,7 +31,7 @@ from ..io.labels import as_labels
 from ..io.store import consolidate
 from ..kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from ..models.base import ClassModel, ModelSampler
-from .reduction import in_graph
+from .factors import sampler_node
 
 DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
@@ -226,10 +226,12 @@ def generate(
             max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
             min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
         )
-        plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape,
-                     model.transform)
         token = tokenize(identity, out)
-        plan_key = in_graph(plan, f"sampler-{token}")
+        # the sampler is one key, its classes factored (or their stored factors read) one
+        # task each on the workers; every chunk task depends on it
+        plan_key = delayed(_Plan, pure=True)(sampler_node(model, dtype, token), model.classes, class_index, dtype,
+                                             float(model.scale), clip, shape, model.transform,
+                                             dask_key_name=f"plan-{token}")
         writes = []
         for i in todo.tolist():
             start = i * chunk_size

@@ -152,18 +152,22 @@ def _damage_model(case: str, path: Path) -> None:
     elif case == "interrupted (not complete)":
         g.attrs["daskgen"] = {**meta, "complete": False}
     elif case == "a missing array":
-        shutil.rmtree(path / "covariances")
+        shutil.rmtree(path / "scatter")
     elif case == "garbage chunk bytes":
         (path / "means" / "c" / "0" / "0").write_bytes(b"not zstd at all")
     elif case == "truncated chunk":
-        chunk = path / "covariances" / "c" / "1" / "0" / "0"
+        chunk = path / "cholesky" / "c" / "1" / "0" / "0"
         chunk.write_bytes(chunk.read_bytes()[:10])
     elif case == "garbage group metadata":
         (path / "zarr.json").write_text("{ not json")
-    elif case == "NaN in the covariances":
-        cov = g["covariances"][...]
-        cov[0, 0, 0] = np.nan
-        g["covariances"][...] = cov
+    elif case == "NaN in the Cholesky factors":
+        L = g["cholesky"][...]
+        L[0, 0, 0] = np.nan
+        g["cholesky"][...] = L
+    elif case == "NaN in the statistics":
+        scatter = g["scatter"][...]
+        scatter[1, 0, 0] = np.nan
+        g["scatter"][...] = scatter
     elif case == "not a model":
         g.attrs["daskgen"] = {"kind": "samples"}
     elif case == "an empty folder":
@@ -180,7 +184,8 @@ BAD_MODELS = {
     "garbage chunk bytes": ["corrupted"],
     "truncated chunk": ["corrupted"],
     "garbage group metadata": ["not a daskgen model store"],
-    "NaN in the covariances": ["corrupted"],
+    "NaN in the Cholesky factors": ["corrupted"],
+    "NaN in the statistics": ["corrupted"],
     "not a model": ["not a daskgen model store"],
     "an empty folder": ["not a daskgen model store"],
 }

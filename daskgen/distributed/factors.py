@@ -1,0 +1,66 @@
+"""Factoring a model's classes on the cluster: one task per class, once per command.
+
+A model kind whose classes are factored independently (one Gaussian per class) has a
+``factoring()`` (:class:`~daskgen.models.gaussian.GaussianFactoring`): per class a small
+source (a stored Cholesky factor to read, or a covariance to factor) and how to
+assemble a sampler or a scorer from the per-class factors. Here each class becomes one
+task (``factor-<purpose>-<token>-<k>``) and the sampler or scorer one more key that
+depends on them, so the tasks that draw or score depend on that key: the factors are
+computed in parallel on the workers, once, never per block, and stay in the graph (a
+lost worker's keys are recomputed from it). Other kinds get their sampler or scorer
+built on the client, as one key of the graph (:func:`~.reduction.in_graph`).
+
+:func:`run_calls` runs a model store's per-class writes (the Cholesky factors written at
+fit time, :meth:`daskgen.models.base.ClassModel.class_arrays`) one task per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+from ..models.base import ClassModel, TransformedScorer
+from .reduction import in_graph
+
+
+def _class_tasks(factoring: Any, fn: Callable, args: tuple, purpose: str, token: str) -> list[Delayed]:
+    return [
+        delayed(fn, pure=True)(source, *args, dask_key_name=f"factor-{purpose}-{token}-{k}")
+        for k, source in enumerate(factoring.sources)
+    ]
+
+
+def sampler_node(model: ClassModel, dtype: Any, token: str) -> Delayed:
+    """The model's sampler in ``dtype`` as one key of the graph, its classes factored one
+    task each when the kind allows."""
+    factoring = model.factoring()
+    if factoring is None:
+        return in_graph(model.sampler(dtype), f"sampler-{token}")
+    work = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+    factors = _class_tasks(factoring, factoring.sampling_factor, (work,), "sample", token)
+    return delayed(factoring.sampler, pure=True)(factors, dtype, dask_key_name=f"sampler-{token}")
+
+
+def scorer_node(model: ClassModel, token: str) -> Any:
+    """What scoring tasks need (:meth:`ClassModel.data_scorer`) as one key of the graph,
+    the classes factored one task each when the kind allows; else the scorer itself."""
+    factoring = model.factoring()
+    if factoring is None:
+        return model.data_scorer()
+    factors = _class_tasks(factoring, factoring.scoring_factor, (), "score", token)
+    inner = delayed(factoring.scorer, pure=True)(factors, dask_key_name=f"scorer-{token}")
+    if model.transform.identity:
+        return inner
+    return delayed(TransformedScorer, pure=True)(inner, model.transform, dask_key_name=f"data-scorer-{token}")
+
+
+def run_calls(calls: Sequence[Callable[[], Any]], stage: str = "factor", progress: bool = False) -> list:
+    """Run each call as one task on the current scheduler (the active client, or Dask's
+    local one); their results in order."""
+    from .cluster import compute
+
+    tasks = [delayed(call, pure=False)(dask_key_name=f"{stage}-{i}-{id(calls):x}") for i, call in enumerate(calls)]
+    return list(compute(tasks, stage=stage, progress=progress))
