@@ -16,12 +16,14 @@ fit time, :meth:`daskgen.models.base.ClassModel.class_arrays`) one task per clas
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from dask.delayed import Delayed, delayed
 
+from .._blas import one_blas_thread
 from ..models.base import ClassModel, TransformedScorer
 from .reduction import in_graph
 
@@ -57,10 +59,17 @@ def scorer_node(model: ClassModel, token: str) -> Any:
     return delayed(TransformedScorer, pure=True)(inner, model.transform, dask_key_name=f"data-scorer-{token}")
 
 
+def _one_thread_call(call: Callable[[], Any]) -> Any:
+    with one_blas_thread():  # a task per core already
+        return call()
+
+
 def run_calls(calls: Sequence[Callable[[], Any]], stage: str = "factor", progress: bool = False) -> list:
     """Run each call as one task on the current scheduler (the active client, or Dask's
-    local one); their results in order."""
+    local one), with one BLAS thread each; their results in order."""
     from .cluster import compute
 
-    tasks = [delayed(call, pure=False)(dask_key_name=f"{stage}-{i}-{id(calls):x}") for i, call in enumerate(calls)]
+    run = uuid.uuid4().hex[:8]
+    tasks = [delayed(_one_thread_call, pure=False)(call, dask_key_name=f"{stage}-{run}-{i}")
+             for i, call in enumerate(calls)]
     return list(compute(tasks, stage=stage, progress=progress))
