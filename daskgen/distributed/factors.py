@@ -59,6 +59,30 @@ def scorer_node(model: ClassModel, token: str) -> Any:
     return delayed(TransformedScorer, pure=True)(inner, model.transform, dask_key_name=f"data-scorer-{token}")
 
 
+def ready(node: Delayed, stage: str = "factor") -> Delayed:
+    """``node`` computed now, before the command writes anything (a corrupted stored factor
+    fails here), and kept for the tasks that depend on it: persisted on the cluster (its
+    tasks stay in the scheduler's graph, so a lost worker's copy is recomputed), or, on
+    Dask's local schedulers, its value as one key of the graph."""
+    from distributed import futures_of, span, wait
+
+    from .cluster import active_client
+
+    client = active_client()
+    if client is None:
+        import dask
+
+        return in_graph(dask.compute(node)[0], str(node.key))
+    with span(stage):
+        persisted = client.persist(node)
+        futures = futures_of(persisted)
+        wait(futures)
+        for future in futures:
+            if future.status != "finished":
+                future.result()  # raises the task's error here
+    return persisted
+
+
 def _one_thread_call(call: Callable[[], Any]) -> Any:
     with one_blas_thread():  # a task per core already
         return call()

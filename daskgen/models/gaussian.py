@@ -138,14 +138,29 @@ def class_covariance(scatter: np.ndarray, count: float, reg_covar: float = 0.0, 
 
 @dataclass(frozen=True)
 class StoredClass:
-    """Class ``index`` of a (K, D, D) array of a model store, read when needed (picklable:
-    a task reads it from the store instead of receiving it in the graph)."""
+    """Class ``index`` of the (K, D, D) array ``name`` of the model store at ``url``, read
+    when needed (picklable: a task reads it from the store instead of receiving it in the
+    graph). A read that fails or finds values that are not finite raises ``ModelError``
+    naming the store: the arrays are checked where they are read, once."""
 
     array: Any  # a zarr Array
     index: int
+    url: str = ""
+    name: str = ""
 
     def read(self) -> np.ndarray:
-        return np.asarray(self.array[self.index], dtype=np.float64)
+        return read_checked(self.array, self.url, self.name, self.index)
+
+
+def read_checked(array: Any, url: str, name: str, index: Any = ...) -> np.ndarray:
+    """``array[index]`` as float64; ``ModelError`` naming ``url`` when it cannot be read or is not finite."""
+    try:
+        out = np.asarray(array[index], dtype=np.float64)
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {name}: {first_line(exc)}") from None
+    if not np.isfinite(out).all():
+        raise ModelError(f"{url}: corrupted model store ({name} holds values that are not finite)")
+    return out
 
 
 def _read(x: Any) -> np.ndarray:
@@ -281,6 +296,7 @@ class StoredArrays:
     data_range: tuple[float, float]
     fingerprint: str | None
     transform: Any
+    url: str = ""
 
 
 class _Derived:
@@ -380,7 +396,7 @@ class GaussianClassModel(ClassModel):
         s = self.stored
         if s is None:
             raise ValueError("this model has no statistics")
-        scatter = np.asarray(s.scatter[...], dtype=np.float64)
+        scatter = read_checked(s.scatter, s.url, "scatter")
         return ClassStats(self.classes, self.counts, self.means, scatter, *s.data_range)
 
     def _class_covariances(self) -> Iterator[np.ndarray]:
@@ -421,9 +437,9 @@ class GaussianClassModel(ClassModel):
                 out.append(ClassSource(self.counts[k], reg, shrinkage, covariance=covs[k]))
             elif s is not None:
                 out.append(ClassSource(
-                    self.counts[k], reg, shrinkage, scatter=StoredClass(s.scatter, k),
-                    cholesky=None if s.cholesky is None else StoredClass(s.cholesky, k),
-                    covariance=None if s.covariances is None else StoredClass(s.covariances, k)))
+                    self.counts[k], reg, shrinkage, scatter=StoredClass(s.scatter, k, s.url, "scatter"),
+                    cholesky=None if s.cholesky is None else StoredClass(s.cholesky, k, s.url, "cholesky"),
+                    covariance=None if s.covariances is None else StoredClass(s.covariances, k, s.url, "covariances")))
             else:
                 out.append(ClassSource(self.counts[k], reg, shrinkage, scatter=self.stats.scatter[k]))
         return out
@@ -529,8 +545,10 @@ class GaussianClassModel(ClassModel):
 
     @classmethod
     def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> GaussianClassModel:
-        """Small arrays are read now; ``scatter``, ``cholesky`` and an older store's
-        ``covariances`` (K, D, D) class by class when needed."""
+        """Small arrays are read (and checked) now; ``scatter``, ``cholesky`` and an older
+        store's ``covariances`` (K, D, D) class by class where needed, and checked there
+        (:class:`StoredClass`): a corrupted factor fails the task that reads it, with one
+        line naming the store, before a command writes anything."""
         names = set(group.array_keys())
         a = read_arrays(group, ("counts", "priors", "means"), url)
         K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
@@ -558,16 +576,9 @@ class GaussianClassModel(ClassModel):
             stats = ClassStats(classes, a["counts"], a["means"], d["scatter"], *stored_data_range(meta))
             return cls(classes=classes, counts=a["counts"], priors=a["priors"], means=a["means"],
                        covariances=d["covariances"], stats=stats, **fields)
-        for name, array in big.items():  # class by class: checked before any work, never all in memory
-            for k in range(K):
-                try:
-                    ok = bool(np.isfinite(array[k]).all())
-                except Exception as exc:
-                    raise ModelError(f"{url}: corrupted model store: {name}: {first_line(exc)}") from None
-                if not ok:
-                    raise ModelError(f"{url}: corrupted model store (array shapes or values are inconsistent)")
+        # read (and checked) where used: the factors by the tasks that sample or score
         stored = StoredArrays(big["scatter"], big.get("cholesky"), big.get("covariances"), stored_data_range(meta),
-                              meta.get("fingerprint"), fields["transform"])
+                              meta.get("fingerprint"), fields["transform"], url)
         return cls(classes=classes, counts=a["counts"], priors=a["priors"], means=a["means"], stored=stored, **fields)
 
 

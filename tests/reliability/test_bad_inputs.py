@@ -191,22 +191,37 @@ BAD_MODELS = {
 }
 
 
+#: Damage to one large array is found where that array is read: sample reads the
+#: Cholesky factors, not the statistics; fit --update reads the statistics and computes
+#: new factors from them (repairing damaged ones).
+NOT_READ_BY = {"NaN in the Cholesky factors": "update", "truncated chunk": "update", "NaN in the statistics": "sample"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_MODELS))
 def test_bad_model_store(folder, case):
     """``daskgen sample`` (and ``fit --update``) on a broken model: exit 2, one line naming the store."""
     bad = folder / "bad-model.zarr"
     shutil.copytree(folder / "model.zarr", bad)
     _damage_model(case, bad)
-    before = snapshot(folder)
-    assert_one_line_error(run("sample", bad, "--n", 10, "--out", folder / "new-samples.zarr"), str(bad), *BAD_MODELS[case])
-    # resuming the existing samples store with a broken model touches nothing either
-    assert_one_line_error(run("sample", bad, "--n", 50, "--out", folder / "samples.zarr", "--seed", 1), str(bad))
-    assert snapshot(folder) == before
+    if NOT_READ_BY.get(case) != "sample":
+        before = snapshot(folder)
+        assert_one_line_error(run("sample", bad, "--n", 10, "--out", folder / "new-samples.zarr"), str(bad),
+                              *BAD_MODELS[case])
+        # resuming the existing samples store with a broken model touches nothing either
+        assert_one_line_error(run("sample", bad, "--n", 50, "--out", folder / "samples.zarr", "--seed", 1), str(bad))
+        assert snapshot(folder) == before
+    else:
+        assert run("sample", bad, "--n", 10, "--out", folder / "new-samples.zarr").exit_code == 0
     csv_in = folder / "more.csv"
     csv_in.write_text("label,p0,p1,p2,p3\n0,1,2,3,4\n0,2,2,3,3\n")
-    before = snapshot(folder)
-    assert_one_line_error(run("fit", csv_in, "--update", bad), str(bad))
-    assert snapshot(folder) == before
+    if NOT_READ_BY.get(case) != "update":
+        before = snapshot(folder)
+        assert_one_line_error(run("fit", csv_in, "--update", bad), str(bad), *BAD_MODELS[case])
+        assert snapshot(folder) == before
+    else:
+        assert run("fit", csv_in, "--update", bad).exit_code == 0
+        repaired = zarr.open_group(str(bad), mode="r")
+        assert np.isfinite(repaired["cholesky"][...]).all()
 
 
 @pytest.mark.parametrize(
