@@ -120,8 +120,8 @@ def _write_model_group(model, url: str, storage_options: dict | None,
     # temporary): the statistics from the model, then the Cholesky factors, one task per
     # class where `run` sends them (the cluster), each reading its class back from the store.
     specs = model.class_arrays()
-    opened = {name: group.create_array(name, shape=spec.shape, dtype="float64", chunks=(1,) + tuple(spec.shape[1:]),
-                                       compressors=None, fill_value=0.0)
+    opened = {name: group.create_array(name, shape=spec.shape, dtype="float64", compressors=None, fill_value=0.0,
+                                       chunks=spec.chunks or (1, *spec.shape[1:]))
               for name, spec in specs.items()}
     for name, spec in specs.items():
         calls = [functools.partial(spec.write, opened, k) for k in range(spec.shape[0])]

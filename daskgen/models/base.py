@@ -47,11 +47,13 @@ class ClassArray:
     (:meth:`ClassModel.class_arrays`): ``write(arrays, k)`` writes class ``k`` into
     ``arrays[name]`` (the store's open arrays by name, those listed before it already
     written) and returns False when the class has none, in which case the store drops
-    the array. ``parallel``: one task per class on the cluster (``write`` is picklable)."""
+    the array. ``parallel``: one task per class on the cluster (``write`` is picklable).
+    ``chunks``: default one class per chunk, ``(1, *shape[1:])``."""
 
     shape: tuple[int, ...]
     write: Callable[[dict[str, Any], int], bool]
     parallel: bool = False
+    chunks: tuple[int, ...] | None = None
 
 
 class Scorer(Protocol):
