@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ._blas import one_blas_thread
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
 from .io.blocks import NotEightBitError
@@ -188,7 +189,7 @@ def fit_low_rank(model_class, dataset: Dataset, *, rank: int | None, oversamplin
         raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
     common["config"].update(oversampling=int(oversampling), power_iterations=int(power_iterations),
                             sketch=report)
-    with user_input():  # a class of one row, overflow, a zero noise variance
+    with user_input(), one_blas_thread():  # errors: a class of one row, overflow, a zero noise variance
         return model_class.from_spectra(stats, theta, bases, rank, reg_covar=reg_covar, inputs=dataset.files,
                                         **common)
 
