@@ -189,6 +189,7 @@ def test_cli_fit_evaluate_sample_plot(tmp_path):
     assert r.exit_code == 0, r.output
     r = run_cli("plot", model, "--out", tmp_path / "fig")
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "fig" / "directions.png").stat().st_size > 0
     assert_one_line_error(run_cli("fit", data, "--covariance", "full", "--rank", "4", "--out", tmp_path / "x.zarr"),
                           "--rank")
     assert_one_line_error(run_cli("fit", data, "--covariance", "ppca", "--rank", "60", "--out", tmp_path / "y.zarr"),
@@ -209,3 +210,19 @@ def test_exact_top_eigenpairs_at_d784(fashion, sync):
         U = model.loadings[k] / np.sqrt((model.loadings[k] ** 2).sum(0))
         sines = np.sqrt(np.maximum(0, 1 - np.linalg.svd(V[:, :16].T @ U, compute_uv=False) ** 2))
         assert sines.max() <= 1e-6
+
+
+def test_estimator_fits_ppca_in_data_units(digits, sync):
+    from sklearn.base import clone
+
+    from daskgen.estimators import GaussianClassifier
+
+    X, y = digits
+    est = clone(GaussianClassifier(covariance="ppca", rank=4, reg_covar=0.01, scale=1 / 16)).fit(X, y)
+    model = est.model_
+    assert est.loadings_.shape == (10, 64, 4) and est.noise_variance_.shape == (10, 64)
+    np.testing.assert_allclose(est.loadings_, model.loadings * 16)
+    np.testing.assert_allclose(est.score_samples(X[:50]), model.log_prob(X[:50] / 16) + 64 * np.log(1 / 16), rtol=1e-12)
+    assert (est.predict(X) == y).mean() > 0.9
+    with pytest.raises(ValueError, match="rank"):
+        GaussianClassifier(covariance="ppca", rank=0).fit(X, y)
