@@ -473,9 +473,9 @@ def plot_all(
 
 
 __all__ = [
+    "DIRECTIONS",
     "DPI",
     "FILES",
-    "DIRECTIONS",
     "FRACTIONS",
     "LOW_RANK_FILES",
     "MIXTURE_FILES",
