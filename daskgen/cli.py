@@ -196,6 +196,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
     _check_output(out, so)
     previous = read_model(update_path, so) if update_path else None
+    if previous is not None and previous.covariance_type in ("ppca", "fa"):
+        raise InputError(f"{update_path} is a {previous.covariance_type} model: it keeps sketches' results, not the "
+                         "scatter new data could be folded into; fit it again on all the data")
     if previous is not None and not hasattr(previous, "stats"):
         raise InputError(f"{update_path} is a mixture model ({previous.n_components} components per class): --update "
                          "folds data into one Gaussian per class; fit the mixture again on all the data instead")
