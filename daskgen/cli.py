@@ -11,8 +11,11 @@ import functools
 import logging
 import math
 import os
+import shutil
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -124,6 +127,25 @@ def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
         raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
 
 
+def _tile_scratch(out: str, storage_options: dict | None) -> str | None:
+    """Where a tiled fit writes its tiles: a hidden folder beside a local ``out`` (named as the
+    publishing temporaries, so one a killed fit left is removed by the next), from which saving
+    moves them into the store; None (a temporary folder) for other outputs."""
+    from .io.fs import is_local, url_to_fs
+
+    fs, path = url_to_fs(out, storage_options)
+    if not is_local(fs):
+        return None
+    parent, name = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove_scratch(path: str | None) -> None:
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         click.echo(text, err=True)
@@ -163,8 +185,8 @@ class _UserErrorFilter(logging.Filter):
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, storage, overwrite,
-        **kw):
+        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, tiles, storage,
+        overwrite, **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -184,6 +206,8 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
+    if components > 1 and tiles:
+        raise InputError("--tiles applies to one Gaussian per class, not to --components > 1")
     if logit_lambda is not None and transform != "logit":
         raise InputError("--logit-lambda applies to --transform logit")
     transform = fit_transform(transform, logit_lambda)  # checked before anything is read
@@ -192,6 +216,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
     _check_output(out, so)
     previous = read_model(update_path, so) if update_path else None
+    if getattr(previous, "tiles", None):
+        raise InputError(f"{update_path} is a tiled model (--tiles): --update does not fold data into it; fit it "
+                         "again on all the data")
     if previous is not None and not hasattr(previous, "stats"):
         raise InputError(f"{update_path} is a mixture model ({previous.n_components} components per class): --update "
                          "folds data into one Gaussian per class; fit the mixture again on all the data instead")
@@ -212,13 +239,22 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                                 tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
                                 callback=report, transform=transform)
         else:
-            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                              split_every=split_every, update=previous, progress=not cluster["quiet"],
-                              transform=previous.transform if previous is not None and transform.identity
-                              else transform,
-                              seed=previous.config.get("seed", seed) if previous is not None else seed)
-    with _writing(out):
-        model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
+            scratch = _tile_scratch(out, so) if tiles else None
+            try:
+                model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                                  split_every=split_every, update=previous, progress=not cluster["quiet"],
+                                  transform=previous.transform if previous is not None and transform.identity
+                                  else transform,
+                                  seed=previous.config.get("seed", seed) if previous is not None else seed,
+                                  tiles=tiles, tile_store=scratch)
+            except BaseException:
+                _remove_scratch(scratch)
+                raise
+    try:
+        with _writing(out):
+            model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
+    finally:
+        _remove_scratch(getattr(model, "scratch_url", None))
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
     if not dataset.blocks:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
@@ -36,6 +40,8 @@ def fit(
     transform: str | Transform = "none",
     logit_lambda: float | None = None,
     seed: int = 0,
+    tiles: int | None = None,
+    tile_store: str | None = None,
 ) -> ClassModel:
     """Fit one Gaussian per class (or another kind fitted from per-class statistics,
     ``kind``) to labelled rows read from ``inputs``.
@@ -73,13 +79,22 @@ def fit(
     kind : str
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
+    tiles : int, optional
+        Keep each class's D x D statistic and Cholesky factor as tiles of ``tiles``
+        features, computed and written by the workers, never whole on one process
+        (:mod:`daskgen.distributed.tiled`); returns a
+        :class:`~daskgen.models.tiled.TiledGaussianClassModel`. Full covariances of one
+        Gaussian per class, without shrinkage or ``update``.
+    tile_store : str, optional
+        Local folder (a Zarr group, created) where a tiled fit writes its tiles; saving
+        the model moves them into the model store. Default: a new temporary folder.
 
     Options are checked as :data:`daskgen.options.GAUSSIAN_FIT` and :data:`~daskgen.options.READ`
     define them (:class:`~daskgen.options.OptionError`, a ``ValueError``). Runs on the active
     ``distributed.Client`` if there is one, else on Dask's local scheduler.
     """
     checked = GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                                 split_every=split_every, logit_lambda=logit_lambda,
+                                 split_every=split_every, logit_lambda=logit_lambda, tiles=tiles,
                                  **({"transform": transform} if isinstance(transform, str) else {}))
     reg_covar, split_every = checked["reg_covar"], checked["split_every"]
     if update is not None and update.kind != kind:
@@ -87,6 +102,8 @@ def fit(
     transform = fit_transform(transform, logit_lambda, update)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
+    if tiles:
+        check_tiled(kind, covariance, shrinkage, update)
     if diagonal_stats is None:
         raise InputError(f"a {kind} model is not fitted from per-class statistics")
     dataset = (
@@ -98,6 +115,9 @@ def fit(
     label_column = dataset.label_column
     if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, transform=transform)
+    if tiles:
+        return fit_tiled(dataset, int(tiles), tile_store, reg_covar=reg_covar, split_every=int(split_every),
+                         progress=progress, transform=transform, seed=int(seed))
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     noise = {"transform": transform, "seed": int(seed)}
     if not dataset.blocks:
@@ -134,13 +154,58 @@ def fit(
             scale=dataset.scale,
             label_column=label_column,
             feature_names=dataset.feature_names,
-            config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                    "integer_pixels": bool(dataset.integer_pixels),
-                    **({"class_names": dataset.class_names} if dataset.class_names else {}),
-                    **({} if transform.identity else {"seed": int(seed)})},
+            config=fit_config(dataset, split_every, transform, seed),
             inputs=previous + dataset.files,
             transform=transform,
         )
+
+
+def fit_config(dataset: Dataset, split_every: int, transform: Transform, seed: int) -> dict[str, Any]:
+    """The fit's options a model records (``config``), besides the kind's own."""
+    return {"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+            "integer_pixels": bool(dataset.integer_pixels),
+            **({"class_names": dataset.class_names} if dataset.class_names else {}),
+            **({} if transform.identity else {"seed": int(seed)})}
+
+
+def check_tiled(kind: str, covariance: str, shrinkage: str, update: Any) -> None:
+    """Refuse options a tiled fit does not combine with (before any work)."""
+    if kind != "gaussian" or covariance != "full":
+        raise InputError("--tiles applies to full covariances of one Gaussian per class (--covariance full)")
+    if shrinkage != "none":
+        raise InputError("--tiles does not combine with --shrinkage (it needs the whole covariance at once)")
+    if update is not None:
+        raise InputError("--tiles does not combine with --update; fit the tiled model on all the data")
+
+
+def fit_tiled(dataset: Dataset, tiles: int, tile_store: str | None, *, reg_covar: float, split_every: int,
+              progress: bool, transform: Transform, seed: int) -> ClassModel:
+    """The tiled fit of ``dataset`` (see :func:`fit`'s ``tiles``): tiles written by the workers
+    into the Zarr group ``tile_store`` (a new temporary folder by default)."""
+    import tempfile
+
+    from .distributed.tiled import fit_tiles
+    from .io.fs import open_zarr_group
+    from .models.tiled import TiledGaussianClassModel
+
+    if not dataset.blocks:
+        raise InputError("no rows in the input")
+    scratch = os.path.abspath(tile_store) if tile_store else tempfile.mkdtemp(prefix="daskgen-tiles-")
+    try:
+        result = fit_tiles(dataset, tiles, scratch, reg_covar=reg_covar, transform=transform, seed=seed,
+                           split_every=split_every, progress=progress)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    counts = result.counts.astype(np.float64)
+    config = {**fit_config(dataset, split_every, transform, seed),
+              "covariance": "full", "reg_covar": float(reg_covar), "shrinkage": "none", "tiles": int(tiles)}
+    return TiledGaussianClassModel(
+        classes=result.classes, counts=result.counts, priors=counts / counts.sum(), means=result.means,
+        tiles=int(tiles), group=open_zarr_group(scratch), digests=result.digests, minimum=result.minimum,
+        maximum=result.maximum, scratch_url=scratch, image_shape=dataset.image_shape, scale=dataset.scale,
+        label_column=dataset.label_column, feature_names=dataset.feature_names, config=config,
+        inputs=dataset.files, transform=transform)
 
 
 def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None

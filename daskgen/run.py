@@ -153,6 +153,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
+        **({"tiles": int(job.fit["tiles"])} if job.fit.get("tiles") else {}),
     }
 
 

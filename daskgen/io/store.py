@@ -102,6 +102,7 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None,
                                  compressors=None if big else ZstdCodec(level=1))
         arr[...] = data
+    model.write_large_arrays(url, storage_options)
     meta = {
         "kind": "model",
         "format": MODEL_FORMAT,

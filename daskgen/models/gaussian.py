@@ -265,7 +265,11 @@ class GaussianClassModel(ClassModel):
         return arrays, {}
 
     @classmethod
-    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> GaussianClassModel:
+    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> ClassModel:
+        if meta.get("tiles"):  # fitted with --tiles: the covariances stay on disk, as tiles
+            from .tiled import TiledGaussianClassModel
+
+            return TiledGaussianClassModel.from_store(group, meta, classes, url)
         a = read_arrays(group, ("counts", "priors", "means", "covariances", "scatter"), url)
         K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
         full = (K, D, D)
