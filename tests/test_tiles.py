@@ -145,7 +145,16 @@ def test_tiled_fit_equals_untiled_in_process(tmp_path, sync_scheduler):
     X, y = rng.integers(0, 256, (900, 100), dtype=np.uint8), rng.integers(0, 4, 900)
     path = str(tmp_path / "pixels.zarr")
     write_zarr_dataset(path, X, y, chunk_rows=300)
-    _check_tiled_equals_untiled(path, X, y, 40, tmp_path)
+    untiled, _ = _check_tiled_equals_untiled(path, X, y, 40, tmp_path)
+    # blocks summed in groups of one, by a fixed tree of fan-in 2: the same bits
+    from daskgen.distributed.tiled import fit_tiles
+    from daskgen.fitting import prepare
+
+    dataset = prepare(path, blocksize=300 * 100)
+    assert len(dataset.blocks) == 3
+    fit_tiles(dataset, 40, str(tmp_path / "grouped"), reg_covar=1e-3, blocks_per_task=1, split_every=2)
+    grouped = np.asarray(zarr.open_group(str(tmp_path / "grouped"), mode="r")["scatter"][...])
+    np.testing.assert_array_equal(grouped, untiled.stats.scatter)
 
 
 @pytest.mark.slow

@@ -5,13 +5,14 @@ scheduler; no process ever holds a whole class's D x D matrix:
 
 1. **moments** — per-class counts and sums (exact integers for 8-bit pixels) or means
    (Chan-merged, the untiled fit's arithmetic): small (K, D), through the reduction layer.
-2. **scatter tiles** — for each upper tile (I, J) of T x T features, a task per row
-   block computes that tile of every class present in the block
-   (:func:`~daskgen.kernels.tiles.pixel_gram_tile` or
-   :func:`~daskgen.kernels.tiles.centered_tile`); a fixed tree of ``split_every``
-   fan-in adds a tile's parts (keys ``tile-<token>-I-J-...``), and the last task
-   centres the tile and writes it, and its mirror (J, I), straight into the model
-   store's ``scatter`` array, chunked (1, T, T), on whichever worker holds it.
+2. **scatter tiles** — for each upper tile (I, J) of T x T features, one task (key
+   ``scatter-<token>-I-J``) reads the row blocks one at a time and adds that tile of
+   every class present in each (:func:`~daskgen.kernels.tiles.pixel_gram_tile` or
+   :func:`~daskgen.kernels.tiles.centered_tile`), then centres the tile and writes it,
+   and its mirror (J, I), straight into the model store's ``scatter`` array, chunked
+   (1, T, T): the tile is reduced over the row blocks on the worker that holds it and
+   never moves. (With ``blocks_per_task``, groups of blocks make tasks
+   ``tile-<token>-I-J-g`` whose parts a fixed tree of ``split_every`` fan-in adds.)
 3. **blocked Cholesky** — a left-looking tile algorithm, one task per lower tile
    (k, I, J) (keys ``cholesky-<token>-k-I-J``): it reads the covariance tile from
    ``scatter`` (divided by n - 1, ``reg_covar`` on the diagonal), subtracts
@@ -36,7 +37,7 @@ from dask.delayed import delayed
 
 from .._blas import one_blas_thread
 from ..errors import InputError
-from ..io.inputs import Dataset
+from ..io.inputs import Dataset, read_block
 from ..kernels.tiles import (
     add_moments,
     add_tile_parts,
@@ -53,9 +54,9 @@ from ..kernels.tiles import (
 )
 from ..kernels.transform import NONE, Transform
 from .fit import block_features, exact_sums, stats_reduction
-from .reduction import DEFAULT_SPLIT_EVERY, Reduction, in_graph, read_tasks, reduce_blocks, tree
+from .reduction import DEFAULT_SPLIT_EVERY, Reduction, in_graph, reduce_blocks, tree
 
-__all__ = ["TILE_ARRAYS", "TiledFit", "create_tile_arrays", "fit_tiles"]
+__all__ = ["TILE_ARRAYS", "TiledFit", "create_tile_arrays", "fit_tiles", "task_counts"]
 
 #: The store's tiled arrays: the raw centred scatter (symmetric) and the lower Cholesky factor.
 TILE_ARRAYS = ("scatter", "cholesky")
@@ -89,6 +90,7 @@ class _Plan:
     transform: Transform
     pixels: bool
     seed: int
+    input_options: dict | None
 
 
 def create_tile_arrays(url: str, storage_options: dict | None, n_classes: int, n_features: int, tiles: int,
@@ -127,7 +129,18 @@ def _tile_part(xy: tuple, plan: _Plan, i: int, j: int):
                              plan.transform.feature_scale(plan.scale))
 
 
+def _tile_total(blocks: list, rows: list, plan: _Plan, i: int, j: int):
+    """Tile (i, j) of every class over the blocks, read here one at a time (in block order)."""
+    total = None
+    for block, xy in zip(blocks, rows):
+        part = _tile_part(read_block(block, plan.pixels, plan.input_options, xy), plan, i, j)
+        total = part if total is None else add_tile_parts([total, part])
+    return total
+
+
 def _write_scatter_tile(total, plan: _Plan, i: int, j: int) -> int:
+    if isinstance(total, tuple):  # (blocks, rows): read and summed in this task
+        total = _tile_total(*total, plan, i, j)
     (a, b), (c, d) = plan.spans[i], plan.spans[j]
     arr = _array(plan, "scatter")
     for pos, tile in zip(total.index.tolist(), total.tiles):
@@ -187,12 +200,25 @@ def check_counts(classes: np.ndarray, counts: np.ndarray) -> None:
                          + "; every class needs at least 2 rows for a covariance")
 
 
+def task_counts(n_features: int, tiles: int, n_classes: int) -> dict[str, int]:
+    """The tasks of :func:`fit_tiles`'s tile stages (default ``blocks_per_task``), by kind: a
+    scatter task per upper tile, a Cholesky task per lower tile of each class."""
+    n = len(tile_spans(n_features, tiles))
+    upper = n * (n + 1) // 2
+    return {"scatter": upper, "cholesky": n_classes * upper}
+
+
 def fit_tiles(dataset: Dataset, tiles: int, url: str, storage_options: dict | None = None, *,
               reg_covar: float = 0.0, transform: Transform = NONE, seed: int = 0,
-              split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False) -> TiledFit:
+              split_every: int = DEFAULT_SPLIT_EVERY, progress: bool = False,
+              blocks_per_task: int | None = None) -> TiledFit:
     """Fit full class covariances as tiles of ``tiles`` features written into the Zarr group at
     ``url`` (arrays ``scatter`` and ``cholesky``, see :func:`create_tile_arrays`); returns the
-    small statistics. Runs on the active distributed client if any, else Dask's local scheduler."""
+    small statistics. Runs on the active distributed client if any, else Dask's local scheduler.
+
+    ``blocks_per_task``: blocks one tile task reads and sums (default: all of them, so the
+    tile never moves between workers); fewer give more, shorter tasks whose parts a fixed
+    tree of ``split_every`` fan-in adds."""
     from .cluster import compute
 
     if not dataset.blocks:
@@ -209,16 +235,22 @@ def fit_tiles(dataset: Dataset, tiles: int, url: str, storage_options: dict | No
         raise InputError(f"the class means overflow float64 (data range {lo:g}..{hi:g}); rescale the data (--scale)")
     create_tile_arrays(url, storage_options, len(classes), D, int(tiles))
     plan = _Plan(url, storage_options, classes, counts, sums, float(dataset.scale), exact, float(reg_covar), spans,
-                 transform, bool(dataset.integer_pixels), int(seed))
+                 transform, bool(dataset.integer_pixels), int(seed), dataset.storage_options or None)
     token = tokenize("tiles", dataset.blocks, dataset.files, dataset.scale, dataset.integer_pixels, transform, seed,
                      int(tiles), float(reg_covar), url)
     shared = in_graph(plan, f"tile-plan-{token}")
-    blocks = read_tasks(dataset, token)
+    n_blocks = len(dataset.blocks)
+    per = n_blocks if not blocks_per_task else min(int(blocks_per_task), n_blocks)
+    groups = [list(range(b, min(b + per, n_blocks))) for b in range(0, n_blocks, per)]
     written = {}
     for i, j in upper_tiles(len(spans)):
-        parts = [delayed(_tile_part, pure=True)(xy, shared, i, j, dask_key_name=f"tile-{token}-{i}-{j}-{b}")
-                 for b, xy in enumerate(blocks)]
-        total = tree(parts, add_tile_parts, split_every, f"tile-sum-{token}-{i}-{j}")
+        if len(groups) == 1:  # one task reads every block and sums the tile: nothing moves between workers
+            total = (list(dataset.blocks), [dataset.rows(b) for b in range(len(dataset.blocks))])
+        else:
+            parts = [delayed(_tile_total, pure=True)([dataset.blocks[b] for b in g], [dataset.rows(b) for b in g],
+                                                     shared, i, j, dask_key_name=f"tile-{token}-{i}-{j}-{n}")
+                     for n, g in enumerate(groups)]
+            total = tree(parts, add_tile_parts, split_every, f"tile-sum-{token}-{i}-{j}")
         written[i, j] = delayed(_write_scatter_tile, pure=True)(total, shared, i, j,
                                                                 dask_key_name=f"scatter-{token}-{i}-{j}")
     factor: dict[tuple[int, int, int], Any] = {}
