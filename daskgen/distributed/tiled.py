@@ -39,6 +39,7 @@ from .._blas import one_blas_thread
 from ..errors import InputError
 from ..io.inputs import Dataset, read_block
 from ..kernels.tiles import (
+    TilePart,
     add_moments,
     add_tile_parts,
     centered_tile,
@@ -130,12 +131,18 @@ def _tile_part(xy: tuple, plan: _Plan, i: int, j: int):
 
 
 def _tile_total(blocks: list, rows: list, plan: _Plan, i: int, j: int):
-    """Tile (i, j) of every class over the blocks, read here one at a time (in block order)."""
-    total = None
+    """Tile (i, j) of every class over the blocks, read here one at a time (in block order) and
+    added in place into one (K, TI, TJ) total: the task holds the total and one block's part."""
+    (a, b), (c, d) = plan.spans[i], plan.spans[j]
+    total = np.zeros((len(plan.classes), b - a, d - c))
+    seen = np.zeros(len(plan.classes), dtype=bool)
     for block, xy in zip(blocks, rows):
         part = _tile_part(read_block(block, plan.pixels, plan.input_options, xy), plan, i, j)
-        total = part if total is None else add_tile_parts([total, part])
-    return total
+        total[part.index] += part.tiles
+        seen[part.index] = True
+        del part
+    index = np.flatnonzero(seen)
+    return TilePart(index, total if seen.all() else total[index])
 
 
 def _write_scatter_tile(total, plan: _Plan, i: int, j: int) -> int:
