@@ -188,13 +188,15 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     if reg_covar in (None, "auto"):
         reg_covar = default_reg_covar(dataset, components, transform=options["transform"])
     want = {"components": components, "covariance": options["covariance"], "reg_covar": reg_covar,
-            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"])}
+            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"]),
+            "tiles": options.get("tiles")}
     have = {
         "components": int(model.config.get("components", 1)),
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
         "transform": str(model.transform),
+        "tiles": model.config.get("tiles"),
     }
     if mixture:
         want.update({k: v for k, v in mixture.items() if k != "components"})
