@@ -102,6 +102,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tiles", type=int, default=2048)
     p.add_argument("--memory-limit", default="6GiB")
     p.add_argument("--keep", action="store_true", help="keep the model store in benchmarks/work")
+    p.add_argument("--out", default=str(RESULTS / "tiles.json"))
     args = p.parse_args(argv)
 
     from distributed import Client, LocalCluster
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
     from daskgen.io.store import read_model
 
     WORK.mkdir(parents=True, exist_ok=True)
-    data = WORK / "fmnist128-2classes.zarr"
+    data = WORK / f"{Path(args.data).name.split('.')[0]}-2classes.zarr"
     n, D = two_classes(args.data, data)
     K = 2
     statistics_total = K * D * D * 8
@@ -148,8 +149,8 @@ def main(argv=None) -> dict:
     if not args.keep:
         shutil.rmtree(model_path, ignore_errors=True)
     shutil.rmtree(samples, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "tiles.json"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps({k: res[k] for k in ("features", "tiles", "statistics_total_bytes", "worst_worker_peak_bytes",
                                           "worst_worker_peak_fraction_of_statistics", "bar_met")}, indent=2))

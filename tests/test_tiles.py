@@ -220,3 +220,14 @@ def test_cli_tiled_store_layout_and_refusals(tmp_path, digits):
                           "not positive definite")
     assert not (tmp_path / "x.zarr").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_estimator_with_tiles(digits, sync_scheduler):
+    from daskgen.estimators import GaussianClassifier
+
+    X, y = digits
+    whole = GaussianClassifier(reg_covar=1e-2).fit(X, y)
+    tiled = GaussianClassifier(reg_covar=1e-2, tiles=20).fit(X, y)
+    assert tiled.covariances_ is None  # kept on disk, as tiles
+    np.testing.assert_allclose(tiled.score_samples(X[:50]), whole.score_samples(X[:50]), rtol=1e-10)
+    np.testing.assert_array_equal(tiled.predict(X), whole.predict(X))
