@@ -192,6 +192,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
     """
     from .distributed.cluster import connect
+    from .distributed.factors import run_calls
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
     from .fitting import fit_transform, prepare
@@ -250,11 +251,12 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
             except BaseException:
                 _remove_scratch(scratch)
                 raise
-    try:
-        with _writing(out):
-            model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so)
-    finally:
-        _remove_scratch(getattr(model, "scratch_url", None))
+        try:
+            with _writing(out):  # on the cluster: the store's Cholesky factors are one task per class
+                model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so,
+                           run=functools.partial(run_calls, progress=not cluster["quiet"]))
+        finally:
+            _remove_scratch(getattr(model, "scratch_url", None))
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
     if not dataset.blocks:

@@ -12,6 +12,7 @@ old model are then refused unless ``overwrite``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -218,6 +219,7 @@ def _canonical(obj: Any) -> str:
 
 
 def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
+    from .distributed.factors import run_calls
     from .fitting import fit
     from .io.store import read_model, write_model
 
@@ -253,7 +255,7 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         model = _fit_mixture(opened if opened is not None else inputs, options, mixture, quiet, say)
     else:
         model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
-    write_model(model, path, overwrite=True)
+    write_model(model, path, overwrite=True, run=functools.partial(run_calls, progress=not quiet))
     took = time.perf_counter() - t
     rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)
     rate = rows / took if took > 0 else None

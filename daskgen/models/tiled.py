@@ -221,10 +221,11 @@ class TiledGaussianClassModel(ClassModel):
                         if name == "scatter" or j <= i:
                             dst[k, a:b, c:d] = src[k, a:b, c:d]
 
-    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
-        """Write the store (see :meth:`ClassModel.save`); a model whose tiles were moved into
-        it reads them from there afterwards."""
-        super().save(path, overwrite=overwrite, storage_options=storage_options)
+    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None, run: Any = None) -> None:
+        """Write the store (see :meth:`ClassModel.save`; the factors are already in the tiles,
+        nothing runs on ``run``); a model whose tiles were moved into it reads them from there
+        afterwards."""
+        super().save(path, overwrite=overwrite, storage_options=storage_options, run=run)
         if self.__dict__.pop("_moved_to", None) is not None:
             from ..io.fs import open_zarr_group
 
