@@ -11,7 +11,6 @@ import functools
 import logging
 import math
 import os
-import shutil
 import socket
 import sys
 import time
@@ -127,23 +126,19 @@ def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
         raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
 
 
-def _tile_scratch(out: str, storage_options: dict | None) -> str | None:
-    """Where a tiled fit writes its tiles: a hidden folder beside a local ``out`` (named as the
-    publishing temporaries, so one a killed fit left is removed by the next), from which saving
-    moves them into the store; None (a temporary folder) for other outputs."""
+def _tile_scratch(out: str, storage_options: dict | None) -> str:
+    """Where a tiled fit writes its tiles, beside ``out`` (where every worker that writes the
+    model can write): on a local disk a hidden folder named as the publishing temporaries (one a
+    killed fit left is removed by the next), moved into the store on save; on object storage
+    ``OUT.tiles-tmp-XXXXXXXX``, copied into the store tile by tile, then removed."""
     from .io.fs import is_local, url_to_fs
 
     fs, path = url_to_fs(out, storage_options)
     if not is_local(fs):
-        return None
+        return f"{out.rstrip('/')}.tiles-tmp-{uuid.uuid4().hex[:8]}"
     parent, name = os.path.split(os.path.abspath(path).rstrip(os.sep))
     os.makedirs(parent, exist_ok=True)
     return os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _remove_scratch(path: str | None) -> None:
-    if path and os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -196,6 +191,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
     from .fitting import fit_transform, prepare
+    from .io.fs import remove_tree
     from .io.store import output_exists, read_model
 
     cluster = _cluster_kwargs(kw)
@@ -249,14 +245,14 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                                   seed=previous.config.get("seed", seed) if previous is not None else seed,
                                   tiles=tiles, tile_store=scratch)
             except BaseException:
-                _remove_scratch(scratch)
+                remove_tree(scratch, so)
                 raise
         try:
             with _writing(out):  # on the cluster: the store's Cholesky factors are one task per class
                 model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so,
                            run=functools.partial(run_calls, progress=not cluster["quiet"]))
         finally:
-            _remove_scratch(getattr(model, "scratch_url", None))
+            remove_tree(getattr(model, "scratch_url", None), so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
     if not dataset.blocks:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import replace
 from typing import Any
 
@@ -86,8 +85,10 @@ def fit(
         :class:`~daskgen.models.tiled.TiledGaussianClassModel`. Full covariances of one
         Gaussian per class, without shrinkage or ``update``.
     tile_store : str, optional
-        Local folder (a Zarr group, created) where a tiled fit writes its tiles; saving
-        the model moves them into the model store. Default: a new temporary folder.
+        Folder or URL (a Zarr group, created; ``storage_options`` apply) where a tiled fit's
+        workers write its tiles: every worker must reach it (a shared disk or an object
+        store). Saving the model moves them into a local model store, or copies them tile
+        by tile. Default: a new temporary folder on this machine (a local cluster only).
 
     Options are checked as :data:`daskgen.options.GAUSSIAN_FIT` and :data:`~daskgen.options.READ`
     define them (:class:`~daskgen.options.OptionError`, a ``ValueError``). Runs on the active
@@ -185,24 +186,28 @@ def fit_tiled(dataset: Dataset, tiles: int, tile_store: str | None, *, reg_covar
     import tempfile
 
     from .distributed.tiled import fit_tiles
-    from .io.fs import open_zarr_group
+    from .io.fs import is_local, open_zarr_group, remove_tree, url_to_fs
     from .models.tiled import TiledGaussianClassModel
 
     if not dataset.blocks:
         raise InputError("no rows in the input")
-    scratch = os.path.abspath(tile_store) if tile_store else tempfile.mkdtemp(prefix="daskgen-tiles-")
+    so = dataset.storage_options or None
+    if not tile_store:
+        scratch = tempfile.mkdtemp(prefix="daskgen-tiles-")
+    else:
+        scratch = os.path.abspath(tile_store) if is_local(url_to_fs(tile_store, so)[0]) else tile_store
     try:
-        result = fit_tiles(dataset, tiles, scratch, reg_covar=reg_covar, transform=transform, seed=seed,
+        result = fit_tiles(dataset, tiles, scratch, so, reg_covar=reg_covar, transform=transform, seed=seed,
                            split_every=split_every, progress=progress)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, so)
         raise
     counts = result.counts.astype(np.float64)
     config = {**fit_config(dataset, split_every, transform, seed),
               "covariance": "full", "reg_covar": float(reg_covar), "shrinkage": "none", "tiles": int(tiles)}
     return TiledGaussianClassModel(
         classes=result.classes, counts=result.counts, priors=counts / counts.sum(), means=result.means,
-        tiles=int(tiles), group=open_zarr_group(scratch), digests=result.digests, minimum=result.minimum,
+        tiles=int(tiles), group=open_zarr_group(scratch, so), digests=result.digests, minimum=result.minimum,
         maximum=result.maximum, scratch_url=scratch, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config,
         inputs=dataset.files, transform=transform)

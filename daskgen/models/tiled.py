@@ -16,7 +16,6 @@ Pure numpy and Zarr; this module imports no Dask.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -123,7 +122,8 @@ class TiledGaussianClassModel(ClassModel):
     digests: list[str] = field(default_factory=list)
     minimum: float = np.nan
     maximum: float = np.nan
-    #: True while the tiles live in a scratch group of the fit's own (moved into the store on save)
+    #: Where the tiles live while they are in a scratch group of the fit's own (moved or copied
+    #: into the store on save, then removed)
     scratch_url: str | None = None
 
     # -- shape ------------------------------------------------------------------
@@ -199,13 +199,13 @@ class TiledGaussianClassModel(ClassModel):
     def write_large_arrays(self, url: str, storage_options: dict | None = None) -> None:
         """Put ``scatter`` and ``cholesky`` into the store being written at ``url``: moved (a
         rename) from the fit's scratch group on a local disk, else copied tile by tile."""
-        from ..io.fs import is_local, open_zarr_group, url_to_fs
+        from ..io.fs import is_local, open_zarr_group, remove_tree, url_to_fs
 
         fs, path = url_to_fs(url, storage_options)
         if self.scratch_url is not None and is_local(fs) and os.path.isdir(self.scratch_url):
             for name in TILE_ARRAYS:
                 os.rename(os.path.join(self.scratch_url, name), os.path.join(path, name))
-            shutil.rmtree(self.scratch_url, ignore_errors=True)
+            remove_tree(self.scratch_url)
             self.scratch_url = None
             self.__dict__["_moved_to"] = path
             return
@@ -220,15 +220,19 @@ class TiledGaussianClassModel(ClassModel):
                     for j, (c, d) in enumerate(self.spans):
                         if name == "scatter" or j <= i:
                             dst[k, a:b, c:d] = src[k, a:b, c:d]
+        if self.scratch_url is not None:
+            self.__dict__["_moved_to"] = url
 
     def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None, run: Any = None) -> None:
         """Write the store (see :meth:`ClassModel.save`; the factors are already in the tiles,
         nothing runs on ``run``); a model whose tiles were moved into it reads them from there
         afterwards."""
         super().save(path, overwrite=overwrite, storage_options=storage_options, run=run)
-        if self.__dict__.pop("_moved_to", None) is not None:
-            from ..io.fs import open_zarr_group
+        if self.__dict__.pop("_moved_to", None) is not None:  # the scratch group is gone or no longer needed
+            from ..io.fs import open_zarr_group, remove_tree
 
+            remove_tree(self.scratch_url, storage_options)
+            self.scratch_url = None
             self.group = open_zarr_group(path, storage_options)
 
     @classmethod
