@@ -11,10 +11,8 @@ import functools
 import logging
 import math
 import os
-import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,21 +124,6 @@ def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
         raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
 
 
-def _tile_scratch(out: str, storage_options: dict | None) -> str:
-    """Where a tiled fit writes its tiles, beside ``out`` (where every worker that writes the
-    model can write): on a local disk a hidden folder named as the publishing temporaries (one a
-    killed fit left is removed by the next), moved into the store on save; on object storage
-    ``OUT.tiles-tmp-XXXXXXXX``, copied into the store tile by tile, then removed."""
-    from .io.fs import is_local, url_to_fs
-
-    fs, path = url_to_fs(out, storage_options)
-    if not is_local(fs):
-        return f"{out.rstrip('/')}.tiles-tmp-{uuid.uuid4().hex[:8]}"
-    parent, name = os.path.split(os.path.abspath(path).rstrip(os.sep))
-    os.makedirs(parent, exist_ok=True)
-    return os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         click.echo(text, err=True)
@@ -192,7 +175,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .fitting import fit as fit_model
     from .fitting import fit_transform, prepare
     from .io.fs import remove_tree
-    from .io.store import output_exists, read_model
+    from .io.store import output_exists, read_model, scratch_beside
 
     cluster = _cluster_kwargs(kw)
     so = pairs(storage)
@@ -236,7 +219,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                                 tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
                                 callback=report, transform=transform)
         else:
-            scratch = _tile_scratch(out, so) if tiles else None
+            scratch = scratch_beside(out, so) if tiles else None
             try:
                 model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
                                   split_every=split_every, update=previous, progress=not cluster["quiet"],

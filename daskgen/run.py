@@ -221,7 +221,8 @@ def _canonical(obj: Any) -> str:
 def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
     from .distributed.factors import run_calls
     from .fitting import fit
-    from .io.store import read_model, write_model
+    from .io.fs import remove_tree
+    from .io.store import read_model, scratch_beside, write_model
 
     path = job.paths["model"]
     options = _fit_options(job)
@@ -253,8 +254,13 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
     elif mixture:
         model = _fit_mixture(opened if opened is not None else inputs, options, mixture, quiet, say)
-    else:
-        model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
+    else:  # a tiled fit's workers write the tiles beside the model (moved into it when saved)
+        scratch = scratch_beside(path) if options.get("tiles") else None
+        try:
+            model = fit(opened if opened is not None else inputs, progress=not quiet, tile_store=scratch, **options)
+        except BaseException:
+            remove_tree(scratch)
+            raise
     write_model(model, path, overwrite=True, run=functools.partial(run_calls, progress=not quiet))
     took = time.perf_counter() - t
     rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)

@@ -245,6 +245,10 @@ class ClassModel(ABC):
         :meth:`to_store` (streamed, never whole in memory); none by default."""
         return None
 
+    def published(self, url: str, storage_options: dict | None = None) -> None:
+        """Called once the model's store is in place at ``url`` (nothing by default)."""
+        return None
+
     @classmethod
     def diagonal_stats(cls, covariance: str) -> bool | None:
         """Whether the kind is fitted from diagonal (True) or full (False) per-class

@@ -223,17 +223,15 @@ class TiledGaussianClassModel(ClassModel):
         if self.scratch_url is not None:
             self.__dict__["_moved_to"] = url
 
-    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None, run: Any = None) -> None:
-        """Write the store (see :meth:`ClassModel.save`; the factors are already in the tiles,
-        nothing runs on ``run``); a model whose tiles were moved into it reads them from there
-        afterwards."""
-        super().save(path, overwrite=overwrite, storage_options=storage_options, run=run)
-        if self.__dict__.pop("_moved_to", None) is not None:  # the scratch group is gone or no longer needed
+    def published(self, url: str, storage_options: dict | None = None) -> None:
+        """Once saved from the fit's scratch group: read the tiles from the store from now on,
+        and remove the scratch group (emptied by the move, or copied)."""
+        if self.__dict__.pop("_moved_to", None) is not None:
             from ..io.fs import open_zarr_group, remove_tree
 
             remove_tree(self.scratch_url, storage_options)
             self.scratch_url = None
-            self.group = open_zarr_group(path, storage_options)
+            self.group = open_zarr_group(url, storage_options)
 
     @classmethod
     def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> TiledGaussianClassModel:
