@@ -252,3 +252,21 @@ def test_tiles_through_an_fsspec_store(tmp_path, sync_scheduler):
     np.testing.assert_array_equal(np.asarray(loaded.group["scatter"][...]), untiled.stats.scatter)
     assert loaded.fingerprint == tiled.fingerprint
     fsspec.filesystem("memory").rm("/tiles-models", recursive=True)
+
+
+@pytest.mark.slow
+def test_job_file_with_tiles(tmp_path, digits):
+    """``fit: {tiles: T}`` in a job file: the model is tiled, the run samples from its store."""
+    from daskgen.datasets import write_zarr_dataset
+
+    X, y = digits
+    write_zarr_dataset(str(tmp_path / "d.zarr"), X.astype(np.uint8), y, chunk_rows=600)
+    (tmp_path / "job.yaml").write_text("inputs: d.zarr\nout: run\nfit: {tiles: 24}\n"
+                                       "sample: {n: 100, seed: 0, chunk_size: 50, dtype: float32}\nplot: false\n")
+    r = run_cli("run", tmp_path / "job.yaml")
+    assert r.exit_code == 0, r.output
+    model = read_model(str(tmp_path / "run" / "model.zarr"))
+    assert model.tiles == 24
+    got = np.asarray(zarr.open_group(str(tmp_path / "run" / "samples.zarr"), mode="r")["images"][...])
+    assert got.shape == (100, 8, 8) and np.isfinite(got).all()
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
