@@ -175,6 +175,10 @@ def test_tiled_fit_on_two_workers(small_pixels, tmp_path, client):
         z = rng.standard_normal(((idx == k).sum(), X.shape[1]))
         want[idx == k] = untiled.means[k] + z @ np.linalg.cholesky(untiled.covariances[k]).T
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # and the untiled model's own sampler (its Cholesky factor) draws the same rows from the same seed
+    (a, ya), (b, yb) = untiled.sample(200, seed=2), tiled.sample(200, seed=2)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-9)
 
 
 def test_tiled_float_and_logit_fits_match_untiled(tmp_path, digits, sync_scheduler):
