@@ -544,11 +544,15 @@ class GaussianClassModel(ClassModel):
         }
 
     @classmethod
-    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> GaussianClassModel:
+    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> ClassModel:
         """Small arrays are read (and checked) now; ``scatter``, ``cholesky`` and an older
         store's ``covariances`` (K, D, D) class by class where needed, and checked there
         (:class:`StoredClass`): a corrupted factor fails the task that reads it, with one
         line naming the store, before a command writes anything."""
+        if meta.get("tiles"):  # fitted with --tiles: the covariances stay on disk, as tiles
+            from .tiled import TiledGaussianClassModel
+
+            return TiledGaussianClassModel.from_store(group, meta, classes, url)
         names = set(group.array_keys())
         a = read_arrays(group, ("counts", "priors", "means"), url)
         K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
