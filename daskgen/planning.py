@@ -388,7 +388,8 @@ def evaluate_workload(dataset: Any, split_every: int = 8) -> Workload:
 
 def model_workload(header: Any, workload: Workload) -> Workload:
     """``workload`` with a stored model's covariance and components."""
-    return replace(workload, covariance=header.covariance_type, components=int(header.n_components))
+    return replace(workload, covariance=header.covariance_type, components=int(header.n_components),
+                   tiles=header.tiles)
 
 
 def plan_model(header: Any, workload: Workload, cluster: Mapping[str, Any]) -> Plan | None:
@@ -408,7 +409,7 @@ def fit_kind(covariance: str, components: int) -> str:
 
 def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, split_every: int = 8,
              transform: str = "none", cluster: Mapping[str, Any], previous: Any = None,
-             then: Workload | None = None) -> Plan | None:
+             then: Workload | None = None, rank: int | None = None, tiles: int | None = None) -> Plan | None:
     """The plan of fitting an opened (not read) dataset on the cluster the options describe
     (and of ``then``, e.g. the sample stage of a run). K counts the dataset's classes (and
     those of the ``previous`` model of an update)."""
@@ -418,9 +419,10 @@ def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, spl
     kind = fit_kind(covariance, components)
     if previous is not None:
         kind, covariance = previous.kind, previous.covariance_type
-    fit = fit_workload(dataset, covariance=covariance, components=components, split_every=split_every,
-                       transform=transform)
-    workloads = [fit] + ([replace(then, covariance=covariance, components=components)] if then else [])
+    fit = replace(fit_workload(dataset, covariance=covariance, components=components, split_every=split_every,
+                               transform=transform), rank=rank, tiles=tiles or None)
+    workloads = [fit] + ([replace(then, covariance=covariance, components=components, rank=rank,
+                                  tiles=tiles or None)] if then else [])
     return make_plan(kind, max(len(labels), 1), dataset.n_features, workloads, cluster_resources(**cluster))
 
 
