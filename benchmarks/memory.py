@@ -54,7 +54,8 @@ def first_rows(dataset, rows: int):
 
 def stages(command: str, data: str, model_path: str, out: str, rows: int) -> dict:
     """Run ``command`` stage by stage as the command line does, on the default local
-    cluster; the process's peak per stage. (Runs in a process of its own.)"""
+    cluster; the process's peak per stage. (Runs in a process of its own.) Sampling and
+    scoring factor each class on the cluster, inside their stage."""
     from daskgen._malloc import keep_freed_memory
     from daskgen.distributed.cluster import connect
     from daskgen.fitting import prepare
@@ -91,14 +92,12 @@ def stages(command: str, data: str, model_path: str, out: str, rows: int) -> dic
             from daskgen.distributed.generation import generate
 
             model = stage("load", lambda: read_model(model_path))
-            stage("factor", lambda: model.factors)
             stage("draw", lambda: generate(model, rows, out, seed=0, overwrite=True))
         else:
             from daskgen.evaluation.heldout import evaluate, open_for_model
 
             dataset = first_rows(open_for_model(read_model_header(model_path), [data]), rows)
             model = stage("load", lambda: read_model(model_path))
-            stage("factor", lambda: model.data_scorer())
             stage("score", lambda: evaluate(model, dataset))
     return {"peaks": peaks, "seconds": seconds}
 

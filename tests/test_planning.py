@@ -79,10 +79,14 @@ def test_diagonal_and_mixture_units():
 def test_sample_draw_holds_the_sampler_and_its_chunks():
     K, D = 10, 1024
     U = K * D * D * 8
+    C = D * D * 8
     plan = registry.get("gaussian").memory_plan(K, D, Workload("sample", threads=2, n=5000, chunk_size=10_000))
-    # float32 draws: normals, the draw and the output, 1.5 float64 copies of a chunk (5,000 rows: n < chunk)
-    assert plan["draw"].worker == int(0.5 * U) + 2 * 5000 * 1024 * 12
-    assert plan["draw"].client == int(4.5 * U)
+    # the sampler (float32 factors, assembled: one statistic), three D x D per factoring
+    # task; float32 draws: 1.5 float64 copies of a chunk (5,000 rows: n < chunk)
+    assert plan["draw"].worker == U + 2 * 3 * C + 2 * 5000 * 1024 * 12
+    assert plan["draw"].client == 0 and plan["load"].total == 0
+    few = registry.get("gaussian").memory_plan(2, D, Workload("sample", threads=2, n=10, chunk_size=10))
+    assert few["draw"].worker == 2 * C + 2 * C + 2 * 10 * 1024 * 12  # at most one array per class
 
 
 def test_process_peaks_add_the_baselines_and_share_a_process_in_process():
@@ -96,11 +100,11 @@ def test_process_peaks_add_the_baselines_and_share_a_process_in_process():
                        on(threads=2, memory=64 * GiB, in_process=True))
     assert shared.worker_peak(shared.stages["fit/statistics"]) == stages["statistics"].worker + CLIENT_BASELINE
     assert shared.fits and separate.fits
-    # a worker in the client's process shares the scorer the client holds: 4, not 2 + 4, statistics
-    ev = make_plan("gaussian", 10, 1024, [Workload("evaluate", block_rows=100)], on(threads=1, in_process=True))
-    score = ev.stages["evaluate/score"]
-    assert score.worker == 2 * U + 100 * 1024 * 33 and score.client == 4 * U
-    assert ev.client_peak(score) == 4 * U + 100 * 1024 * 33 + CLIENT_BASELINE
+    # a worker in the client's process shares what the client holds (here: a mixture's
+    # precision factors, shipped to its E-step tasks)
+    em = make_plan("mixture", 10, 1024, [Workload("fit", components=1, block_rows=100, rows=0, split_every=2)],
+                   on(threads=1, in_process=True)).stages["fit/em"]
+    assert em.shared == U and em.total == em.worker + em.client - U
 
 
 def test_d16384_on_a_2gib_worker_is_refused_with_what_would_fit():
@@ -120,7 +124,7 @@ def test_d16384_on_a_2gib_worker_is_refused_with_what_would_fit():
 
 
 def test_the_client_counts_against_the_machine():
-    plan = make_plan("gaussian", 10, 4096, [Workload("sample")], on(memory=None, machine=4 * GiB))
+    plan = make_plan("gaussian", 10, 4096, [Workload("fit")], on(memory=None, machine=4 * GiB))
     assert not plan.fits and "on this machine" in plan.refusal() and "4.00 GiB" in plan.refusal()
 
 

@@ -276,19 +276,19 @@ class GaussianScorer:
 #:   merge-as-completed); finalize — the scatter, the covariances and their regularized
 #:   copy; write — the model's covariances and scatter, and zarr's buffers of up to ten
 #:   (1, D, D) chunks being written at once.
-#: sample: load — covariances and scatter; factor — plus an eigendecomposition (root and
-#:   basis) per class, two D x D workspaces, and the sampler's triangular factor
-#:   (float32: half a copy); draw — the client keeps all that while a worker holds the
-#:   sampler (shipped: a worker in the client's process shares it) and its chunks.
-#: evaluate: load; factor — plus root and basis, two workspaces; score — a worker holds
-#:   the scorer's factors (shipped) and its blocks.
+#: sample: load — nothing (a stored model's arrays are read class by class when needed);
+#:   draw — a worker reads each class's stored Cholesky factor in a task of its own and
+#:   keeps its triangular factor (float32: half a copy in all), assembles the sampler
+#:   (another half copy when the factors come from other workers), and a factoring task
+#:   holds three D x D (the stored factor, its transpose, the float32 copy); its chunks.
+#: evaluate: load — nothing; score — a worker holds every class's Cholesky factor
+#:   (float64: one copy), another when they come from other workers, three D x D per
+#:   factoring task, and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
     "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=3),
             "finalize": Copies(client=3), "write": Copies(client=2, classes=10)},
-    "sample": {"load": Copies(client=2), "factor": Copies(client=4.5, classes=2),
-               "draw": Copies(worker=0.5, client=4.5, shipped=0.5)},
-    "evaluate": {"load": Copies(client=2), "factor": Copies(client=4, classes=2),
-                 "score": Copies(worker=2, client=4, shipped=2)},
+    "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
+    "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
 }
 
 @dataclass(frozen=True, eq=False)

@@ -85,18 +85,22 @@ class Copies:
     """How many copies of a unit one stage holds: ``worker`` in one worker process, plus
     ``per_task`` for each task running at once there (``Workload.threads``), and
     ``client`` on the client, plus ``classes`` arrays of one class's share of the unit
-    there (temporaries made class by class: at most one per class). ``shipped``: of the
-    worker's copies, those of parameters the client holds too (a worker in the client's
-    process shares them)."""
+    there (temporaries made class by class: at most one per class); ``task_classes``
+    class arrays per task running on a worker (a task that works on one class).
+    ``shipped``: of the worker's copies, those of parameters the client holds too (a
+    worker in the client's process shares them)."""
 
     worker: float = 0
     client: float = 0
     per_task: float = 0
     classes: float = 0
     shipped: float = 0
+    task_classes: float = 0
 
-    def on_worker(self, threads: int) -> float:
-        return self.worker + self.per_task * threads
+    def on_worker(self, threads: int, n_classes: int = 1) -> float:
+        """Copies in one worker running ``threads`` tasks at once (of ``n_classes`` class arrays)."""
+        per_class = min(self.task_classes * threads, n_classes) / max(n_classes, 1)
+        return self.worker + self.per_task * threads + per_class
 
     def on_client(self, n_classes: int) -> float:
         """Copies on the client: ``client`` and ``classes`` class arrays (of ``n_classes``)."""
@@ -168,7 +172,7 @@ def class_memory_plan(n_classes: int, n_features: int, options: Workload, table:
     plan = {}
     for stage_name, n in table[cmd].items():
         rows_here = stage_name in BLOCK_STAGES
-        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads), client=n.on_client(K * M),
+        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads, K * M), client=n.on_client(K * M),
                                  worker_extra=blocks if rows_here else 0, extra_name=what if rows_here else "",
                                  shared=n.shipped)
     return plan

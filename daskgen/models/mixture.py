@@ -9,7 +9,7 @@ in memory, :mod:`daskgen.distributed.em` on Dask). Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -164,8 +164,8 @@ class GaussianMixtureClassModel(ClassModel):
         persisted = rows * D * options.itemsize // max(options.workers, 1)
         init = min(rows or n_classes * 10_000, n_classes * int(options.extra.get("init_sample", 10_000))) * D * F8
         em = plan["em"]
-        plan["em"] = StageMemory(em.worker + persisted, em.client + init,
-                                 em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
+        plan["em"] = replace(em, worker=em.worker + persisted, client=em.client + init,
+                             dominant=em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
         return plan
 
     # -- shape -------------------------------------------------------------
