@@ -1,14 +1,19 @@
 """The fit's statistics on Dask: one :class:`~daskgen.distributed.reduction.Reduction` per
 kind of statistic, run over every block of the input.
 
+Every block is *folded* into a running total in place (the ``"fold"`` strategy of
+:func:`~daskgen.distributed.reduction.reduce_blocks`): a lane of consecutive blocks is a
+chain of tasks sharing one total, so a worker holds one statistic per lane it runs and a
+(D, D) temporary, never a statistic per block; merges accumulate into their first input.
+
 * 8-bit pixels (full covariances) carry exact integer sums (:class:`PixelSums`), whose
-  merge is exact in any order: they merge *as blocks finish* on a distributed cluster
-  (a worker holds a handful of statistics however many blocks there are; with a fixed
-  tree it held those of every block waiting for its group), and the model is
-  bit-identical whatever the order. ``finalize`` turns the sums into ClassStats.
-* Other data (floats, diagonal statistics) carries centered statistics merged by
-  Chan's update, whose rounding depends on the order: a fixed tree of ``split_every``
-  fan-in, so results are bit-identical run to run.
+  merge is exact in any order: one lane per worker thread, the lanes' totals merged
+  *as they finish* on a distributed cluster, and the model is bit-identical whatever
+  the order. ``finalize`` turns the sums into ClassStats in place, class by class.
+* Other data (floats, logit features, diagonal statistics) carries centered statistics
+  merged by Chan's update, whose rounding depends on the order: fixed lanes (a function
+  of the number of blocks) and a fixed tree of ``split_every`` fan-in over them, so
+  results are bit-identical run to run.
 
 Keys read ``chunk-stats`` (a block read and its statistics, in one task) and
 ``combine`` on the dashboard; the stage's span is ``fit``.
@@ -22,7 +27,7 @@ from dask.base import tokenize
 
 from ..errors import InputError
 from ..io.inputs import Dataset
-from ..kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from ..kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, fold_stats, merge, pixel_sums
 from ..kernels.transform import NONE, Transform
 from .reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 
@@ -50,22 +55,33 @@ def _feature_stats(X, y, transform: Transform, pixels: bool, scale: float, seed:
     return chunk_stats(F, y, diagonal=diagonal, scale=transform.feature_scale(scale))
 
 
+def _fold_features(total, X, y, transform: Transform, pixels: bool, scale: float, seed: int, diagonal: bool) -> ClassStats:
+    F, y = block_features((X, y), transform, pixels, scale, seed)
+    return fold_stats(total, F, y, diagonal=diagonal, scale=transform.feature_scale(scale))
+
+
+def _fold_pixels(total: PixelSums | None, X, y) -> PixelSums:
+    return pixel_sums(X, y, into=total)
+
+
 def _finalize_sums(sums: PixelSums, scale: float) -> ClassStats:
-    return sums.to_class_stats(scale)
+    return sums.to_class_stats(scale, in_place=True)  # the reduction's own total: spent here
 
 
 def stats_reduction(dataset: Dataset, diagonal: bool = False, transform: Transform = NONE, seed: int = 0) -> Reduction:
     """The fit's statistic over ``dataset``: exact 8-bit sums, or Chan-merged ClassStats
     (in logit space: of the blocks' logit features, dequantization noise from ``seed``)."""
+    combine = partial(merge, in_place=True)
     if not transform.identity:
-        return Reduction("chunk-stats", partial(_feature_stats, transform=transform, pixels=bool(dataset.integer_pixels),
-                                                scale=dataset.scale, seed=int(seed), diagonal=diagonal),
-                         merge, combine_name="combine")
+        features = dict(transform=transform, pixels=bool(dataset.integer_pixels), scale=dataset.scale, seed=int(seed),
+                        diagonal=diagonal)
+        return Reduction("chunk-stats", partial(_feature_stats, **features), combine, combine_name="combine",
+                         fold=partial(_fold_features, **features))
     if exact_sums(dataset, diagonal):
         return Reduction("chunk-stats", pixel_sums, add_sums, finalize=partial(_finalize_sums, scale=dataset.scale),
-                         exact=True, combine_name="combine")
-    return Reduction("chunk-stats", partial(chunk_stats, diagonal=diagonal, scale=dataset.scale), merge,
-                     combine_name="combine")
+                         exact=True, combine_name="combine", fold=_fold_pixels)
+    return Reduction("chunk-stats", partial(chunk_stats, diagonal=diagonal, scale=dataset.scale), combine,
+                     combine_name="combine", fold=partial(fold_stats, diagonal=diagonal, scale=dataset.scale))
 
 
 def compute_stats(dataset: Dataset, diagonal: bool = False, split_every: int = DEFAULT_SPLIT_EVERY,

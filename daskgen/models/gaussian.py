@@ -26,15 +26,17 @@ def finalize(
     covariance: str = "full",
     reg_covar: float = 0.0,
     shrinkage: str = "none",
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Priors, means and covariances from statistics.
 
-    Returns a dict with ``priors`` (K,), ``means`` (K, D) and ``covariances``
-    (K, D, D) for ``covariance="full"`` or (K, D) for ``"diag"``. Covariances are
-    unbiased (divided by n - 1); with ``shrinkage="oas"`` each class covariance is
-    the Oracle Approximating Shrinkage estimate (as scikit-learn's ``OAS``: the
-    maximum-likelihood covariance shrunk toward a scaled identity); ``reg_covar`` is
-    then added to the diagonal.
+    Returns a dict with ``priors`` (K,), ``means`` (K, D) and ``covariances``: (K, D)
+    for ``covariance="diag"``; for ``"full"`` a :class:`ClassCovariances`, which derives
+    each (D, D) covariance from the statistics' scatter when asked (one class at a time:
+    no second (K, D, D) array; ``np.asarray`` gives them all). Covariances are unbiased
+    (divided by n - 1); with ``shrinkage="oas"`` each class covariance is the Oracle
+    Approximating Shrinkage estimate (as scikit-learn's ``OAS``: the maximum-likelihood
+    covariance shrunk toward a scaled identity); ``reg_covar`` is then added to the
+    diagonal.
     """
     if covariance not in ("full", "diag"):
         raise ValueError(f"covariance must be 'full' or 'diag', not {covariance!r}")
@@ -59,22 +61,19 @@ def finalize(
     counts = stats.counts.astype(np.float64)
     priors = counts / counts.sum()
     D = stats.n_features
-    if shrinkage == "oas":
-        covs = np.empty_like(stats.scatter)
-        for k in range(len(counts)):
-            covs[k] = _oas(stats.scatter[k] / counts[k], int(counts[k]), D)
+    if not stats.diagonal:
+        covs = ClassCovariances(stats.scatter, stats.counts, float(reg_covar), shrinkage)
+        finite = np.isfinite(stats.means).all(axis=1) & covs.finite()
     else:
-        shape = (-1, 1) if stats.diagonal else (-1, 1, 1)
-        covs = stats.scatter / (counts - 1).reshape(shape)
-    if reg_covar:
-        if stats.diagonal:
-            covs = covs + reg_covar
+        if shrinkage == "oas":
+            covs = np.empty_like(stats.scatter)
+            for k in range(len(counts)):
+                covs[k] = _oas(stats.scatter[k] / counts[k], int(counts[k]), D)
         else:
-            covs = covs.copy()
-            idx = np.arange(D)
-            covs[:, idx, idx] += reg_covar
-    axes = tuple(range(1, covs.ndim))
-    finite = np.isfinite(stats.means).all(axis=1) & np.isfinite(covs).all(axis=axes)
+            covs = stats.scatter / (counts - 1)[:, None]
+        if reg_covar:
+            covs = covs + reg_covar
+        finite = np.isfinite(stats.means).all(axis=1) & np.isfinite(covs).all(axis=1)
     if not finite.all():
         bad = stats.classes[~finite].tolist()
         raise ValueError(
@@ -82,6 +81,71 @@ def finalize(
             f"{stats.minimum:g}..{stats.maximum:g}); rescale the data (e.g. --scale)"
         )
     return {"priors": priors, "means": stats.means.copy(), "covariances": covs}
+
+
+class ClassCovariances(np.lib.mixins.NDArrayOperatorsMixin):
+    """Full class covariances (K, D, D), derived one class at a time from the centered
+    scatter: ``scatter[k] / (n_k - 1)`` (or its OAS shrinkage) plus ``reg_covar`` on the
+    diagonal — the very arithmetic of an eager computation, so the same bits.
+
+    Indexing by an integer and iterating give one class (a new (D, D) array each time);
+    ``np.asarray`` (and arithmetic, other indexing) gives all K at once.
+    """
+
+    def __init__(self, scatter: np.ndarray, counts: np.ndarray, reg_covar: float = 0.0, shrinkage: str = "none"):
+        self.scatter = scatter
+        self.counts = np.asarray(counts)
+        self.reg_covar = float(reg_covar)
+        self.shrinkage = shrinkage
+
+    shape = property(lambda self: self.scatter.shape)
+    ndim = 3
+    dtype = np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.scatter)
+
+    def _class(self, k: int) -> np.ndarray:
+        n = int(self.counts[k])
+        D = self.scatter.shape[1]
+        if self.shrinkage == "oas":
+            cov = _oas(self.scatter[k] / n, n, D)
+        else:
+            cov = self.scatter[k] / (n - 1)
+        if self.reg_covar:
+            cov.flat[:: D + 1] += self.reg_covar
+        return cov
+
+    def finite(self) -> np.ndarray:
+        """(K,) whether each class's covariance is finite: one read of each scatter (its sum
+        is finite only if every entry is; dividing by n - 1 and adding ``reg_covar`` cannot
+        overflow), the covariance itself when the sum overflows or with shrinkage."""
+        ok = np.zeros(len(self), dtype=bool)
+        for k in range(len(self)):
+            quick = self.shrinkage == "none" and np.isfinite(self.scatter[k].sum())
+            ok[k] = quick or np.isfinite(self._class(k)).all()
+        return ok
+
+    def __iter__(self):
+        return (self._class(k) for k in range(len(self)))
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._class(int(key) % len(self) if key < 0 else int(key))
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape)
+        for k in range(len(self)):
+            out[k] = self._class(k)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(np.asarray(x) if isinstance(x, ClassCovariances) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def copy(self) -> np.ndarray:
+        return np.asarray(self)
 
 
 def _oas(emp_cov: np.ndarray, n_samples: int, n_features: int) -> np.ndarray:
@@ -156,8 +220,10 @@ class GaussianClassModel(ClassModel):
         p(y = classes[k]) = counts[k] / counts.sum().
     means : ndarray of shape (K, D)
         Class means, in model units (pixel values times ``scale``).
-    covariances : ndarray of shape (K, D, D) or (K, D)
-        Class covariances (full or diagonal), in model units squared.
+    covariances : ndarray of shape (K, D, D) or (K, D), or ClassCovariances
+        Class covariances (full or diagonal), in model units squared. A fit's full
+        covariances are a :class:`ClassCovariances`: derived from ``stats.scatter`` one
+        class at a time (``covariances[k]``), all at once by ``np.asarray``.
     image_shape : tuple of int or None
         (H, W) when rows are images.
     scale : float
@@ -172,7 +238,7 @@ class GaussianClassModel(ClassModel):
     counts: np.ndarray
     priors: np.ndarray
     means: np.ndarray
-    covariances: np.ndarray
+    covariances: np.ndarray | ClassCovariances
     stats: ClassStats
 
     @classmethod
@@ -217,7 +283,8 @@ class GaussianClassModel(ClassModel):
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the parameters: equal fingerprints sample identically."""
-        return fingerprint_arrays(self.classes, self.priors, self.means, self.covariances,
+        # class by class: the digest of the whole array, without materialising it
+        return fingerprint_arrays(self.classes, self.priors, self.means, *self.covariances,
                                   *self.transform.fingerprint_parts())
 
     @cached_property
