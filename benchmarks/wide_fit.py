@@ -11,7 +11,7 @@ Zarr of 8-bit images, e.g. ``daskgen data fashion-mnist --size 64 --limit 30000`
 Each process tree is watched while it runs: the peak RSS (``VmHWM``) of the client and of
 every worker process is reported, with the ratio to one statistic (K·D²·8 bytes). Runs
 use several GiB at D = 4,096: take a machine-wide lock around the script on shared
-machines. Results go to ``benchmarks/results/wide_fit-<D>.json``.
+machines. Results go to ``benchmarks/results/wide_fit-<D>-w<workers>.json``.
 
     python benchmarks/wide_fit.py /work/data/fmnist64-train.zarr --repeat 2
 """
@@ -54,7 +54,9 @@ STATS = textwrap.dedent(
     from daskgen.fitting import prepare
     from daskgen.models.gaussian import GaussianClassModel
     if __name__ == "__main__":  # worker processes re-import this file
-        with connect(workers=int(sys.argv[2]), threads_per_worker=1, quiet=True):
+        workers = int(sys.argv[2])
+        cluster = dict(workers=workers, threads_per_worker=1) if workers else {}
+        with connect(quiet=True, **cluster):
             t = time.perf_counter()
             stats = compute_stats(prepare(sys.argv[1]))
             took = time.perf_counter() - t
@@ -122,7 +124,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="worker processes of one thread each; 0: the default cluster (in-process threads)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["numpy", "stats", "fit"])
     args = ap.parse_args()
     import numpy as np
@@ -140,7 +143,7 @@ def main() -> None:
         "numpy": [sys.executable, str(tmp / "cov_baseline.py"), args.data],
         "stats": [sys.executable, str(tmp / "stats_stage.py"), args.data, str(args.workers)],
         "fit": [str(BIN / "daskgen"), "fit", args.data, "--out", str(tmp / "model.zarr"), "--overwrite", "-q",
-                "--workers", str(args.workers), "--threads-per-worker", "1"],
+                *(["--workers", str(args.workers), "--threads-per-worker", "1"] if args.workers else [])],
     }
     cmds = {k: v for k, v in cmds.items() if k not in args.skip}
     runs: dict[str, list] = {k: [] for k in cmds}
@@ -166,7 +169,7 @@ def main() -> None:
         for name, key in (("stats", "stats_seconds"), ("fit", "seconds")):
             if name in res:
                 res[name]["vs_numpy_cov"] = res[name][key] / base
-    out = HERE / "results" / f"wide_fit-{D}.json"
+    out = HERE / "results" / f"wide_fit-{D}-w{args.workers}.json"
     out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1, default=float))
 
