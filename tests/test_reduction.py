@@ -277,3 +277,28 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_statistics_cross_the_network_as_numpy_buffers():
+    """ClassStats and PixelSums use numpy's serializer (a pickled (K, D, D) array cost the
+    sending worker a second copy), every field intact, labels of any kind."""
+    from distributed.protocol import deserialize, serialize
+
+    import daskgen.distributed.fit  # noqa: F401  (registers the serializers)
+    from daskgen.kernels.class_stats import ClassStats, PixelSums
+
+    labels = np.empty(2, dtype=object)
+    labels[:] = ["shirt", 7]
+    for stats in (ClassStats(labels, np.array([3, 4]), np.ones((2, 5)), np.arange(50.0).reshape(2, 5, 5), 0.0, 1.5),
+                  ClassStats(np.array(["a", "b"]), np.array([3, 4]), np.ones((2, 5)), np.ones((2, 5))),
+                  PixelSums(np.array([1, 9]), np.array([3, 4]), np.ones((2, 5)), np.ones((2, 5, 5)), 0.0, 255.0, 128.0)):
+        header, frames = serialize(stats, serializers=("dask", "pickle"))
+        assert header["serializer"] == "dask"
+        back = deserialize(header, frames)
+        assert type(back) is type(stats)
+        for f in ("classes", "counts", "means", "scatter", "sums", "gram"):
+            if hasattr(stats, f):
+                np.testing.assert_array_equal(getattr(back, f), getattr(stats, f))
+                assert getattr(back, f).dtype == getattr(stats, f).dtype
+        assert (back.minimum, back.maximum, getattr(back, "offset", 0)) == (stats.minimum, stats.maximum,
+                                                                            getattr(stats, "offset", 0))
