@@ -219,8 +219,8 @@ class PixelSums:
                 S[...] = self.gram[k]
             np.matmul(np.stack([s, q], axis=1), np.stack([q, r]), out=buf)  # s q^T + q r^T, exact
             S -= buf
-            rho = r / np.sqrt(n)
-            np.multiply(rho[:, None], rho[None, :], out=buf)  # r r^T / n, exactly symmetric
+            np.multiply(r[:, None], r[None, :], out=buf)  # r r^T / n: rounded as the tiled fit's
+            buf /= n
             S -= buf
         lo, hi = self.minimum, self.maximum
         if scale != 1.0:
