@@ -154,7 +154,7 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             runs[name].append(r)
     res: dict = {"data": args.data, "N": N, "D": D, "K": K, "one_statistic_bytes": one_stat,
-                 "workers": args.workers, "loadavg_before": os.getloadavg(), "runs": runs}
+                 "workers": args.workers, "loadavg_at_end": os.getloadavg(), "runs": runs}
     for name, rs in runs.items():
         peak_proc = max(max(b for _, b in r["peak_rss"]) for r in rs)
         res[name] = {"seconds": statistics.median(r["seconds"] for r in rs), "peak_rss_bytes": peak_proc,
