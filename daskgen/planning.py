@@ -274,7 +274,8 @@ def make_plan(kind: str, n_classes: int, n_features: int, workloads: list[Worklo
     """The plan of ``workloads`` (one per command: ``fit`` then ``sample`` for a run) of a
     ``kind`` model on ``resources``; with alternatives when it does not fit. None when
     the kind has no memory plan."""
-    workloads = [replace(w, threads=resources.threads, workers=resources.workers) for w in workloads]
+    workloads = [replace(w, threads=resources.threads, workers=resources.workers, in_process=resources.in_process)
+                 for w in workloads]
     plan = Plan(kind, workloads[0].covariance, int(n_classes), int(n_features), resources,
                 commands=[w.command for w in workloads])
     for w in workloads:

@@ -43,13 +43,16 @@ def test_gaussian_fit_in_copies_of_the_statistic():
     assert plan["statistics"].worker == 4 * U + 2 * 1000 * 4096 * 7 == 5_426_053_120
     assert plan["statistics"].client == 0
     C = D * D * 8  # one class's D x D
-    # the sums and the scatter, and three D x D temporaries of one class
-    assert plan["to_class_stats"].client == 2 * U + 3 * C == 3_087_007_744 and plan["to_class_stats"].worker == 0
-    assert plan["finalize"].client == 3 * U
-    # covariances and scatter, and up to ten chunks in zarr's buffers: every class here
-    assert plan["write"].client == 2 * U + 10 * C == 3 * U
+    # the sums turned into the scatter in place, and three D x D buffers of one class
+    assert plan["to_class_stats"].client == U + 3 * C == 1_744_830_464 and plan["to_class_stats"].worker == 0
+    assert plan["finalize"].client == U + 2 * C  # covariances derived class by class
+    # the scatter, and up to ten chunks in zarr's buffers: every class here; two D x D per Cholesky task
+    assert plan["write"].client == U + 10 * C == 2 * U and plan["write"].worker == 2 * 2 * C
     few = registry.get("gaussian").memory_plan(4, D, Workload("fit", threads=2, block_rows=1000))
-    assert few["write"].client == 2 * (4 * C) + 4 * C  # four classes: four chunks at most
+    assert few["write"].client == 4 * C + 4 * C  # four classes: four chunks at most
+    # one worker in the client's process: each lane folds into its own total, nothing is received
+    lanes = registry.get("gaussian").memory_plan(K, D, Workload("fit", threads=2, block_rows=1000, in_process=True))
+    assert lanes["statistics"].worker == 2 * U + 2 * 1000 * 4096 * 7
     assert "4 x statistic (K·D²·8 = 1.25 GiB)" in plan["statistics"].dominant
 
 
@@ -67,7 +70,7 @@ def test_float_data_merge_by_a_tree_of_split_every():
 def test_diagonal_and_mixture_units():
     diag = registry.get("gaussian").memory_plan(10, 4096, Workload("fit", covariance="diag", threads=1,
                                                                    block_rows=1000, exact=False))
-    assert diag["finalize"].client == 3 * 10 * 4096 * 8  # K·D·8 per copy
+    assert diag["finalize"].client == (1 + 2 / 10) * 10 * 4096 * 8  # K·D·8 per copy, D·8 per class
     K, M, D = 4, 3, 200
     U = K * M * D * D * 8
     mix = registry.get("mixture").memory_plan(K, D, Workload("evaluate", components=M, threads=1, block_rows=50,
@@ -95,10 +98,12 @@ def test_process_peaks_add_the_baselines_and_share_a_process_in_process():
     separate = make_plan("gaussian", 10, 1024, [Workload("fit", block_rows=100)], on(threads=2, memory=64 * GiB))
     s = separate.stages["fit/statistics"]
     assert separate.worker_peak(s) == stages["statistics"].worker + WORKER_BASELINE
-    assert separate.client_peak(separate.stages["fit/finalize"]) == 3 * U + CLIENT_BASELINE
+    assert separate.client_peak(separate.stages["fit/finalize"]) == U + 2 * U // 10 + CLIENT_BASELINE
     shared = make_plan("gaussian", 10, 1024, [Workload("fit", block_rows=100)],
                        on(threads=2, memory=64 * GiB, in_process=True))
-    assert shared.worker_peak(shared.stages["fit/statistics"]) == stages["statistics"].worker + CLIENT_BASELINE
+    lanes = registry.get("gaussian").memory_plan(10, 1024, Workload("fit", threads=2, block_rows=100, in_process=True))
+    assert shared.worker_peak(shared.stages["fit/statistics"]) == lanes["statistics"].worker + CLIENT_BASELINE
+    assert lanes["statistics"].worker == stages["statistics"].worker - 2 * U  # nothing received in one process
     assert shared.fits and separate.fits
     # a worker in the client's process shares what the client holds (here: a mixture's
     # precision factors, shipped to its E-step tasks)

@@ -318,12 +318,13 @@ class GaussianScorer:
 #: blocks finish). What each stage holds today (measured at D = 1,024 and 4,096:
 #: benchmarks/memory.py, README "The memory plan"):
 #:
-#: fit: statistics — every running block task makes a whole K x D x D statistic, and a
-#:   merge holds its inputs and its new total; to_class_stats — the merged 8-bit sums,
-#:   the centered scatter and three D x D temporaries (on the client, which finalizes a
-#:   merge-as-completed); finalize — the scatter, the covariances and their regularized
-#:   copy; write — the model's covariances and scatter, and zarr's buffers of up to ten
-#:   (1, D, D) chunks being written at once.
+#: fit: statistics — each running task folds its blocks into its lane's total in place
+#:   (one statistic per task); on worker processes a merge also holds a total received
+#:   from another worker and the buffer it arrived in (two more); to_class_stats — the
+#:   8-bit sums become the scatter in place, class by class (three D x D buffers);
+#:   finalize — covariances are derived per class (two D x D); write — the scatter, the
+#:   Cholesky factor of one class per running task (two D x D each), and zarr's buffers
+#:   of up to ten (1, D, D) chunks being written at once.
 #: sample: load — nothing (a stored model's arrays are read class by class when needed);
 #:   draw — a worker reads each class's stored Cholesky factor in a task of its own and
 #:   keeps its triangular factor (float32: half a copy in all), assembles the sampler
@@ -333,8 +334,8 @@ class GaussianScorer:
 #:   (float64: one copy), another when they come from other workers, three D x D per
 #:   factoring task, and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=3),
-            "finalize": Copies(client=3), "write": Copies(client=2, classes=10)},
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=1, classes=3),
+            "finalize": Copies(client=1, classes=2), "write": Copies(client=1, classes=10, task_classes=2)},
     "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
     "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
 }
@@ -472,6 +473,8 @@ class GaussianClassModel(ClassModel):
         if options.tiles:
             return None
         table = GAUSSIAN_COPIES
+        if options.command == "fit" and options.in_process:  # lanes only: nothing is received
+            table = {**table, "fit": {**table["fit"], "statistics": Copies(per_task=1)}}
         if options.command == "fit" and not (options.exact and options.covariance != "diag"):
             fit = {k: v for k, v in table["fit"].items() if k != "to_class_stats"}
             table = {**table, "fit": {**fit, "statistics": Copies(worker=options.split_every + 1, per_task=1)}}

@@ -39,7 +39,9 @@ class Workload:
     rows for ``evaluate``; None when unknown), ``block_rows`` (rows per read task),
     ``itemsize`` (bytes per stored value: 1 for uint8 pixels), ``exact`` (8-bit
     pixels take the exact integer path), ``split_every`` (fan-in of the reductions).
-    ``sample``: ``n`` samples in chunks of ``chunk_size`` rows of ``dtype``. ``extra``: anything
+    ``sample``: ``n`` samples in chunks of ``chunk_size`` rows of ``dtype``.
+    ``in_process``: the only worker runs in the client's process (nothing crosses a
+    network, so nothing is received or sent as a second copy). ``extra``: anything
     else a kind needs (e.g. power iterations), by name.
     """
 
@@ -58,6 +60,7 @@ class Workload:
     n: int = 10_000
     chunk_size: int = 10_000
     dtype: str = "float32"
+    in_process: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
