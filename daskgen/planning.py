@@ -28,16 +28,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._malloc import TRIM_THRESHOLD
 from .errors import InputError
 from .models import registry
 from .models.memory import GIB, StageMemory, Workload
 
 #: Bytes of a client process before any data: the interpreter, numpy, dask, distributed,
-#: zarr and a local cluster's scheduler (0.20-0.24 GiB measured by benchmarks/memory.py),
-#: and the freed memory the console script keeps for reuse (``daskgen._malloc``: up to
-#: its trim threshold, 256 MiB).
-CLIENT_BASELINE = 200 * 2**20 + TRIM_THRESHOLD
+#: zarr and a local cluster's scheduler, and freed memory the console keeps for reuse
+#: (``daskgen._malloc``): 0.09-0.24 GiB measured by benchmarks/memory.py.
+CLIENT_BASELINE = 256 * 2**20
 #: Bytes of a worker process of its own before any data (its imports, distributed's
 #: buffers; ~0.15 GiB measured).
 WORKER_BASELINE = 200 * 2**20

@@ -321,7 +321,8 @@ class GaussianScorer:
 #: fit: statistics — each running task folds its blocks into its lane's total in place
 #:   (one statistic per task); on worker processes a merge also holds a total received
 #:   from another worker and the buffer it arrived in (two more); to_class_stats — the
-#:   8-bit sums become the scatter in place, class by class (three D x D buffers);
+#:   8-bit sums become the scatter in place, class by class (a D x D buffer and three
+#:   more of slack: measured at D = 1,024 it needed more than three);
 #:   finalize — covariances are derived per class (two D x D); write — the scatter, the
 #:   Cholesky factor of one class per running task (two D x D each), and zarr's buffers
 #:   of up to ten (1, D, D) chunks being written at once.
@@ -334,7 +335,7 @@ class GaussianScorer:
 #:   (float64: one copy), another when they come from other workers, three D x D per
 #:   factoring task, and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=1, classes=3),
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=1, classes=4),
             "finalize": Copies(client=1, classes=2), "write": Copies(client=1, classes=10, task_classes=2)},
     "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
     "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
