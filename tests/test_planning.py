@@ -43,8 +43,8 @@ def test_gaussian_fit_in_copies_of_the_statistic():
     assert plan["statistics"].worker == 4 * U + 2 * 1000 * 4096 * 7 == 5_426_053_120
     assert plan["statistics"].client == 0
     C = D * D * 8  # one class's D x D
-    # the sums turned into the scatter in place, and four D x D buffers of one class
-    assert plan["to_class_stats"].client == U + 4 * C == 1_879_048_192 and plan["to_class_stats"].worker == 0
+    # the sums turned into the scatter (in a copy: the gathered total is read-only), and four D x D buffers
+    assert plan["to_class_stats"].client == 2 * U + 4 * C == 3_221_225_472 and plan["to_class_stats"].worker == 0
     assert plan["finalize"].client == U + 2 * C  # covariances derived class by class
     # the scatter, and up to ten chunks in zarr's buffers: every class here; two D x D per Cholesky task
     assert plan["write"].client == U + 10 * C == 2 * U and plan["write"].worker == 2 * 2 * C

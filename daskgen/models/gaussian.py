@@ -321,8 +321,9 @@ class GaussianScorer:
 #: fit: statistics — each running task folds its blocks into its lane's total in place
 #:   (one statistic per task); on worker processes a merge also holds a total received
 #:   from another worker and the buffer it arrived in (two more); to_class_stats — the
-#:   8-bit sums become the scatter in place, class by class (a D x D buffer and three
-#:   more of slack: measured at D = 1,024 it needed more than three);
+#:   8-bit sums become the scatter class by class, in a copy when the gathered total is
+#:   read-only (as measured at D = 4,096: two statistics), with a D x D buffer (and
+#:   three more of slack);
 #:   finalize — covariances are derived per class (two D x D); write — the scatter, the
 #:   Cholesky factor of one class per running task (two D x D each), and zarr's buffers
 #:   of up to ten (1, D, D) chunks being written at once.
@@ -335,7 +336,7 @@ class GaussianScorer:
 #:   (float64: one copy), another when they come from other workers, three D x D per
 #:   factoring task, and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=1, classes=4),
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=4),
             "finalize": Copies(client=1, classes=2), "write": Copies(client=1, classes=10, task_classes=2)},
     "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
     "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
@@ -474,8 +475,10 @@ class GaussianClassModel(ClassModel):
         if options.tiles:
             return None
         table = GAUSSIAN_COPIES
-        if options.command == "fit" and options.in_process:  # lanes only: nothing is received
-            table = {**table, "fit": {**table["fit"], "statistics": Copies(per_task=1)}}
+        if options.in_process:  # nothing is received from another worker: no second copy
+            table = {**table, "fit": {**table["fit"], "statistics": Copies(per_task=1)},
+                     "sample": {**table["sample"], "draw": Copies(worker=0.5, task_classes=3)},
+                     "evaluate": {**table["evaluate"], "score": Copies(worker=1, task_classes=3)}}
         if options.command == "fit" and not (options.exact and options.covariance != "diag"):
             fit = {k: v for k, v in table["fit"].items() if k != "to_class_stats"}
             table = {**table, "fit": {**fit, "statistics": Copies(worker=options.split_every + 1, per_task=1)}}
