@@ -24,7 +24,7 @@ from daskgen.kernels.tiles import (
     tiled_colour,
     upper_tiles,
 )
-from tests._helpers import assert_one_line_error, run_cli
+from _helpers import assert_one_line_error, run_cli
 
 FMNIST32 = "/work/data/fmnist32-train.zarr"
 
