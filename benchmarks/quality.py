@@ -72,7 +72,7 @@ FAMILIES: dict[str, dict] = {
     "logit-gaussian-ndb": {"transform": "logit", "criterion": "ndb",
                            "grid": [(1, 0.1, 0.0), (1, 0.01, 0.0, 0.01), (1, 0.001, 0.0, 0.05), (1, 0.001, 0.0, 0.1),
                                     (1, 0.001, 0.0, 0.2)]},
-    "logit-mixture-ndb": {"transform": "logit", "criterion": "ndb", "grid": [(5, 0.001, 1000.0, 0.05)]},
+    "logit-mixture-ndb": {"transform": "logit", "criterion": "ndb", "grid": [(5, 0.001, 1000.0, 0.1)]},
     "pixel-gaussian-ndb": {"transform": "none", "criterion": "ndb",
                            "grid": [(1, DEQUANTIZATION_VARIANCE, 0.0), (1, 1e-3, 0.0)]},
 }
