@@ -33,10 +33,10 @@ from dask.delayed import delayed
 from ..errors import user_input
 from ..io.fs import open_zarr_group, url_to_fs
 from ..io.inputs import Dataset
-from ..kernels.estep import Components, estep_stats, hard_stats
+from ..kernels.estep import estep_stats, hard_stats
 from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
 from ..kernels.transform import NONE, Transform
-from ..kernels.weighted import WeightedStats, merge_weighted
+from ..kernels.weighted import merge_weighted
 from ..models.mixture import GaussianMixtureClassModel
 from ..models.mixture_em import DEFAULTS, Passes, em_config, run_em
 from ..options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
@@ -146,10 +146,12 @@ def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto",
 
 
 def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False,
-                scale: float | None = None) -> Passes:
+                scale: float | None = None, reductions: tuple[Reduction, Reduction] = (ASSIGN, ESTEP)) -> Passes:
     """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a reduction whose
     parameters travel inside its graph (one key per pass); ``scale`` (default the
-    dataset's) is what the kernels multiply the blocks' rows by."""
+    dataset's) is what the kernels multiply the blocks' rows by; ``reductions`` the hard
+    assignment and the E-step (Gaussian components by default)."""
+    assign, e_step = reductions
     scale = float(dataset.scale if scale is None else scale)
     counter = iter(range(1, 10**9))
 
@@ -159,11 +161,11 @@ def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, pr
     def sample(seed: int, size: int) -> InitSample:
         return run(SAMPLE, (seed, size, scale), token)
 
-    def hard(classes, centers, diagonal) -> WeightedStats:
-        return run(ASSIGN, (classes, centers, diagonal, scale), token)
+    def hard(classes, centers, *options):
+        return run(assign, (classes, centers, *options, scale), token)
 
-    def estep(comps: Components) -> WeightedStats:
-        return run(ESTEP, (comps, scale), f"{token}-{next(counter)}")
+    def estep(comps):
+        return run(e_step, (comps, scale), f"{token}-{next(counter)}")
 
     return Passes(sample=sample, hard=hard, estep=estep)
 

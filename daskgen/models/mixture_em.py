@@ -230,8 +230,24 @@ class Passes:
     """
 
     sample: Callable[[int, int], InitSample]
-    hard: Callable[[np.ndarray, np.ndarray, bool], WeightedStats]
-    estep: Callable[[Components], WeightedStats]
+    #: ``hard(classes, centers, *options)``: the statistics of hard assignments to the centres
+    hard: Callable[..., Any]
+    #: ``estep(components)``: the E-step's statistics under the components
+    estep: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class EmKernels:
+    """The per-block kernels of a kind of EM and their merge: ``hard(X, y, classes, centers,
+    *options, scale)``, ``estep(X, y, components, scale)``, ``merge(list of statistics)``."""
+
+    hard: Callable[..., Any]
+    estep: Callable[..., Any]
+    merge: Callable[[list[Any]], Any]
+
+
+#: Full or diagonal Gaussian components (:class:`~daskgen.kernels.weighted.WeightedStats`).
+GAUSSIAN_KERNELS = EmKernels(hard_stats, estep_stats, merge_weighted)
 
 
 def run_em(
@@ -274,9 +290,7 @@ def run_em(
         params = _given_params(init_params, classes, M, diagonal)
         data_range = (np.nan, np.nan)
     else:
-        sample = passes.sample(int(seed), int(init_sample))
-        _check_counts(sample.classes, sample.counts, M)
-        centers = init_centers(sample, M, init, int(seed), lloyd_iter)
+        sample, centers = initial_centers(passes, M, init, seed, init_sample, lloyd_iter)
         stats = passes.hard(sample.classes, centers, diagonal)
         unused = np.isnan(centers).any(axis=2)
         with one_blas_thread():  # many small factorizations: threads only contend
@@ -286,6 +300,33 @@ def run_em(
         data_range = (sample.minimum, sample.maximum)
         summary["init_sample_rows"] = [len(r) for r in sample.rows]
     summary["init_seconds"] = time.perf_counter() - started
+
+    def step(stats: WeightedStats, params: Params) -> tuple[Params, list[dict[str, Any]]]:
+        return m_step(stats, reg_covar, params, min_mass=min_mass, collapse_rtol=collapse_rtol,
+                      max_reseeds=max_reseeds, prior_rows=prior_rows)
+
+    params, stats = iterate(passes.estep, step, params, max_iter, tol, data_range, summary, events, callback)
+    return params, stats, summary
+
+
+def initial_centers(passes: Passes, M: int, init: str, seed: int, init_sample: int, lloyd_iter: int
+                    ) -> tuple[InitSample, np.ndarray]:
+    """The initial sample of each class (one pass) and M centres per class from it
+    (k-means++ then Lloyd, or random rows): (sample, centres (K, M, D), NaN rows unused)."""
+    sample = passes.sample(int(seed), int(init_sample))
+    _check_counts(sample.classes, sample.counts, M)
+    return sample, init_centers(sample, M, init, int(seed), lloyd_iter)
+
+
+def iterate(estep: Callable[[Any], Any], step: Callable[[Any, Any], tuple[Any, list[dict[str, Any]]]], params: Any,
+            max_iter: int, tol: float, data_range: tuple[float, float], summary: dict[str, Any],
+            events: list[dict[str, Any]], callback: Callable[[dict[str, Any]], None] | None = None
+            ) -> tuple[Any, Any]:
+    """EM's iterations: E-step pass ``estep(params.components())``, then ``step(stats, params)``
+    (the M-step: new parameters and events), until ``max_iter`` or a change of the mean
+    log-likelihood below ``tol`` in an iteration without events. Returns the last
+    parameters and statistics; fills ``summary`` (``n_iter``, ``converged``,
+    ``log_likelihood``, ``iteration_seconds``, ``events`` after ``events``, ``data_range``)."""
     history: list[float] = []
     seconds: list[float] = []
     converged = False
@@ -293,13 +334,12 @@ def run_em(
     n_iter = 0
     for it in range(1, int(max_iter) + 1):
         start = time.perf_counter()
-        stats = passes.estep(params.components())
+        stats = estep(params.components())
         if not np.isfinite(data_range[0]):
             data_range = (stats.minimum, stats.maximum)
         ll = float(stats.loglik.sum() / max(stats.n_rows, 1))
         with one_blas_thread():
-            params, ev = m_step(stats, reg_covar, params, min_mass=min_mass, collapse_rtol=collapse_rtol,
-                                max_reseeds=max_reseeds, prior_rows=prior_rows)
+            params, ev = step(stats, params)
         events += [dict(e, iteration=it) for e in ev]
         change = ll - history[-1] if history else np.inf
         history.append(ll)
@@ -312,7 +352,7 @@ def run_em(
             break
     summary.update(n_iter=n_iter, converged=converged, log_likelihood=history, iteration_seconds=seconds, events=events,
                    data_range=[float(data_range[0]), float(data_range[1])])
-    return params, stats, summary
+    return params, stats
 
 
 def check_options(n_components, covariance, reg_covar, max_iter, tol, init) -> None:
@@ -358,16 +398,18 @@ def _given_params(p: dict[str, np.ndarray], classes, M: int, diagonal: bool) -> 
 
 
 # ============================================================================ in memory
-def memory_passes(X: np.ndarray, y: np.ndarray, scale: float = 1.0, block_rows: int | None = None) -> Passes:
-    """Passes over in-memory rows (X in pixel units), cut in blocks of ``block_rows``."""
+def memory_passes(X: np.ndarray, y: np.ndarray, scale: float = 1.0, block_rows: int | None = None,
+                  kernels: EmKernels = GAUSSIAN_KERNELS) -> Passes:
+    """Passes over in-memory rows (X in pixel units), cut in blocks of ``block_rows``, with ``kernels``."""
     X, y = np.asarray(X), np.asarray(y)
     step = int(block_rows or max(len(y), 1))
     blocks = [(X[a : a + step], y[a : a + step]) for a in range(0, max(len(y), 1), step)]
 
     return Passes(
         sample=lambda seed, size: merge_samples([sample_chunk(x, t, seed, size, scale) for x, t in blocks]),
-        hard=lambda classes, centers, diag: merge_weighted([hard_stats(x, t, classes, centers, diag, scale) for x, t in blocks]),
-        estep=lambda comps: merge_weighted([estep_stats(x, t, comps, scale) for x, t in blocks]),
+        hard=lambda classes, centers, *opts: kernels.merge([kernels.hard(x, t, classes, centers, *opts, scale)
+                                                            for x, t in blocks]),
+        estep=lambda comps: kernels.merge([kernels.estep(x, t, comps, scale) for x, t in blocks]),
     )
 
 
