@@ -163,7 +163,8 @@ class _UserErrorFilter(logging.Filter):
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, storage, overwrite,
+        rank, oversampling, power_iterations, split_every, components, max_iter, tol, init, seed, prior_rows, transform,
+        logit_lambda, storage, overwrite,
         **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
@@ -182,6 +183,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     out = out or update_path
     if components > 1 and update_path:
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
+    if components > 1 and covariance in ("ppca", "fa"):
+        raise InputError(f"--components > 1 with --covariance {covariance} (mixtures of low-rank Gaussians) is not "
+                         "available yet")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
     if logit_lambda is not None and transform != "logit":
@@ -214,6 +218,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         else:
             model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
                               split_every=split_every, update=previous, progress=not cluster["quiet"],
+                              rank=rank, oversampling=oversampling, power_iterations=power_iterations,
                               transform=previous.transform if previous is not None and transform.identity
                               else transform,
                               seed=previous.config.get("seed", seed) if previous is not None else seed)

@@ -22,6 +22,8 @@ Stable API (the mixtures of these Gaussians build on it):
   ``x = mean + W z + √ψ · ε`` with ``z ~ N(0, I_q)`` drawn first as one (n, q) block and
   then ``ε ~ N(0, I_D)`` as one (n, D) block from ``rng``: the result depends only on
   ``rng``'s state and the inputs.
+* :class:`LowRankSampler` ``(priors, means, loadings, noise, dtype)`` — a model sampler
+  (``draw_classes``, ``draw``) of G such Gaussians, each drawn with :func:`sample`.
 * :func:`dense_covariance` ``(W, psi)`` — ``W Wᵀ + diag(ψ)`` as a D×D array: for tests
   and references at small D only, never on a fitting, scoring or sampling path.
 """
@@ -34,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .sampling import Sampler
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -147,3 +151,34 @@ def dense_covariance(W: np.ndarray, psi) -> np.ndarray:
     C = W @ W.T
     C[np.diag_indices(W.shape[0])] += _psi_vector(psi, W.shape[0])
     return C
+
+
+class LowRankSampler(Sampler):
+    """Draws rows of G low-rank Gaussians (the model sampler of the ``ppca``/``fa`` kinds).
+
+    ``priors`` (G,), ``means`` (G, D), ``loadings`` (G, D, q), ``noise`` (G, D) variances.
+    :meth:`draw` visits the Gaussians in increasing index order and draws each one's rows
+    with :func:`sample`, so the result depends only on the generator's state and the
+    inputs. Parameters are kept in the working dtype (float32 when the output is float32).
+    Picklable: generation ships it to each worker once. ``draw_classes`` is
+    :class:`~daskgen.kernels.sampling.Sampler`'s.
+    """
+
+    def __init__(self, priors: np.ndarray, means: np.ndarray, loadings: np.ndarray, noise: np.ndarray,
+                 dtype: Any = np.float64):
+        self.work = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+        self.priors = np.asarray(priors, dtype=np.float64)
+        #: p(y) of draw_classes
+        self.class_priors = self.priors
+        self.n_features = int(np.shape(means)[1])
+        self.means = np.ascontiguousarray(means, dtype=self.work)
+        self.loadings = np.ascontiguousarray(loadings, dtype=self.work)
+        self.noise = np.asarray(noise, dtype=np.float64)
+
+    def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One sample per entry of ``class_index``, shape (n, D), in the working dtype."""
+        out = np.empty((len(class_index), self.n_features), dtype=self.work)
+        for k in np.unique(class_index):
+            rows = np.flatnonzero(class_index == k)
+            out[rows] = sample(len(rows), self.means[k], self.loadings[k], self.noise[k], rng, self.work)
+        return out
