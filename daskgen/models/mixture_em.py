@@ -173,53 +173,66 @@ def m_step(
             class_cov = _add_reg(np.ones(D) if diagonal else np.eye(D), reg_covar)
             class_prec = precision_cholesky(class_cov)
         worst = [x for s, x in zip(stats.worst_score[k], stats.worst_x[k]) if np.isfinite(s)]
-        fresh: list[int] = []
+        bad = {m: problems.get((k, m), "singular (covariance not positive definite)")
+               for m in range(M) if not dropped[k, m] and comp_factors.get((k, m)) is None}
         for m in range(M):
-            if dropped[k, m]:
-                means[k, m], covs[k, m] = class_means[k], class_cov
-                prec[k, m], log_det[k, m] = class_prec
-                continue
-            problem = problems.get((k, m))
-            factor = comp_factors.get((k, m))
-            if problem is None and factor is None:
-                problem = "singular (covariance not positive definite)"
-            if problem is None:
+            if not dropped[k, m] and m not in bad:
                 weights[k, m] = stats.mass[k, m]
                 means[k, m], covs[k, m] = stats.means[k, m], candidates[k, m]
-                prec[k, m], log_det[k, m] = factor
-                continue
-            event = {"class": plain_label(stats.classes[k]), "component": m, "problem": problem}
-            if reseeds[k, m] < max_reseeds and len(worst) > len(fresh):
-                reseeds[k, m] += 1
-                means[k, m], covs[k, m] = worst[len(fresh)], class_cov
+                prec[k, m], log_det[k, m] = comp_factors[k, m]
+        fresh, fallback = settle_degenerate(stats.classes[k], bad, weights[k], stats.mass[k], dropped[k], reseeds[k],
+                                            len(worst), max_reseeds, events)
+        for m in range(M):
+            if m in fresh or dropped[k, m] or m == fallback:
+                means[k, m] = worst[fresh.index(m)] if m in fresh else class_means[k]
+                covs[k, m] = class_cov
                 prec[k, m], log_det[k, m] = class_prec
-                fresh.append(m)
-                event["action"] = "re-seeded at the worst-explained row"
-            else:
-                dropped[k, m] = True
-                means[k, m], covs[k, m] = class_means[k], class_cov
-                prec[k, m], log_det[k, m] = class_prec
-                event["action"] = "dropped"
-            log.warning("class %r component %d %s: %s", event["class"], m, problem, event["action"])
-            events.append(event)
-        if not (weights[k] > 0).any() and not fresh:
-            # Nothing left for this class: keep one component on the class's own Gaussian.
-            m = int(np.argmax(stats.mass[k])) if stats.mass[k].any() else 0
-            dropped[k, m] = False
-            means[k, m], covs[k, m] = class_means[k], class_cov
-            prec[k, m], log_det[k, m] = class_prec
-            weights[k, m] = 1.0
-            log.warning("class %r: every component degenerated; component %d is the class's Gaussian", plain_label(stats.classes[k]), m)
-            events.append({"class": plain_label(stats.classes[k]), "component": m, "problem": "all components degenerate",
-                           "action": "reset to the class's Gaussian"})
-        total = weights[k].sum()
-        weights[k] = weights[k] / total if total > 0 else 0.0
-        if fresh:
-            share = 1.0 / (M - int(dropped[k].sum()))
-            weights[k] *= 1.0 - share * len(fresh)
-            weights[k, fresh] = share
     return Params(stats.classes, weights, means, covs, reseeds, prec, log_det), events
 
+
+
+def settle_degenerate(label: Any, bad: dict[int, str], weights: np.ndarray, mass: np.ndarray, dropped: np.ndarray,
+                      reseeds: np.ndarray, n_worst: int, max_reseeds: int, events: list[dict[str, Any]]
+                      ) -> tuple[list[int], int | None]:
+    """The rules for one class's degenerate components ``bad`` (component -> problem).
+
+    Each is re-seeded (at the class's next worst-explained row, of which there are
+    ``n_worst``) while it has been re-seeded fewer than ``max_reseeds`` times, else
+    dropped (``dropped`` set). When no component is left, the heaviest one comes back
+    with weight 1 as the class's own Gaussian (the fallback). Then ``weights`` (the
+    masses of the healthy components, in place) are normalised, each re-seeded component
+    taking an equal share. Events are logged and appended to ``events``. Returns the
+    re-seeded components (in the order of the worst rows they take) and the fallback.
+    """
+    fresh: list[int] = []
+    for m in sorted(bad):
+        event = {"class": plain_label(label), "component": m, "problem": bad[m]}
+        if reseeds[m] < max_reseeds and n_worst > len(fresh):
+            reseeds[m] += 1
+            fresh.append(m)
+            event["action"] = "re-seeded at the worst-explained row"
+        else:
+            dropped[m] = True
+            event["action"] = "dropped"
+        log.warning("class %r component %d %s: %s", event["class"], m, bad[m], event["action"])
+        events.append(event)
+    fallback = None
+    if not (weights > 0).any() and not fresh:
+        # Nothing left for this class: keep one component on the class's own Gaussian.
+        fallback = int(np.argmax(mass)) if mass.any() else 0
+        dropped[fallback] = False
+        weights[fallback] = 1.0
+        log.warning("class %r: every component degenerated; component %d is the class's Gaussian",
+                    plain_label(label), fallback)
+        events.append({"class": plain_label(label), "component": fallback, "problem": "all components degenerate",
+                       "action": "reset to the class's Gaussian"})
+    total = weights.sum()
+    weights[:] = weights / total if total > 0 else 0.0
+    if fresh:
+        share = 1.0 / (len(weights) - int(dropped.sum()))
+        weights *= 1.0 - share * len(fresh)
+        weights[fresh] = share
+    return fresh, fallback
 
 
 @dataclass
