@@ -411,11 +411,15 @@ def run(job_file, out, report_html, overwrite, **kw):
             help={"label_column": "Label column of a CSV source and of a CSV output.",
                   "image_shape": "HxW for flat pixels."},
             shown={"image_shape": "square when the pixel count is"})
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=10_000, show_default=True, help="Samples per Zarr chunk.")
+@click.option("--size", metavar="S|HxW", help="Resize every image to SxS (or HxW) by bilinear interpolation: "
+              "wide stand-ins, e.g. --size 64 for 64x64 Fashion-MNIST.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Keep the first N images of the split.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), metavar="N",
+              help="Samples per Zarr chunk [default: 10,000; fewer for wide images, chunks of at most 64 MiB].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line.")
 @handle_errors
-def data(name, out, fmt, source, split, download, label_column, image_shape, chunk_rows, overwrite, quiet):
+def data(name, out, fmt, source, split, download, label_column, image_shape, size, limit, chunk_rows, overwrite, quiet):
     """Write dataset NAME (digits, fashion-mnist, mnist, idx, csv) in a layout 'daskgen fit' reads."""
     from .datasets import DIGITS_SCALE, convert
 
@@ -425,12 +429,14 @@ def data(name, out, fmt, source, split, download, label_column, image_shape, chu
     with _writing(out):
         s = convert(
             name, out, fmt=fmt, source=source, split=split, overwrite=overwrite, chunk_rows=chunk_rows,
-            download=download, label_column=label_column, image_shape=image_shape,
+            size=size, limit=limit, download=download, label_column=label_column, image_shape=image_shape,
             progress=lambda text: _say(quiet, f"daskgen: {text}"),
         )
     shape = "x".join(map(str, s["image_shape"]))
     line = (f"daskgen: wrote {s['name']}: {s['n']:,} images of {shape} {s['dtype']}, {len(s['classes'])} classes "
             f"({min(s['counts']):,}..{max(s['counts']):,} per class) in {time.perf_counter() - start:.1f}s -> {s['path']}")
+    if s.get("resized"):
+        line += f" (bilinear upsampling from {'x'.join(map(str, s['resized']['from']))}: a stand-in for wide images)"
     if s["name"] == "digits":
         line += ("; pixels are 0..16: scale 1/16 is recorded in the store" if fmt == "zarr"
                  else f"; pixels are 0..16: fit with --scale {DIGITS_SCALE:g}")

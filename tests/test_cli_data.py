@@ -68,6 +68,18 @@ def test_digits_then_fit(tmp_path):
     assert daskgen_data("digits", "--out", tmp_path / "x.zarr", "--overwrite", "-q").exit_code == 0
 
 
+def test_wide_stand_in_then_fit(tmp_path):
+    result = daskgen_data("digits", "--size", "16", "--limit", "600", "--out", tmp_path / "w.zarr")
+    assert result.exit_code == 0, result.stderr
+    assert "600 images of 16x16 uint8" in result.stderr and "a stand-in for wide images" in result.stderr
+    result = CliRunner().invoke(main, ["fit", str(tmp_path / "w.zarr"), "--covariance", "diag",
+                                       "--out", str(tmp_path / "m.zarr"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert daskgen.load_model(str(tmp_path / "m.zarr")).image_shape == (16, 16)
+    line = one_error_line(daskgen_data("digits", "--size", "0", "--out", tmp_path / "z.zarr"))
+    assert "image shape" in line and not (tmp_path / "z.zarr").exists()
+
+
 def test_idx_pair_matches_numpy(tmp_path):
     rng = np.random.default_rng(7)
     X = rng.integers(0, 256, (30, 5, 4)).astype(np.uint8)

@@ -422,6 +422,7 @@ def test_convert_digits_zarr_and_refuses_existing(tmp_path):
         "classes": list(range(10)),
         "counts": np.bincount(ds.load_digits_dataset()[1]).tolist(),
         "scale": 1 / 16,
+        "resized": None,
     }
     with pytest.raises(OutputExistsError) as exc:
         ds.convert("digits", out)
@@ -472,3 +473,54 @@ def test_convert_debian_fashion_test_split_to_zarr(tmp_path):
     _debian_fashion()
     s = ds.convert("fashion-mnist", tmp_path / "f.zarr", split="test")
     assert s["n"] == 10000 and s["image_shape"] == (28, 28) and s["counts"] == [1000] * 10
+
+
+def test_bilinear_matrix_rows_are_convex_and_exact_on_ramps():
+    from daskgen.datasets.resize import bilinear_matrix
+
+    for n_in, n_out in [(28, 64), (28, 90), (8, 8), (5, 3)]:
+        A = bilinear_matrix(n_in, n_out)
+        assert A.shape == (n_out, n_in) and (A >= 0).all()
+        np.testing.assert_allclose(A.sum(axis=1), 1.0)
+    A = bilinear_matrix(28, 256)
+    ramp = np.arange(28.0)
+    inner = slice(5, 251)  # away from the clamped edges a linear ramp is reproduced exactly
+    np.testing.assert_allclose((A @ ramp)[inner], ((np.arange(256) + 0.5) * 28 / 256 - 0.5)[inner], atol=1e-12)
+    np.testing.assert_array_equal(bilinear_matrix(28, 28), np.eye(28))
+
+
+def test_resize_matches_pillow_bilinear():
+    from PIL import Image
+
+    from daskgen.datasets.resize import resize_images
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    ours = resize_images(images, (64, 48), rows_per_step=2)
+    assert ours.shape == (3, 64, 48) and ours.dtype == np.uint8
+    for img, got in zip(images, ours):
+        ref = np.asarray(Image.fromarray(img).resize((48, 64), Image.BILINEAR))
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1  # Pillow rounds in fixed point
+
+
+def test_convert_size_and_limit(tmp_path):
+    import zarr
+
+    summary = ds.convert("digits", tmp_path / "d.zarr", size=32, limit=100)
+    assert summary["n"] == 100 and summary["image_shape"] == (32, 32)
+    assert summary["resized"] == {"method": "bilinear", "from": [8, 8], "to": [32, 32]}
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
+    assert g["images"].shape == (100, 32, 32) and g.attrs["daskgen"]["resized"]["to"] == [32, 32]
+    images, labels = ds.load_digits_dataset()
+    np.testing.assert_array_equal(g["labels"][:], labels[:100])
+    from daskgen.datasets.resize import resize_images
+
+    np.testing.assert_array_equal(g["images"][:], resize_images(images[:100], (32, 32)))
+    ds.convert("digits", tmp_path / "w.zarr", size="256x256", limit=1100)  # wide: chunks of at most 64 MiB
+    assert zarr.open_group(str(tmp_path / "w.zarr"), mode="r")["images"].chunks == (1024, 256, 256)
+    for bad in ("0", "2x3x4", "big"):
+        with pytest.raises(InputError, match="image shape"):
+            ds.convert("digits", tmp_path / "bad.zarr", size=bad)
+    with pytest.raises(InputError, match="limit"):
+        ds.convert("digits", tmp_path / "bad.zarr", limit=0)
+    assert not (tmp_path / "bad.zarr").exists()

@@ -26,6 +26,7 @@ from ..io.inputs import parse_image_shape, resolve_image_shape
 from .digits import DIGITS_SCALE, load_digits_dataset
 from .downloads import cache_dir, download
 from .idx import FASHION_MNIST_DIRS, IDX_FILES, find_local, load_idx_pair
+from .resize import resize_images
 from .writers import dataset_labels, write_csv_dataset, write_zarr_dataset
 
 #: Names :func:`convert` accepts.
@@ -149,8 +150,10 @@ def convert(
     source: str | os.PathLike[str] | Sequence[str] | None = None,
     split: str = "train",
     overwrite: bool = False,
-    chunk_rows: int = 10000,
+    chunk_rows: int | None = None,
     *,
+    size: int | Sequence[int] | None = None,
+    limit: int | None = None,
     download: bool = False,
     download_dir: str | os.PathLike[str] | None = None,
     label_column: str = "label",
@@ -179,8 +182,16 @@ def convert(
         concatenates train then test). ``digits``, ``idx`` and ``csv`` have a single set.
     overwrite : bool
         Replace an existing output; otherwise :class:`OutputExistsError`.
-    chunk_rows : int
-        Samples per Zarr chunk.
+    chunk_rows : int, optional
+        Samples per Zarr chunk; default 10,000, fewer for wide images (chunks of at most
+        64 MiB of uint8 pixels: 1,024 rows at 256x256).
+    size : int or pair of int, optional
+        Resize every image to ``size`` x ``size`` (or ``(H, W)``) by bilinear interpolation
+        (:func:`~daskgen.datasets.resize.resize_images`), recorded in the Zarr dataset's
+        attributes as ``resized``. Upsampled images are a stand-in for wide data: they have
+        no more degrees of freedom than the originals.
+    limit : int, optional
+        Keep only the first ``limit`` images of the split (before resizing).
     download : bool
         Download the MNIST/Fashion-MNIST files (checksum-verified, see :func:`download`)
         instead of looking for local copies. Implied by ``download_dir``.
@@ -202,10 +213,15 @@ def convert(
     -------
     dict
         ``{"name", "path", "format", "n", "image_shape", "dtype", "classes", "counts",
-        "scale"}``: ``image_shape`` is ``(H, W)`` or ``(D,)``; ``classes`` the sorted labels
+        "scale", "resized"}``: ``image_shape`` is ``(H, W)`` or ``(D,)``; ``classes`` the sorted labels
         (Python scalars); ``counts`` samples per class in that order; ``scale`` the factor to
         fit with (1/16 for digits, 1/255 for other integer pixels, else 1.0).
     """
+    resize = parse_image_shape(size, max_dims=2)
+    if resize is not None and len(resize) == 1:
+        resize = resize * 2  # --size 64: square
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"limit must be at least 1, got {limit!r}")
     key = str(name).strip().lower().replace("_", "-")
     if key in ("fashion", "fashionmnist"):
         key = "fashion-mnist"
@@ -252,11 +268,25 @@ def convert(
         if math.prod(shape) != D:
             raise InputError(f"image shape {shape} has {math.prod(shape)} pixels, the data {D}")
         images = images.reshape((images.shape[0],) + shape)
+    if limit is not None:
+        images, labels = images[: int(limit)], labels[: int(limit)]
+    resized = None
+    if resize is not None:
+        if images.ndim != 3:
+            raise InputError(f"{key}: --size needs images with a shape (HxW); pass --image-shape")
+        resized = {"method": "bilinear", "from": list(images.shape[1:]), "to": list(resize)}
+        images = resize_images(images, resize)
+    if chunk_rows is None:
+        chunk_rows = max(1, min(10_000, 2**26 // max(1, int(np.prod(images.shape[1:])) * images.dtype.itemsize)))
 
     integer = images.dtype.kind in "iub"
     scale = DIGITS_SCALE if key == "digits" else (1 / 255 if integer else 1.0)
     if fmt == "zarr":
         attrs = {"daskgen": {"source": key, "origin": origin, "split": split, "scale": scale}}
+        if resized is not None:
+            attrs["daskgen"]["resized"] = resized
+        if limit is not None:
+            attrs["daskgen"]["limit"] = int(limit)
         if key in CLASS_NAMES:
             attrs["daskgen"]["class_names"] = {str(i): n for i, n in enumerate(CLASS_NAMES[key])}
         written = write_zarr_dataset(
@@ -288,6 +318,7 @@ def convert(
         "classes": classes.tolist(),
         "counts": [int(c) for c in counts],
         "scale": scale,
+        "resized": resized,
     }
 
 
