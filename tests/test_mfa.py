@@ -111,3 +111,20 @@ def test_cli_fit_evaluate(digits_store, tmp_path):
     bad = runner.invoke(main, ["fit", digits_store, "--components", "2", "--covariance", "fa", "--rank", "64",
                                "-o", str(tmp_path / "b.zarr"), "-q"])
     assert bad.exit_code == 2 and "rank" in bad.output
+
+
+def test_a_collapsed_component_is_reseeded_then_dropped():
+    """50 copies of one far point: k-means++ puts a centre there, the component's variance is 0;
+    it is re-seeded at the worst-explained rows max_reseeds times, then dropped, as the
+    Gaussian mixtures' components are."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(300, 6)), np.full((50, 6), 40.0)])
+    y = np.zeros(len(X), dtype=int)
+    m = fit_em_lowrank(X, y, 2, covariance="fa", rank=2, reg_covar=1e-8, max_iter=12, tol=0, max_reseeds=2)
+    events = m.config["em"]["events"]
+    assert events and events[0]["problem"].startswith("collapsed") and events[0]["iteration"] == 0
+    actions = [e["action"] for e in events]
+    assert actions == ["re-seeded at the worst-explained row"] * 2 + ["dropped"]
+    np.testing.assert_array_equal(m.weights, [[1.0, 0.0]])
+    assert np.isfinite(m.class_log_likelihood(X)).all()
+    assert (m.noise >= 1e-8).all()
