@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ._blas import one_blas_thread
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
 from .io.blocks import NotEightBitError
@@ -117,17 +118,20 @@ def fit(
     label_column = dataset.label_column
     if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, transform=transform)
-    common = {
-        "image_shape": dataset.image_shape, "scale": dataset.scale, "label_column": label_column,
-        "feature_names": dataset.feature_names, "transform": transform,
-        "config": {"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                   "integer_pixels": bool(dataset.integer_pixels),
-                   **({"class_names": dataset.class_names} if dataset.class_names else {}),
-                   **({} if transform.identity and covariance not in LOW_RANK else {"seed": int(seed)})},
-    }
+
+    def common(dataset: Dataset) -> dict[str, Any]:  # the model's attributes, once the read path is known
+        return {
+            "image_shape": dataset.image_shape, "scale": dataset.scale, "label_column": label_column,
+            "feature_names": dataset.feature_names, "transform": transform,
+            "config": {"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                       "integer_pixels": bool(dataset.integer_pixels),
+                       **({"class_names": dataset.class_names} if dataset.class_names else {}),
+                       **({} if transform.identity and covariance not in LOW_RANK else {"seed": int(seed)})},
+        }
+
     if covariance in LOW_RANK:
         return fit_low_rank(model_class, dataset, reg_covar=reg_covar, split_every=int(split_every), seed=int(seed),
-                            progress=progress, common=common, **low_rank)
+                            progress=progress, common=common(dataset), **low_rank)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     noise = {"transform": transform, "seed": int(seed)}
     if not dataset.blocks:
@@ -161,7 +165,7 @@ def fit(
             reg_covar=reg_covar,
             shrinkage=shrinkage,
             inputs=previous + dataset.files,
-            **common,
+            **common(dataset),
         )
 
 
@@ -188,7 +192,7 @@ def fit_low_rank(model_class, dataset: Dataset, *, rank: int | None, oversamplin
         raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
     common["config"].update(oversampling=int(oversampling), power_iterations=int(power_iterations),
                             sketch=report)
-    with user_input():  # a class of one row, overflow, a zero noise variance
+    with user_input(), one_blas_thread():  # errors: a class of one row, overflow, a zero noise variance
         return model_class.from_spectra(stats, theta, bases, rank, reg_covar=reg_covar, inputs=dataset.files,
                                         **common)
 

@@ -22,6 +22,7 @@ from functools import partial
 import numpy as np
 from dask.base import tokenize
 
+from .._blas import one_blas_thread
 from ..io.inputs import Dataset
 from ..kernels.class_stats import ClassStats
 from ..kernels.sketch import add_ranges, chunk_range, chunk_sketch, merge_sketches, orthonormal, rayleigh_ritz
@@ -59,7 +60,8 @@ def sketch_spectra(dataset: Dataset, width: int, power_iterations: int = 2, *,
     D = stats.n_features
     if width > D:
         raise ValueError(f"rank + oversampling ({width}) exceeds the number of features ({D})")
-    Q = np.stack([orthonormal(Y) for Y in first.sketch])
+    with one_blas_thread():  # small factorizations; and the same bits whatever the machine's threads
+        Q = np.stack([orthonormal(Y) for Y in first.sketch])
     del first
     reduction = Reduction("range", partial(_range_chunk, **common), add_ranges, combine_name="combine-range")
     for p in range(int(power_iterations) + 1):
@@ -71,9 +73,11 @@ def sketch_spectra(dataset: Dataset, width: int, power_iterations: int = 2, *,
         del SQ
         seconds.append(time.perf_counter() - t)
         if p < power_iterations:
-            Q = np.stack([orthonormal(Y) for Y in products])
+            with one_blas_thread():
+                Q = np.stack([orthonormal(Y) for Y in products])
     theta = np.empty((len(Q), Q.shape[2]))
     bases = np.empty_like(Q)
-    for k in range(len(Q)):
-        theta[k], bases[k] = rayleigh_ritz(Q[k], products[k])
+    with one_blas_thread():
+        for k in range(len(Q)):
+            theta[k], bases[k] = rayleigh_ritz(Q[k], products[k])
     return stats, theta, bases, {"passes": len(seconds), "seconds": [round(s, 3) for s in seconds]}

@@ -229,6 +229,15 @@ class LowRankClassModel(ClassModel):
 
     spectrum_scope: ClassVar[str] = "(top eigenvalues of the sketched covariance)"
 
+    def principal_directions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each class's W = U s Vᵀ (thin SVD, O(D·q²)): the directions Uᵀ (K, q, D) and s² (K, q)."""
+        K, D, q = self.loadings.shape
+        directions, variances = np.empty((K, q, D)), np.empty((K, q))
+        for k, W in enumerate(self.loadings):
+            U, s, _ = np.linalg.svd(W, full_matrices=False)
+            directions[k], variances[k] = U.T, s * s
+        return directions, variances
+
     def scorer(self) -> LowRankScorer:
         return self._scorer
 
