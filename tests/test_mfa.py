@@ -128,3 +128,42 @@ def test_a_collapsed_component_is_reseeded_then_dropped():
     np.testing.assert_array_equal(m.weights, [[1.0, 0.0]])
     assert np.isfinite(m.class_log_likelihood(X)).all()
     assert (m.noise >= 1e-8).all()
+
+
+def test_the_mixture_estimator_takes_low_rank_components(digits_pixels, sync_scheduler):
+    from daskgen.estimators import GaussianMixtureClassifier
+
+    X, y = digits_pixels
+    est = GaussianMixtureClassifier(3, covariance="fa", rank=4, reg_covar=REG, max_iter=8, tol=0,
+                                    scale=SCALE).fit(X, y)
+    ref = fit_em_lowrank(X, y, 3, scale=SCALE, covariance="fa", rank=4, reg_covar=REG, max_iter=8, tol=0)
+    np.testing.assert_allclose(est.loadings_, ref.loadings / SCALE, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(est.noise_variance_, ref.noise / SCALE**2, rtol=1e-6)
+    assert not hasattr(est, "covariances_")
+    assert (est.predict(X) == y).mean() > 0.9
+    with pytest.raises(ValueError, match="rank"):
+        GaussianMixtureClassifier(2, covariance="full", rank=4, scale=SCALE).fit(X, y)
+
+
+def test_no_d_by_d_array_in_fit_score_or_sample():
+    """At D = 4,096 one D×D float64 array is 128 MiB: the fit (initialisation included),
+    scoring and sampling together allocate less than a quarter of one (tracemalloc sees
+    every numpy allocation)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    D = 4096
+    y = np.repeat([0, 1], 120)
+    X = rng.normal(size=(240, 6)) @ rng.normal(size=(6, D)) * 8 + rng.normal(size=(240, D)) * 5 + 100 + 20 * y[:, None]
+    X = np.clip(X, 0, 255).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        m = fit_em_lowrank(X, y, 2, scale=1 / 255, covariance="fa", rank=3, reg_covar=1e-5, max_iter=3, tol=0,
+                           block_rows=80)
+        assert np.isfinite(m.class_log_likelihood(X / 255)).all()
+        m.sample(200, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < D * D * 8 / 4, f"peak {peak / 2**20:.0f} MiB"
+    assert m.loadings.shape == (2, 2, D, 3)
