@@ -36,9 +36,10 @@ from .registry import register
 #: The covariance options of the low-rank kinds (also their kind names).
 LOW_RANK = ("ppca", "fa")
 #: EM for factor analysis: most iterations, and the change in mean log-likelihood per
-#: row (nats) below which it stops.
+#: row (nats) below which it stops — scikit-learn's FactorAnalysis default. On
+#: Fashion-MNIST (q = 64) 1e-3 took 2.5x the iterations for 0.0002 bits/dim.
 FA_MAX_ITER = 500
-FA_TOL = 1e-4
+FA_TOL = 1e-2
 
 
 def ppca_parameters(eigvals: np.ndarray, basis: np.ndarray, total_variance: float, rank: int,
