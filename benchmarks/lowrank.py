@@ -184,7 +184,7 @@ def scale(args) -> None:
     from daskgen.fitting import fit, prepare
     from daskgen.options import to_bytes
 
-    path = os.path.join(args.data_dir, "fmnist256-train.zarr")
+    path = os.path.join(args.data_dir, args.dataset)
     q, over = 64, 10
     width = q + over
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -208,7 +208,7 @@ def scale(args) -> None:
            "peak_rss_client": client_peak, "peak_rss_workers": list(workers.values()),
            "gemm_gflops_one_thread": gflops, "gemm_limit_seconds_2_workers": limit,
            "d_squared_bytes_per_class": D * D * 8}
-    save("scale", out)
+    save("scale" if args.dataset == "fmnist256-train.zarr" else f"scale-{Path(args.dataset).stem}", out)
     gib = 2**30
     print(f"fit {took:.1f}s ({passes} passes; GEMM limit {limit:.1f}s at {gflops:.1f} GFLOP/s x 2 workers); "
           f"peak RSS client {client_peak / gib:.2f} GiB, workers "
@@ -262,6 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("exact", "quality", "scale", "wide"))
     parser.add_argument("--data-dir", default="/work/data")
+    parser.add_argument("--dataset", default="fmnist256-train.zarr", help="scale: the training set under --data-dir")
     parser.add_argument("--memory-limit", default="4GiB")
     parser.add_argument("--blocksize", default="64MiB")
     parser.add_argument("--split-every", type=int, default=2)

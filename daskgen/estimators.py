@@ -265,6 +265,9 @@ class GaussianClassifier(_Estimator):
         Rows per block of numpy/pandas input (default ~32 MiB of float64 rows).
     sample_dim : str
         The sample dimension of xarray input.
+    tiles : int, optional
+        Keep each class's covariance as tiles of this many features, on disk (``daskgen fit
+        --tiles``); ``covariances_`` is then None.
 
     Attributes (after ``fit``; data units)
     ----------
@@ -297,7 +300,9 @@ class GaussianClassifier(_Estimator):
         rank: int | None = None,
         oversampling: int = GAUSSIAN_FIT["oversampling"].default,
         power_iterations: int = GAUSSIAN_FIT["power_iterations"].default,
+        tiles: int | None = None,
     ):
+        self.tiles = tiles
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.shrinkage = shrinkage
@@ -315,7 +320,8 @@ class GaussianClassifier(_Estimator):
     def _check_params(self) -> None:
         GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
                            split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda,
-                           rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
+                           rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations,
+                           tiles=self.tiles)
         MIXTURE_FIT.check(names={"seed": "random_state"}, seed=self.random_state)
 
     def _fit_model(self, dataset):
@@ -323,7 +329,8 @@ class GaussianClassifier(_Estimator):
 
         return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
                    split_every=self.split_every, transform=self._transform(), seed=int(self.random_state),
-                   rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
+                   rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations,
+                   tiles=self.tiles)
 
     def _set_fitted(self, model) -> None:
         s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
@@ -332,7 +339,8 @@ class GaussianClassifier(_Estimator):
             self.loadings_ = model.loadings / s
             self.noise_variance_ = model.noise / (s * s)
         else:
-            self.covariances_ = model.covariances / (s * s)
+            # a tiled model (tiles=T) keeps its covariances on disk, as tiles: none in memory
+            self.covariances_ = None if getattr(model, "tiles", None) else model.covariances / (s * s)
 
 
 class GaussianMixtureClassifier(_Estimator):

@@ -12,6 +12,7 @@ old model are then refused unless ``overwrite``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -154,6 +155,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
         **{k: job.fit[k] for k in LOW_RANK_OPTIONS},
+        **({"tiles": int(job.fit["tiles"])} if job.fit.get("tiles") else {}),
     }
 
 
@@ -192,13 +194,15 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     if reg_covar in (None, "auto"):
         reg_covar = default_reg_covar(dataset, components, transform=options["transform"])
     want = {"components": components, "covariance": options["covariance"], "reg_covar": reg_covar,
-            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"])}
+            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"]),
+            "tiles": options.get("tiles")}
     have = {
         "components": int(model.config.get("components", 1)),
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
         "transform": str(model.transform),
+        "tiles": model.config.get("tiles"),
     }
     if options["covariance"] in ("ppca", "fa"):
         # a mixture of them is fitted by EM: of the sketch's options only the rank applies
@@ -225,8 +229,10 @@ def _canonical(obj: Any) -> str:
 
 
 def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
+    from .distributed.factors import run_calls
     from .fitting import fit
-    from .io.store import read_model, write_model
+    from .io.fs import remove_tree
+    from .io.store import read_model, scratch_beside, write_model
 
     path = job.paths["model"]
     options = _fit_options(job)
@@ -258,9 +264,14 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
     elif mixture:
         model = _fit_mixture(opened if opened is not None else inputs, options, mixture, quiet, say)
-    else:
-        model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
-    write_model(model, path, overwrite=True)
+    else:  # a tiled fit's workers write the tiles beside the model (moved into it when saved)
+        scratch = scratch_beside(path) if options.get("tiles") else None
+        try:
+            model = fit(opened if opened is not None else inputs, progress=not quiet, tile_store=scratch, **options)
+        except BaseException:
+            remove_tree(scratch)
+            raise
+    write_model(model, path, overwrite=True, run=functools.partial(run_calls, progress=not quiet))
     took = time.perf_counter() - t
     rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)
     rate = rows / took if took > 0 else None

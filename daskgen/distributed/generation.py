@@ -31,7 +31,7 @@ from ..io.labels import as_labels
 from ..io.store import consolidate
 from ..kernels.transform import NONE, Transform, pixel_levels, unit_to_pixels
 from ..models.base import ClassModel, ModelSampler
-from .reduction import in_graph
+from .factors import ready, sampler_node
 
 DEFAULT_CHUNK_SIZE = 10_000
 #: Attributes that identify a samples store: a rerun with other values is refused.
@@ -208,10 +208,22 @@ def generate(
                 raise OutputExistsError(f"{out} already exists and is not a daskgen samples store; pass --overwrite to replace it")
             diff = ", ".join(f"{k} {existing.get(k)!r} -> {identity[k]!r}" for k in IDENTITY if existing.get(k) != identity[k])
             raise OutputExistsError(f"{out} holds samples made with other settings ({diff}); pass --overwrite to replace them")
-        else:
-            fs.rm(path, recursive=True)
     shape = tuple(model.image_shape) if model.image_shape else (model.n_features,)
     n_chunks = -(-n // chunk_size)
+    token = tokenize(identity, out)
+    lo, hi = model.data_range
+    clip = (
+        max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
+        min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
+    )
+    # The sampler is one key, its classes factored (or their stored factors read) one task
+    # each on the workers; every chunk task depends on it. It is computed before anything
+    # is written or removed (even for a finished store): a corrupted model fails here.
+    plan_key = ready(delayed(_Plan, pure=True)(sampler_node(model, dtype, token), model.classes, class_index,
+                                               dtype, float(model.scale), clip, shape, model.transform,
+                                               dask_key_name=f"plan-{token}"), stage="factor")
+    if fs.exists(path) and not resumed:
+        fs.rm(path, recursive=True)
     if resumed:
         _remove_partials(out, storage_options)
         group = open_zarr_group(out, storage_options, mode="r+")
@@ -221,15 +233,6 @@ def generate(
         done = np.zeros(n_chunks, dtype=bool)
     todo = np.flatnonzero(~done)
     if len(todo):
-        lo, hi = model.data_range
-        clip = (
-            max(0.0, lo / model.scale) if np.isfinite(lo) else 0.0,
-            min(255.0, hi / model.scale) if np.isfinite(hi) else 255.0,
-        )
-        plan = _Plan(model.sampler(dtype), model.classes, class_index, dtype, float(model.scale), clip, shape,
-                     model.transform)
-        token = tokenize(identity, out)
-        plan_key = in_graph(plan, f"sampler-{token}")
         writes = []
         for i in todo.tolist():
             start = i * chunk_size

@@ -31,7 +31,8 @@ one of two strategies:
 
 Keys are readable for the dashboard: ``<name>-<token>-<i>`` for the block tasks,
 ``<combine_name>-<token>-...`` for the merges (``combine-em-estep-...`` by default,
-``combine-...`` for the fit), ``<name>-params-<token>`` for the parameters. The whole
+``combine-...`` for the fit), ``<name>-params-<token>`` for the parameters (a parameter
+may be a Delayed of the same graph: a model's factors, computed one task per class). The whole
 run is one ``distributed.span`` (``stage``) with a progress bar on request.
 
 Parameters are shipped **inside the graph**: the tuple ``params`` is one key that
@@ -145,7 +146,13 @@ def _params_node(reduction: Reduction, params: tuple, token: str) -> Delayed | N
     """The parameters as one key of the graph (None without parameters: no key at all)."""
     if not params:
         return None
+    if any(isinstance(p, Delayed) for p in params):  # values other tasks compute (a model's factors, say)
+        return delayed(_gather_params, pure=False)(*params, dask_key_name=f"{reduction.name}-params-{token}")
     return in_graph(Params(tuple(params)), f"{reduction.name}-params-{token}")
+
+
+def _gather_params(*values: Any) -> Params:
+    return Params(values)
 
 
 def _source_token(source: Source) -> Any:

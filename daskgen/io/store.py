@@ -9,8 +9,14 @@ registered name of the model kind, :mod:`daskgen.models.registry`), ``image_shap
 and imports no model class.
 
 * ``gaussian`` (one Gaussian per class): arrays ``counts`` (K,), ``priors`` (K,),
-  ``means`` (K, D), ``covariances`` (K, D, D) or (K, D), ``scatter`` (the raw
-  centered statistics, same shape as covariances).
+  ``means`` (K, D), ``scatter`` (the raw centered statistics). Full covariances: no
+  ``covariances`` array (the model derives them from ``scatter``, ``reg_covar`` and
+  ``shrinkage``), and ``cholesky`` (K, D, D), each class's lower Cholesky factor of its
+  covariance, computed at fit time one task per class (chunks above the diagonal never
+  written: fill value 0); absent when a covariance is not positive definite. Both are
+  chunked one class per chunk, written one class at a time, uncompressed. Diagonal
+  covariances: ``covariances`` and ``scatter`` (K, D). Stores written before the
+  factors were stored (``covariances`` (K, D, D) beside ``scatter``) still load.
 * ``mixture`` (``daskgen.models.mixture.GaussianMixtureClassModel``, M components):
   the attribute ``components: M`` and arrays ``counts`` (K,), ``priors`` (K,),
   ``weights`` (K, M), ``mass`` (K, M) (responsibility mass per component),
@@ -25,8 +31,10 @@ store without it is refused by :func:`read_model`.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,6 +82,21 @@ def check_writable(url: str, storage_options: dict | None = None) -> None:
         raise OutputError(f"cannot write {url}: {where}: {exc.strerror or first_line(exc)}") from None
 
 
+def scratch_beside(url: str, storage_options: dict | None = None) -> str:
+    """A scratch location beside the output ``url`` (where whoever writes ``url`` can write,
+    e.g. a tiled fit's workers): on a local disk a hidden folder named as the publishing
+    temporaries (so one that a killed writer left is removed by the next publish), on object
+    storage ``URL.tiles-tmp-XXXXXXXX``."""
+    import socket
+
+    fs, path = url_to_fs(url, storage_options)
+    if not is_local(fs):
+        return f"{url.rstrip('/')}.tiles-tmp-{uuid.uuid4().hex[:8]}"
+    parent, name = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def consolidate(group: Any) -> None:
     """Consolidate the metadata of a finished Zarr group (its last write): xarray and
     zarr then open it with one read, and without warning that it is not consolidated."""
@@ -86,7 +109,13 @@ def consolidate(group: Any) -> None:
         zarr.consolidate_metadata(group.store, path=group.path or None)
 
 
-def _write_model_group(model, url: str, storage_options: dict | None) -> None:
+def run_in_order(calls: list[Callable[[], Any]]) -> list:
+    """The default way :func:`write_model` runs a per-class write: here, one after the other."""
+    return [call() for call in calls]
+
+
+def _write_model_group(model, url: str, storage_options: dict | None,
+                       run: Callable[[list[Callable[[], Any]]], list] | None = None) -> None:
     from zarr.codecs import ZstdCodec
 
     group = open_zarr_group(url, storage_options, mode="w")
@@ -102,6 +131,19 @@ def _write_model_group(model, url: str, storage_options: dict | None) -> None:
         arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks or None,
                                  compressors=None if big else ZstdCodec(level=1))
         arr[...] = data
+    # The (K, D, D) arrays of a full model, one class at a time (never a K x D x D
+    # temporary): the statistics from the model, then the Cholesky factors, one task per
+    # class where `run` sends them (the cluster), each reading its class back from the store.
+    specs = model.class_arrays()
+    opened = {name: group.create_array(name, shape=spec.shape, dtype="float64", compressors=None, fill_value=0.0,
+                                       chunks=spec.chunks or (1, *spec.shape[1:]))
+              for name, spec in specs.items()}
+    for name, spec in specs.items():
+        calls = [functools.partial(spec.write, opened, k) for k in range(spec.shape[0])]
+        if not all((run or run_in_order)(calls) if spec.parallel else run_in_order(calls)):
+            del group[name]  # e.g. a covariance that is not positive definite: no factors stored
+            del opened[name]
+    model.write_large_arrays(url, storage_options)
     meta = {
         "kind": "model",
         "format": MODEL_FORMAT,
@@ -130,28 +172,39 @@ def _jsonable(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
-def write_model(model, url: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
-    """Publish ``model`` at ``url``; refuse an existing path unless ``overwrite``."""
+def write_model(model, url: str, overwrite: bool = False, storage_options: dict | None = None,
+                run: Callable[[list[Callable[[], Any]]], list] | None = None) -> None:
+    """Publish ``model`` at ``url``; refuse an existing path unless ``overwrite``.
+
+    ``run(calls)`` runs the per-class writes a kind asks to run in parallel (a full
+    model's Cholesky factors): :func:`daskgen.distributed.factors.run_calls` sends them
+    to the cluster, one task per class; by default they run here in turn. Once the store is
+    in place, ``model.published(url, storage_options)`` is told where."""
+    _publish_model(model, url, overwrite, storage_options, run)
+    model.published(url, storage_options)
+
+
+def _publish_model(model, url: str, overwrite: bool, storage_options: dict | None, run) -> None:
     fs, path = url_to_fs(url, storage_options)
     exists = fs.exists(path)
     if exists and not overwrite:
         raise OutputExistsError(f"{url} already exists; pass --overwrite to replace it")
     if not is_local(fs):
         if not exists:
-            _write_model_group(model, url, storage_options)
+            _write_model_group(model, url, storage_options, run)
             return
         # Object storage has no rename: the new model is first written whole beside the
         # old one, so an interruption never loses both; then it is copied into place with
         # the group's zarr.json (which carries `complete`) last.
         tmp = f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-        _write_model_group(model, fs.unstrip_protocol(tmp), storage_options)
+        _write_model_group(model, fs.unstrip_protocol(tmp), storage_options, run)
         fs.rm(path, recursive=True)
         files = sorted(fs.find(tmp), key=lambda f: f.rstrip("/") == f"{tmp}/zarr.json")
         for f in files:
             fs.copy(f, path.rstrip("/") + f[len(tmp):])
         fs.rm(tmp, recursive=True)
         return
-    publish_local(path, exists, lambda tmp: _write_model_group(model, tmp, None))
+    publish_local(path, exists, lambda tmp: _write_model_group(model, tmp, None, run))
 
 
 def read_model(url: str, storage_options: dict | None = None):

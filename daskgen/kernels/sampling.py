@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .linalg import ClassFactor, triangular_factor
+from .linalg import ClassFactor, triangular_factor, upper_product
 
 
 class Sampler:
@@ -68,11 +68,7 @@ class Sampler:
                 block[:] = mean
             else:
                 z = rng.standard_normal((len(rows), T.shape[0]), dtype=self.work)
-                for lo, hi, used in self.spans[k]:
-                    if used:
-                        np.matmul(z[:, :used], T[:used, lo:hi], out=block[:, lo:hi])
-                    else:
-                        block[:, lo:hi] = 0
+                upper_product(z, T, self.spans[k], block)
                 block += mean
             if block is not out:
                 out[rows] = block

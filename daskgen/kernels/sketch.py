@@ -67,9 +67,10 @@ def chunk_sketch(X: np.ndarray, y: np.ndarray, seed: int, width: int, scale: flo
         C = as_model_units(X, r, scale)
         m = C.mean(axis=0)
         C -= m
-        correction = C.mean(axis=0)  # second pass: the first mean's rounding (large offsets)
-        C -= correction
-        m += correction
+        if X.dtype.kind == "f":  # second pass: the first mean's rounding (large offsets)
+            correction = C.mean(axis=0)
+            C -= correction
+            m += correction
         means[k] = m
         sq[k] = np.einsum("ij,ij->j", C, C)
         sketch[k] = C.T @ (C @ omega)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -26,16 +26,34 @@ from ..kernels.linalg import factor_covariance, logsumexp_rows
 from ..kernels.transform import NONE, Transform
 
 
-def fingerprint_arrays(*arrays: np.ndarray) -> str:
-    """A short (16 hex digits) SHA-256 of the arrays' bytes (labels: of their text)."""
+def fingerprint_arrays(*arrays: np.ndarray | Iterator[np.ndarray]) -> str:
+    """A short (16 hex digits) SHA-256 of the arrays' bytes (labels: of their text). An
+    iterator of arrays hashes as their concatenation (the parts of a (K, D, D) array made
+    one class at a time give the whole array's fingerprint)."""
     h = hashlib.sha256()
-    for a in arrays:
-        a = np.asarray(a)
-        if a.dtype.kind in "OUS":
-            h.update("\x1f".join(map(str, a.tolist())).encode())
-        else:
-            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the same bytes, not copied
+    for item in arrays:
+        for a in item if isinstance(item, Iterator) else (item,):
+            a = np.asarray(a)
+            if a.dtype.kind in "OUS":
+                h.update("\x1f".join(map(str, a.tolist())).encode())
+            else:
+                h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the same bytes, not copied
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ClassArray:
+    """A large (K, ...) float64 array of a model store, written one class at a time
+    (:meth:`ClassModel.class_arrays`): ``write(arrays, k)`` writes class ``k`` into
+    ``arrays[name]`` (the store's open arrays by name, those listed before it already
+    written) and returns False when the class has none, in which case the store drops
+    the array. ``parallel``: one task per class on the cluster (``write`` is picklable).
+    ``chunks``: default one class per chunk, ``(1, *shape[1:])``."""
+
+    shape: tuple[int, ...]
+    write: Callable[[dict[str, Any], int], bool]
+    parallel: bool = False
+    chunks: tuple[int, ...] | None = None
 
 
 class Scorer(Protocol):
@@ -213,6 +231,26 @@ class ClassModel(ABC):
         """
 
     # -- defaults ----------------------------------------------------------------
+    def class_arrays(self) -> dict[str, ClassArray]:
+        """The store's arrays written class by class, in order (none by default: every
+        array of :meth:`to_store` is written whole)."""
+        return {}
+
+    def factoring(self) -> Any:
+        """None (the default), or how the distributed layer factors the classes one task
+        each (``sources``, ``sampling_factor``, ``scoring_factor``, ``sampler``,
+        ``scorer``; see :mod:`daskgen.distributed.factors`)."""
+        return None
+
+    def write_large_arrays(self, url: str, storage_options: dict | None = None) -> None:
+        """Write, into the store group being written at ``url``, arrays too large for
+        :meth:`to_store` (streamed, never whole in memory); none by default."""
+        return None
+
+    def published(self, url: str, storage_options: dict | None = None) -> None:
+        """Called once the model's store is in place at ``url`` (nothing by default)."""
+        return None
+
     @classmethod
     def diagonal_stats(cls, covariance: str) -> bool | None:
         """Whether the kind is fitted from diagonal (True) or full (False) per-class
@@ -368,11 +406,12 @@ class ClassModel(ABC):
             parts.append(f"transform='{self.transform.name}', logit_lambda={self.transform.lam:g}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
-    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
-        """Write the model store (a Zarr v3 group) atomically: :func:`daskgen.io.store.write_model`."""
+    def save(self, path: str, overwrite: bool = False, storage_options: dict | None = None, run: Any = None) -> None:
+        """Write the model store (a Zarr v3 group) atomically: :func:`daskgen.io.store.write_model`
+        (``run``: where per-class work such as the Cholesky factors runs)."""
         from ..io.store import write_model  # the store imports only the registry, not this module
 
-        write_model(self, path, overwrite=overwrite, storage_options=storage_options)
+        write_model(self, path, overwrite=overwrite, storage_options=storage_options, run=run)
 
 
 def check_features(X: np.ndarray, n_features: int) -> np.ndarray:

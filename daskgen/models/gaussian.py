@@ -7,17 +7,34 @@ p(x | y) per class, registered as the model kind ``"gaussian"``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..kernels.class_stats import ClassStats, to_diagonal
-from ..kernels.linalg import ClassFactor, factor_covariance
+from ..kernels.linalg import (
+    CholeskyScore,
+    ClassFactor,
+    cholesky_factor,
+    cholesky_lower,
+    covariance_spectrum,
+    factor_covariance,
+    triangular_factor,
+)
 from ..kernels.sampling import Sampler
-from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
+from .base import (
+    ClassArray,
+    ClassModel,
+    check_features,
+    fingerprint_arrays,
+    meta_fields,
+    read_arrays,
+    stored_data_range,
+)
 from .registry import register
 
 
@@ -102,18 +119,119 @@ def _oas(emp_cov: np.ndarray, n_samples: int, n_features: int) -> np.ndarray:
     return shrunk
 
 
+
+def class_covariance(scatter: np.ndarray, count: float, reg_covar: float = 0.0, shrinkage: str = "none") -> np.ndarray:
+    """One class's covariance from its raw centred scatter (full (D, D) or diagonal (D,)):
+    :func:`finalize`'s arithmetic for one class, to the bit (a new array; ``scatter`` is
+    not changed). Models derive their covariances with it, class by class."""
+    count = float(count)
+    D = scatter.shape[-1]
+    cov = _oas(scatter / count, int(count), D) if shrinkage == "oas" else scatter / (count - 1)
+    if reg_covar:
+        if cov.ndim == 1:
+            cov = cov + reg_covar
+        else:
+            idx = np.arange(D)
+            cov[idx, idx] += reg_covar
+    return cov
+
+
+@dataclass(frozen=True)
+class StoredClass:
+    """Class ``index`` of the (K, D, D) array ``name`` of the model store at ``url``, read
+    when needed (picklable: a task reads it from the store instead of receiving it in the
+    graph). A read that fails or finds values that are not finite raises ``ModelError``
+    naming the store: the arrays are checked where they are read, once."""
+
+    array: Any  # a zarr Array
+    index: int
+    url: str = ""
+    name: str = ""
+
+    def read(self) -> np.ndarray:
+        return read_checked(self.array, self.url, self.name, self.index)
+
+
+def read_checked(array: Any, url: str, name: str, index: Any = ...) -> np.ndarray:
+    """``array[index]`` as float64; ``ModelError`` naming ``url`` when it cannot be read or is not finite."""
+    try:
+        out = np.asarray(array[index], dtype=np.float64)
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {name}: {first_line(exc)}") from None
+    if not np.isfinite(out).all():
+        raise ModelError(f"{url}: corrupted model store ({name} holds values that are not finite)")
+    return out
+
+
+def _read(x: Any) -> np.ndarray:
+    return x.read() if isinstance(x, StoredClass) else x
+
+
+@dataclass(frozen=True, eq=False)
+class ClassSource:
+    """What factoring one class needs, small enough to be one task's input.
+
+    ``cholesky`` is the class's stored factor ``L`` (a :class:`StoredClass`) or None;
+    ``covariance`` its covariance ((D, D) or (D,)) or a :class:`StoredClass` of it (an
+    older store), else it is derived from ``scatter`` (array or :class:`StoredClass`),
+    ``count``, ``reg_covar`` and ``shrinkage`` (:func:`class_covariance`).
+    """
+
+    count: float
+    reg_covar: float
+    shrinkage: str
+    scatter: Any = None
+    cholesky: Any = None
+    covariance: Any = None
+
+    def covariance_matrix(self) -> np.ndarray:
+        if self.covariance is not None:
+            return _read(self.covariance)
+        return class_covariance(_read(self.scatter), self.count, self.reg_covar, self.shrinkage)
+
+    def lower(self, cov: np.ndarray | None = None) -> np.ndarray | None:
+        """The Cholesky factor ``L`` of a full covariance: read when stored, else factored
+        (None for a diagonal or not positive definite covariance)."""
+        if self.cholesky is not None:
+            return _read(self.cholesky)
+        cov = self.covariance_matrix() if cov is None else cov
+        return cholesky_lower(cov) if cov.ndim == 2 else None
+
+
+def sampling_factor(source: ClassSource, dtype: Any = np.float64) -> tuple[np.ndarray, list]:
+    """``(T, spans)`` of one class for :class:`~daskgen.kernels.sampling.Sampler`, ``T`` in
+    the working ``dtype``: ``L^T`` of the Cholesky factor (stored, or factored now), or,
+    for a singular covariance, the triangular form of its eigendecomposition."""
+    cov = None if source.cholesky is not None else source.covariance_matrix()
+    L = source.lower(cov)
+    if L is not None:
+        T, spans = cholesky_factor(None, lower=L)
+    else:
+        T, spans = triangular_factor(factor_covariance(cov), cov.shape[0])
+    return np.ascontiguousarray(T, dtype=dtype), spans
+
+
+def scoring_factor(source: ClassSource) -> CholeskyScore | ClassFactor:
+    """What :class:`GaussianScorer` needs of one class: from the Cholesky factor (stored,
+    or factored now) for a positive definite covariance, else its eigendecomposition."""
+    cov = None if source.cholesky is not None else source.covariance_matrix()
+    L = source.lower(cov)
+    return CholeskyScore.from_lower(L) if L is not None else factor_covariance(cov)
+
+
 @dataclass(frozen=True, eq=False)
 class GaussianScorer:
     """What scoring rows under one Gaussian per class needs: small and picklable.
 
-    ``factors`` are the PSD roots of the class covariances (the covariances themselves
-    are not kept); ``fingerprint`` is the model's.
+    ``factors`` are, per class, a :class:`~daskgen.kernels.linalg.CholeskyScore` (a
+    positive definite covariance) or the PSD root of a singular one (the covariances
+    themselves are not kept); ``fingerprint`` is the model's.
     """
 
     classes: np.ndarray  # (K,)
     priors: np.ndarray  # (K,)
     means: np.ndarray  # (K, D), model units
-    factors: tuple[ClassFactor, ...]
+    factors: tuple[CholeskyScore | ClassFactor, ...]
     fingerprint: str
 
     def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
@@ -127,6 +245,9 @@ class GaussianScorer:
         out = np.empty((X.shape[0], len(self.classes)))
         for k, f in enumerate(self.factors):
             dev = X - self.means[k]
+            if isinstance(f, CholeskyScore):
+                out[:, k] = f.log_likelihood(dev)
+                continue
             inactive = dev[:, ~f.active]
             dev = dev[:, f.active]
             proj = dev @ f.basis
@@ -139,6 +260,66 @@ class GaussianScorer:
             )
             out[:, k] = np.where(off, -np.inf, ll)
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianFactoring:
+    """How the distributed layer factors a model's classes: one task per class runs
+    ``sampling_factor``/``scoring_factor`` on ``sources[k]`` (reading a stored factor, or
+    factoring the class's covariance), and the sampler or scorer is assembled from their
+    results. Small: no covariance travels with it (the sources do, one per task)."""
+
+    classes: np.ndarray
+    priors: np.ndarray
+    means: np.ndarray
+    fingerprint: str
+    sources: tuple[ClassSource, ...]
+
+    sampling_factor = staticmethod(sampling_factor)
+    scoring_factor = staticmethod(scoring_factor)
+
+    def sampler(self, factors: list, dtype: Any = np.float64) -> Sampler:
+        return Sampler(self.priors, self.means, factors, dtype)
+
+    def scorer(self, factors: list) -> GaussianScorer:
+        return GaussianScorer(self.classes, self.priors, self.means, tuple(factors), self.fingerprint)
+
+
+@dataclass(frozen=True)
+class StoredArrays:
+    """The large arrays of a model store, read class by class when needed, and what the
+    store recorded of the model (its fingerprint, for the transform it was computed with)."""
+
+    scatter: Any
+    cholesky: Any
+    covariances: Any
+    data_range: tuple[float, float]
+    fingerprint: str | None
+    transform: Any
+    url: str = ""
+
+
+class _Derived:
+    """A dataclass field that, left None, is computed on first use by the owner's method
+    ``method`` and kept (a model read from a store derives its covariances, or reads its
+    statistics, only when asked)."""
+
+    def __init__(self, method: str):
+        self.method = method
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}_value"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the field's default
+        value = obj.__dict__.get(self.slot)
+        if value is None:
+            value = obj.__dict__[self.slot] = getattr(obj, self.method)()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
 
 
 @register
@@ -157,13 +338,16 @@ class GaussianClassModel(ClassModel):
     means : ndarray of shape (K, D)
         Class means, in model units (pixel values times ``scale``).
     covariances : ndarray of shape (K, D, D) or (K, D)
-        Class covariances (full or diagonal), in model units squared.
+        Class covariances (full or diagonal), in model units squared. Derived on first
+        use from the statistics (:func:`class_covariance`) when not given: a full model
+        read from a store keeps only ``scatter`` and the Cholesky factors on disk.
     image_shape : tuple of int or None
         (H, W) when rows are images.
     scale : float
         Factor from pixel units to model units (1/255 for 8-bit images by default).
     stats : ClassStats
-        The raw sufficient statistics, so new data can be folded in later.
+        The raw sufficient statistics, so new data can be folded in later (read from
+        the store on first use).
     """
 
     kind = "gaussian"
@@ -172,8 +356,9 @@ class GaussianClassModel(ClassModel):
     counts: np.ndarray
     priors: np.ndarray
     means: np.ndarray
-    covariances: np.ndarray
-    stats: ClassStats
+    covariances: np.ndarray | None = _Derived("_derive_covariances")
+    stats: ClassStats | None = _Derived("_load_stats")
+    stored: StoredArrays | None = None
 
     @classmethod
     def diagonal_stats(cls, covariance: str) -> bool:
@@ -189,6 +374,8 @@ class GaussianClassModel(ClassModel):
         **meta: Any,
     ) -> GaussianClassModel:
         params = finalize(stats, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage)
+        if covariance == "full":  # derived from the statistics when asked (class_covariance)
+            params.pop("covariances", None)
         config = dict(meta.pop("config", {}))
         config.update(covariance=covariance, reg_covar=float(reg_covar), shrinkage=shrinkage)
         return cls(
@@ -200,6 +387,63 @@ class GaussianClassModel(ClassModel):
             **meta,
         )
 
+    # -- derived on demand -------------------------------------------------
+    def _given(self, name: str) -> Any:
+        """The value of a derived field (``covariances``, ``stats``) if set or derived yet, else None."""
+        return self.__dict__.get(f"_{name}_value")
+
+    def _load_stats(self) -> ClassStats:
+        s = self.stored
+        if s is None:
+            raise ValueError("this model has no statistics")
+        scatter = read_checked(s.scatter, s.url, "scatter")
+        return ClassStats(self.classes, self.counts, self.means, scatter, *s.data_range)
+
+    def _class_covariances(self) -> Iterator[np.ndarray]:
+        """Each class's covariance in turn, one at a time in memory."""
+        if self._given("covariances") is not None:
+            yield from self.covariances
+            return
+        for source in self.class_sources():
+            yield source.covariance_matrix()
+
+    def _derive_covariances(self) -> np.ndarray:
+        out = None
+        for k, cov in enumerate(self._class_covariances()):
+            if out is None:
+                out = np.empty((self.n_classes, *cov.shape))
+            out[k] = cov
+        return out
+
+    def _full(self) -> bool:
+        covs = self._given("covariances")
+        if covs is not None:
+            return covs.ndim == 3
+        if self.stored is not None:
+            return np.ndim(self.stored.scatter) == 3
+        return not self.stats.diagonal and self.config.get("covariance", "full") == "full"
+
+    def class_sources(self) -> list[ClassSource]:
+        """Per class, what factoring it needs (:class:`ClassSource`): the stored factor when
+        the store has one; the covariance when it is in memory (or an older store keeps
+        it); else the statistics it derives from."""
+        reg = float(self.config.get("reg_covar") or 0.0)
+        shrinkage = self.config.get("shrinkage") or "none"
+        covs = self._given("covariances")
+        s = self.stored
+        out = []
+        for k in range(self.n_classes):
+            if covs is not None:
+                out.append(ClassSource(self.counts[k], reg, shrinkage, covariance=covs[k]))
+            elif s is not None:
+                out.append(ClassSource(
+                    self.counts[k], reg, shrinkage, scatter=StoredClass(s.scatter, k, s.url, "scatter"),
+                    cholesky=None if s.cholesky is None else StoredClass(s.cholesky, k, s.url, "cholesky"),
+                    covariance=None if s.covariances is None else StoredClass(s.covariances, k, s.url, "covariances")))
+            else:
+                out.append(ClassSource(self.counts[k], reg, shrinkage, scatter=self.stats.scatter[k]))
+        return out
+
     # -- shape -------------------------------------------------------------
     @property
     def n_features(self) -> int:
@@ -207,23 +451,31 @@ class GaussianClassModel(ClassModel):
 
     @property
     def covariance_type(self) -> str:
-        return "diag" if self.covariances.ndim == 2 else "full"
+        return "full" if self._full() else "diag"
 
     @property
     def data_range(self) -> tuple[float, float]:
         """Smallest and largest training value, in model units."""
+        if self._given("stats") is None:
+            return self.stored.data_range
         return (self.stats.minimum, self.stats.maximum)
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short hash of the parameters: equal fingerprints sample identically."""
-        return fingerprint_arrays(self.classes, self.priors, self.means, self.covariances,
+        """A short hash of the parameters: equal fingerprints sample identically. The
+        covariances are hashed class by class (never all in memory); a model read from a
+        store has the fingerprint the store recorded."""
+        s = self.stored
+        if s is not None and s.fingerprint and s.transform == self.transform:
+            return s.fingerprint
+        return fingerprint_arrays(self.classes, self.priors, self.means, self._class_covariances(),
                                   *self.transform.fingerprint_parts())
 
     @cached_property
     def factors(self) -> list[ClassFactor]:
-        """One PSD root per class, computed once per model (not per sample)."""
-        return [factor_covariance(c) for c in self.covariances]
+        """One PSD root per class (eigendecomposition), computed once per model when asked:
+        sampling and scoring use Cholesky factors instead where covariances are positive definite."""
+        return [factor_covariance(c) for c in self._class_covariances()]
 
     # -- the interface ----------------------------------------------------
     @property
@@ -235,7 +487,12 @@ class GaussianClassModel(ClassModel):
         return self.covariances
 
     def spectra(self) -> list[np.ndarray]:
-        return [f.eigvals for f in self.factors]
+        return [covariance_spectrum(c) for c in self._class_covariances()]
+
+    def factoring(self) -> GaussianFactoring:
+        """What the distributed layer needs to factor the classes one task each (see
+        :class:`GaussianFactoring`)."""
+        return GaussianFactoring(self.classes, self.priors, self.means, self.fingerprint, tuple(self.class_sources()))
 
     def scorer(self) -> GaussianScorer:
         """The means and the factors (computed once per model), no covariances, no statistics."""
@@ -243,42 +500,122 @@ class GaussianClassModel(ClassModel):
 
     @cached_property
     def _scorer(self) -> GaussianScorer:
-        return GaussianScorer(self.classes, self.priors, self.means, tuple(self.factors), self.fingerprint)
+        return self.factoring().scorer([scoring_factor(s) for s in self.class_sources()])
 
     def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
         """log p(x | y = k) for every row and class, shape (n, K); see :class:`GaussianScorer`."""
         return self._scorer.class_log_likelihood(X)
 
     def sampler(self, dtype: Any = np.float64) -> Sampler:
-        return Sampler(self.priors, self.means, self.factors, dtype)
+        work = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+        return Sampler(self.priors, self.means, [sampling_factor(s, work) for s in self.class_sources()], dtype)
 
     def to_store(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Arrays ``counts``, ``priors``, ``means``, ``covariances`` and ``scatter`` (the raw
-        statistics, same shape as the covariances); no extra attributes."""
+        """Arrays ``counts``, ``priors``, ``means`` and ``scatter`` (the raw statistics);
+        a diagonal model also ``covariances`` (K, D). A full model's (K, D, D) arrays are
+        given by :meth:`class_arrays`, written class by class."""
         arrays = {
             "counts": np.asarray(self.counts, dtype=np.int64),
             "priors": np.asarray(self.priors, dtype=np.float64),
             "means": np.asarray(self.means, dtype=np.float64),
-            "covariances": np.asarray(self.covariances, dtype=np.float64),
-            "scatter": np.asarray(self.stats.scatter, dtype=np.float64),
         }
+        if not self._full():
+            arrays["covariances"] = np.asarray(self.covariances, dtype=np.float64)
+            arrays["scatter"] = np.asarray(self.stats.scatter, dtype=np.float64)
         return arrays, {}
 
+    def class_arrays(self) -> dict[str, ClassArray]:
+        """A full model's (K, D, D) arrays, written class by class: ``scatter`` (from the
+        statistics in memory, or the store the model was read from), then ``cholesky``,
+        one task per class reading the store's ``scatter`` (:func:`store_cholesky`;
+        dropped when a covariance is not positive definite). No ``covariances``: they
+        are derived on demand."""
+        if not self._full():
+            return {}
+        K, D = self.n_classes, self.n_features
+        sources = tuple(self.class_sources())
+        scatter = self.stored.scatter if self._given("stats") is None else self.stats.scatter
+        reg = float(self.config.get("reg_covar") or 0.0)
+        shrinkage = self.config.get("shrinkage") or "none"
+        fresh = tuple(ClassSource(s.count, reg, shrinkage) for s in sources)
+        return {
+            "scatter": ClassArray((K, D, D), partial(_write_scatter, scatter)),
+            "cholesky": ClassArray((K, D, D), partial(store_cholesky, fresh), parallel=True),
+        }
+
     @classmethod
-    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> GaussianClassModel:
-        a = read_arrays(group, ("counts", "priors", "means", "covariances", "scatter"), url)
+    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> ClassModel:
+        """Small arrays are read (and checked) now; ``scatter``, ``cholesky`` and an older
+        store's ``covariances`` (K, D, D) class by class where needed, and checked there
+        (:class:`StoredClass`): a corrupted factor fails the task that reads it, with one
+        line naming the store, before a command writes anything."""
+        if meta.get("tiles"):  # fitted with --tiles: the covariances stay on disk, as tiles
+            from .tiled import TiledGaussianClassModel
+
+            return TiledGaussianClassModel.from_store(group, meta, classes, url)
+        names = set(group.array_keys())
+        a = read_arrays(group, ("counts", "priors", "means"), url)
         K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)
         full = (K, D, D)
+        big = {k: group[k] for k in ("covariances", "scatter", "cholesky") if k in names}
+        shapes = {k: tuple(v.shape) for k, v in big.items()}
         if (
             K < 1
             or classes.shape != (K,)
             or a["counts"].shape != (K,)
             or a["priors"].shape != (K,)
-            or a["covariances"].shape not in (full, (K, D))
-            or a["scatter"].shape not in (full, (K, D))
-            or not all(np.isfinite(a[k]).all() for k in ("priors", "means", "covariances", "scatter"))
+            or "scatter" not in big
+            or shapes["scatter"] not in (full, (K, D))
+            or shapes.get("covariances", shapes["scatter"]) != shapes["scatter"]
+            or shapes.get("cholesky", full) != full
+            or ("covariances" not in big and shapes["scatter"] != full)
+            or not all(np.isfinite(a[k]).all() for k in ("priors", "means"))
         ):
             raise ModelError(f"{url}: corrupted model store (array shapes or values are inconsistent)")
-        stats = ClassStats(classes, a["counts"], a["means"], a["scatter"], *stored_data_range(meta))
-        return cls(classes=classes, counts=a["counts"], priors=a["priors"], means=a["means"],
-                   covariances=a["covariances"], stats=stats, **meta_fields(meta))
+        fields = meta_fields(meta)
+        if shapes["scatter"] == (K, D):  # diagonal: small, read now
+            d = read_arrays(group, ("covariances", "scatter"), url)
+            if not all(np.isfinite(d[k]).all() for k in d):
+                raise ModelError(f"{url}: corrupted model store (array shapes or values are inconsistent)")
+            stats = ClassStats(classes, a["counts"], a["means"], d["scatter"], *stored_data_range(meta))
+            return cls(classes=classes, counts=a["counts"], priors=a["priors"], means=a["means"],
+                       covariances=d["covariances"], stats=stats, **fields)
+        # read (and checked) where used: the factors by the tasks that sample or score
+        stored = StoredArrays(big["scatter"], big.get("cholesky"), big.get("covariances"), stored_data_range(meta),
+                              meta.get("fingerprint"), fields["transform"], url)
+        return cls(classes=classes, counts=a["counts"], priors=a["priors"], means=a["means"], stored=stored, **fields)
+
+
+def _write_scatter(scatter: Any, arrays: dict[str, Any], index: int) -> bool:
+    arrays["scatter"][index] = np.asarray(scatter[index], dtype=np.float64)
+    return True
+
+
+def store_cholesky(sources: tuple[ClassSource, ...], arrays: dict[str, Any], index: int) -> bool:
+    """Factor class ``index`` from the store's ``scatter`` and write its Cholesky factor into
+    the store's ``cholesky`` (:func:`write_lower`); False (nothing written) when its
+    covariance is not positive definite. One task per class, at fit time."""
+    source = sources[index]
+    cov = class_covariance(np.asarray(arrays["scatter"][index], dtype=np.float64), source.count, source.reg_covar,
+                           source.shrinkage)
+    L = cholesky_lower(cov)
+    del cov
+    if L is None:
+        return False
+    write_lower(arrays["cholesky"], index, L)
+    return True
+
+
+def write_lower(array: Any, index: int, L: np.ndarray) -> None:
+    """Write a lower triangular (D, D) ``L`` as class ``index`` of a (K, D, D) zarr array,
+    only the chunks on or below the diagonal (the others keep the fill value 0)."""
+    _, ci, cj = array.chunks
+    D = L.shape[0]
+    for i0 in range(0, D, ci):
+        i1 = min(D, i0 + ci)
+        if cj >= D:
+            array[index, i0:i1, :] = L[i0:i1]
+            continue
+        for j0 in range(0, min(i1, D), cj):  # chunk column j0 has entries on/below the diagonal if j0 < i1
+            j1 = min(D, j0 + cj)
+            array[index, i0:i1, j0:j1] = L[i0:i1, j0:j1]
