@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from _helpers import assert_one_line_error, run_cli
 from scipy.linalg import solve_triangular
 from scipy.stats import multivariate_normal
 
@@ -24,7 +25,6 @@ from daskgen.kernels.tiles import (
     tiled_colour,
     upper_tiles,
 )
-from tests._helpers import assert_one_line_error, run_cli
 
 FMNIST32 = "/work/data/fmnist32-train.zarr"
 
