@@ -194,9 +194,6 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     out = out or update_path
     if components > 1 and update_path:
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
-    if components > 1 and covariance in ("ppca", "fa"):
-        raise InputError(f"--components > 1 with --covariance {covariance} (mixtures of low-rank Gaussians) is not "
-                         "available yet")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
     if components > 1 and tiles:
@@ -239,7 +236,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 
             model = fit_mixture(dataset, components, covariance=covariance, reg_covar=reg_covar, max_iter=max_iter,
                                 tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
-                                callback=report, transform=transform)
+                                callback=report, transform=transform, rank=rank)
         else:
             scratch = scratch_beside(out, so) if tiles else None
             try:

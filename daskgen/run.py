@@ -232,9 +232,10 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
         "tiles": model.config.get("tiles"),
     }
     if options["covariance"] in ("ppca", "fa"):
-        want.update({k: options[k] for k in LOW_RANK_OPTIONS})
+        # a mixture of them is fitted by EM: of the sketch's options only the rank applies
+        want.update({k: options[k] for k in (("rank",) if mixture else LOW_RANK_OPTIONS)})
         want["rank"] = want["rank"] or DEFAULT_RANK
-        have.update({k: model.config.get(k) for k in LOW_RANK_OPTIONS})
+        have.update({k: model.config.get(k) for k in want if k in LOW_RANK_OPTIONS})
     if mixture:
         want.update({k: v for k, v in mixture.items() if k != "components"})
         have.update({k: model.config.get(k) for k in mixture if k != "components"})
@@ -264,9 +265,6 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
     options = _fit_options(job)
     components = int(job.fit["components"])
     mixture = {"components": components, **_mixture_options(job)} if components > 1 else None
-    if mixture and options["covariance"] in ("ppca", "fa"):
-        raise InputError(f"fit.components > 1 with fit.covariance {options['covariance']} (mixtures of low-rank "
-                         "Gaussians) is not available yet")
     if mixture and options["shrinkage"] != "none":
         raise InputError("fit.shrinkage applies to one Gaussian per class, not to fit.components > 1")
     t = time.perf_counter()
@@ -317,6 +315,8 @@ def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet
 
     em = {k: v for k, v in mixture.items() if k != "components"}
     read = {k: v for k, v in options.items() if k != "shrinkage" and k not in LOW_RANK_OPTIONS}
+    if options["covariance"] in ("ppca", "fa"):
+        read["rank"] = options["rank"]
 
     def report(it: dict[str, Any]) -> None:
         change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1
