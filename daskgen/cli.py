@@ -163,7 +163,8 @@ class _UserErrorFilter(logging.Filter):
 @cluster_options
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
-        split_every, components, max_iter, tol, init, seed, prior_rows, transform, logit_lambda, storage, overwrite,
+        rank, oversampling, power_iterations, split_every, components, max_iter, tol, init, seed, prior_rows, transform,
+        logit_lambda, storage, overwrite,
         **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
@@ -183,6 +184,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     out = out or update_path
     if components > 1 and update_path:
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
+    if components > 1 and covariance in ("ppca", "fa"):
+        raise InputError(f"--components > 1 with --covariance {covariance} (mixtures of low-rank Gaussians) is not "
+                         "available yet")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
     if logit_lambda is not None and transform != "logit":
@@ -193,6 +197,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
     _check_output(out, so)
     previous = read_model(update_path, so) if update_path else None
+    if previous is not None and previous.covariance_type in ("ppca", "fa"):
+        raise InputError(f"{update_path} is a {previous.covariance_type} model: it keeps sketches' results, not the "
+                         "scatter new data could be folded into; fit it again on all the data")
     if previous is not None and not hasattr(previous, "stats"):
         raise InputError(f"{update_path} is a mixture model ({previous.n_components} components per class): --update "
                          "folds data into one Gaussian per class; fit the mixture again on all the data instead")
@@ -215,6 +222,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         else:
             model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
                               split_every=split_every, update=previous, progress=not cluster["quiet"],
+                              rank=rank, oversampling=oversampling, power_iterations=power_iterations,
                               transform=previous.transform if previous is not None and transform.identity
                               else transform,
                               seed=previous.config.get("seed", seed) if previous is not None else seed)

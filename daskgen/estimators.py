@@ -238,7 +238,11 @@ class GaussianClassifier(_Estimator):
 
     Parameters (as the command line's ``daskgen fit`` options)
     ----------
-    covariance : {"full", "diag"}
+    covariance : {"full", "diag", "ppca", "fa"}
+        ``ppca``/``fa``: a low-rank class model (:mod:`daskgen.models.lowrank`), fitted
+        from randomized sketches; never a D x D array.
+    rank, oversampling, power_iterations : int
+        ``ppca``/``fa`` only: q (None: 16), the sketch's extra columns and extra passes.
     reg_covar : "auto" or float >= 0
         Added to every covariance's diagonal, in model units squared (logit units
         squared in logit space); "auto" (as ``daskgen fit``): ``scale**2 / 12``, the
@@ -269,6 +273,9 @@ class GaussianClassifier(_Estimator):
     priors_ : (K,) float64  counts_ / counts_.sum()
     means_ : (K, D) float64
     covariances_ : (K, D, D) or (K, D) float64  unbiased (n - 1), plus reg_covar / scale**2
+        (full and diag only)
+    loadings_ : (K, D, q), noise_variance_ : (K, D) float64  ppca/fa only: each class's
+        covariance is ``loadings_ @ loadings_.T + diag(noise_variance_)``
     n_features_in_ : int
     feature_names_in_ : (D,) object  column names, for dataframe input only
     scale_ : float  the scale applied (model units = data units * scale_)
@@ -287,10 +294,16 @@ class GaussianClassifier(_Estimator):
         split_every: int = SPLIT_EVERY.default,
         blocksize: int | None = None,
         sample_dim: str = "sample",
+        rank: int | None = None,
+        oversampling: int = GAUSSIAN_FIT["oversampling"].default,
+        power_iterations: int = GAUSSIAN_FIT["power_iterations"].default,
     ):
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.shrinkage = shrinkage
+        self.rank = rank
+        self.oversampling = oversampling
+        self.power_iterations = power_iterations
         self.transform = transform
         self.logit_lambda = logit_lambda
         self.random_state = random_state
@@ -301,19 +314,25 @@ class GaussianClassifier(_Estimator):
 
     def _check_params(self) -> None:
         GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
-                           split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda)
+                           split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda,
+                           rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
         MIXTURE_FIT.check(names={"seed": "random_state"}, seed=self.random_state)
 
     def _fit_model(self, dataset):
         from .fitting import fit
 
         return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
-                   split_every=self.split_every, transform=self._transform(), seed=int(self.random_state))
+                   split_every=self.split_every, transform=self._transform(), seed=int(self.random_state),
+                   rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
 
     def _set_fitted(self, model) -> None:
         s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.means_ = model.means / s
-        self.covariances_ = model.covariances / (s * s)
+        if model.covariance_type in ("ppca", "fa"):  # low rank: no D x D covariance
+            self.loadings_ = model.loadings / s
+            self.noise_variance_ = model.noise / (s * s)
+        else:
+            self.covariances_ = model.covariances / (s * s)
 
 
 class GaussianMixtureClassifier(_Estimator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ._blas import one_blas_thread
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
 from .errors import InputError, user_input
 from .io.blocks import NotEightBitError
@@ -14,6 +15,7 @@ from .kernels.transform import LOGIT_REG_COVAR, NONE, Transform, make_transform
 from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
+from .models.lowrank import LOW_RANK
 from .options import GAUSSIAN_FIT
 
 
@@ -36,6 +38,9 @@ def fit(
     transform: str | Transform = "none",
     logit_lambda: float | None = None,
     seed: int = 0,
+    rank: int | None = None,
+    oversampling: int = 10,
+    power_iterations: int = 2,
 ) -> ClassModel:
     """Fit one Gaussian per class (or another kind fitted from per-class statistics,
     ``kind``) to labelled rows read from ``inputs``.
@@ -45,7 +50,12 @@ def fit(
     inputs : path, URL, glob or directory, a list of them, or a Dataset from :func:`prepare`
         CSV or Parquet files with a label column, or Zarr groups with ``images``
         (N, H, W) or (N, D) and ``labels`` (N,).
-    covariance : {"full", "diag"}
+    covariance : {"full", "diag", "ppca", "fa"}
+        ``ppca``/``fa``: a low-rank model per class (``W Wᵀ + σ² I`` or ``W Wᵀ + diag ψ``,
+        :mod:`daskgen.models.lowrank`), fitted from randomized sketches in
+        ``2 + power_iterations`` passes (:mod:`daskgen.distributed.lowrank`); ``kind`` is ignored.
+    rank, oversampling, power_iterations : int
+        ``ppca``/``fa`` only: q (default 16), the sketch's extra columns, the extra passes.
     reg_covar : float or "auto"
         Added to every covariance's diagonal (model units squared; logit units squared
         for a logit model). "auto" (or None): :func:`default_reg_covar` — the
@@ -82,12 +92,22 @@ def fit(
                                  split_every=split_every, logit_lambda=logit_lambda,
                                  **({"transform": transform} if isinstance(transform, str) else {}))
     reg_covar, split_every = checked["reg_covar"], checked["split_every"]
+    low_rank = GAUSSIAN_FIT.check(rank=rank, oversampling=oversampling, power_iterations=power_iterations)
+    if covariance in LOW_RANK:
+        kind = covariance
+        if update is not None:
+            raise InputError(f"--update folds data into full or diagonal statistics; a {covariance} model keeps only "
+                             "sketches: fit it again on all the data")
+        if shrinkage != "none":
+            raise InputError(f"--shrinkage applies to --covariance full or diag, not {covariance}")
+    elif rank is not None:
+        raise InputError("--rank applies to --covariance ppca or fa")
     if update is not None and update.kind != kind:
         raise InputError(f"--update folds data into a model of its own kind ({update.kind}), not {kind}")
     transform = fit_transform(transform, logit_lambda, update)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
-    if diagonal_stats is None:
+    if diagonal_stats is None and covariance not in LOW_RANK:
         raise InputError(f"a {kind} model is not fitted from per-class statistics")
     dataset = (
         inputs
@@ -98,6 +118,20 @@ def fit(
     label_column = dataset.label_column
     if reg_covar == "auto":
         reg_covar = default_reg_covar(dataset, transform=transform)
+
+    def common(dataset: Dataset) -> dict[str, Any]:  # the model's attributes, once the read path is known
+        return {
+            "image_shape": dataset.image_shape, "scale": dataset.scale, "label_column": label_column,
+            "feature_names": dataset.feature_names, "transform": transform,
+            "config": {"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
+                       "integer_pixels": bool(dataset.integer_pixels),
+                       **({"class_names": dataset.class_names} if dataset.class_names else {}),
+                       **({} if transform.identity and covariance not in LOW_RANK else {"seed": int(seed)})},
+        }
+
+    if covariance in LOW_RANK:
+        return fit_low_rank(model_class, dataset, reg_covar=reg_covar, split_every=int(split_every), seed=int(seed),
+                            progress=progress, common=common(dataset), **low_rank)
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     noise = {"transform": transform, "seed": int(seed)}
     if not dataset.blocks:
@@ -130,17 +164,37 @@ def fit(
             covariance=covariance,
             reg_covar=reg_covar,
             shrinkage=shrinkage,
-            image_shape=dataset.image_shape,
-            scale=dataset.scale,
-            label_column=label_column,
-            feature_names=dataset.feature_names,
-            config={"split_every": int(split_every), "blocksize": dataset.blocksize, "format": dataset.fmt,
-                    "integer_pixels": bool(dataset.integer_pixels),
-                    **({"class_names": dataset.class_names} if dataset.class_names else {}),
-                    **({} if transform.identity else {"seed": int(seed)})},
             inputs=previous + dataset.files,
-            transform=transform,
+            **common(dataset),
         )
+
+
+#: q of a ppca/fa fit when --rank is not given.
+DEFAULT_RANK = 16
+
+
+def fit_low_rank(model_class, dataset: Dataset, *, rank: int | None, oversampling: int, power_iterations: int,
+                 reg_covar: float, split_every: int, seed: int, progress: bool, common: dict[str, Any]) -> ClassModel:
+    """A ``ppca``/``fa`` model of ``dataset`` from randomized sketches (never a D×D array)."""
+    from .distributed.lowrank import sketch_spectra
+
+    rank = DEFAULT_RANK if rank is None else int(rank)
+    width = rank + int(oversampling)
+    if width > dataset.n_features:
+        raise InputError(f"--rank {rank} + --oversampling {oversampling} exceeds the {dataset.n_features} features "
+                         "of the input")
+    if not dataset.blocks:
+        raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
+    with user_input():  # bad values in the data (the transform refuses them)
+        stats, theta, bases, report = sketch_spectra(dataset, width, power_iterations, split_every=split_every,
+                                                     transform=common["transform"], seed=seed, progress=progress)
+    if stats.n_rows == 0:
+        raise InputError(f"no rows in the input ({', '.join(f['path'] for f in dataset.files[:3])})")
+    common["config"].update(oversampling=int(oversampling), power_iterations=int(power_iterations),
+                            sketch=report)
+    with user_input(), one_blas_thread():  # errors: a class of one row, overflow, a zero noise variance
+        return model_class.from_spectra(stats, theta, bases, rank, reg_covar=reg_covar, inputs=dataset.files,
+                                        **common)
 
 
 def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None

@@ -515,8 +515,16 @@ REG_COVAR = Option(
 #: One Gaussian per class (the ``fit`` section of a job file, with :data:`MIXTURE_FIT`).
 GAUSSIAN_FIT = Group("fit", (
     Option("covariance", "choice", "full", "full: a D x D covariance per class (pixels correlate); "
-           "diag: per-pixel variances only.", choices=("full", "diag")),
+           "diag: per-pixel variances only; ppca: W W^T + sigma^2 I with W of q columns (probabilistic "
+           "PCA); fa: W W^T + diag(psi) (factor analysis, psi floored at reg_covar).",
+           choices=("full", "diag", "ppca", "fa")),
     REG_COVAR,
+    Option("rank", "int", None, "ppca/fa: q, the columns of each class's loadings W.", minimum=1, optional=True,
+           default_help="16 with ppca/fa"),
+    Option("oversampling", "int", 10, "ppca/fa: extra columns of the randomized sketch (its width is rank + "
+           "oversampling).", minimum=0),
+    Option("power_iterations", "int", 2, "ppca/fa: passes over the data beyond the two the sketch needs, each "
+           "sharpening the top eigenpairs.", minimum=0),
     Option("shrinkage", "choice", "none", "Oracle Approximating Shrinkage of each covariance (one Gaussian per "
            "class).", choices=("none", "oas")),
     SPLIT_EVERY,

@@ -56,6 +56,10 @@ FILES = {
 }
 #: The extra figure :func:`plot_all` writes for a per-class mixture.
 MIXTURE_FILES = {"component-means": "component-means.png"}
+#: The extra figure :func:`plot_all` writes for a low-rank kind (``ppca``, ``fa``).
+LOW_RANK_FILES = {"directions": "directions.png"}
+#: Eigen-images per class :func:`plot_directions` draws.
+DIRECTIONS = 8
 
 FONT = 9  # points; 12.5 px at DPI 100
 _GAP = 0.1  # inches between image panels
@@ -415,6 +419,32 @@ def plot_component_means(model: ClassModel, path: str) -> str:
     return save_figure(fig, path)
 
 
+def plot_directions(model: ClassModel, path: str, n: int = DIRECTIONS) -> str:
+    """For a low-rank kind (:meth:`ClassModel.principal_directions`): one row per class, its
+    first ``n`` principal directions (eigen-images), titled with the variance along each.
+
+    Directions are signed: each panel is drawn on a diverging scale symmetric about 0
+    (grey 0, dark and light the two signs). Returns ``path``.
+    """
+    parts = model.principal_directions()
+    if parts is None:
+        raise InputError(f"a {model.kind} model has no low-rank part whose directions could be drawn")
+    directions, variances = parts
+    style = _style(model, directions)
+    (pw, ph), K, M = style.panel, model.n_classes, min(n, directions.shape[1])
+    labels = [display_label(c) for c in model.class_names]
+    label_width = _row_label_width(labels)
+    fig = new_figure(M * pw + label_width, K * (ph + TITLE))
+    axes = _panels(fig, K, M, (pw, ph), left=label_width, top=0.0, title=TITLE)
+    for k, label in enumerate(labels):
+        for j in range(M):
+            v = directions[k, j]
+            top = float(np.abs(v).max()) or 1.0
+            _show(axes[k, j], v, _Style(style.shape, style.aspect, -top, top, style.panel), f"{variances[k, j]:.3g}",
+                  label if j == 0 else None)
+    return save_figure(fig, path)
+
+
 def plot_all(
     model: ClassModel,
     out_dir: str,
@@ -425,23 +455,29 @@ def plot_all(
 
     Returns ``{"means-and-samples": path, "samples-grid": path, "spectrum": path}``
     with the file names of :data:`FILES`; for a model with components (a per-class
-    mixture) also ``"component-means"`` (:data:`MIXTURE_FILES`, :func:`plot_component_means`).
+    mixture) also ``"component-means"`` (:data:`MIXTURE_FILES`, :func:`plot_component_means`);
+    for a low-rank kind ``"directions"`` (:data:`LOW_RANK_FILES`, :func:`plot_directions`).
     """
     mixture = model.component_means() is not None
-    files = {**FILES, **MIXTURE_FILES} if mixture else FILES
+    low_rank = model.principal_directions() is not None
+    files = {**FILES, **(MIXTURE_FILES if mixture else {}), **(LOW_RANK_FILES if low_rank else {})}
     out = {name: posixpath.join(str(out_dir), file) for name, file in files.items()}
     plot_means_and_samples(model, out["means-and-samples"], samples=samples, seed=seed)
     plot_sample_grid(model, out["samples-grid"], samples=samples, seed=seed)
     plot_spectrum(model, out["spectrum"])
     if mixture:
         plot_component_means(model, out["component-means"])
+    if low_rank:
+        plot_directions(model, out["directions"])
     return out
 
 
 __all__ = [
+    "DIRECTIONS",
     "DPI",
     "FILES",
     "FRACTIONS",
+    "LOW_RANK_FILES",
     "MIXTURE_FILES",
     "PANEL",
     "ROW_LABEL",
@@ -450,6 +486,7 @@ __all__ = [
     "load_samples",
     "plot_all",
     "plot_component_means",
+    "plot_directions",
     "plot_means_and_samples",
     "plot_sample_grid",
     "plot_spectrum",

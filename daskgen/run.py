@@ -154,7 +154,12 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "shrinkage": job.fit["shrinkage"],
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
+        **{k: job.fit[k] for k in LOW_RANK_OPTIONS},
     }
+
+
+#: The ppca/fa options of a job's fit (one Gaussian per class of low rank).
+LOW_RANK_OPTIONS = ("rank", "oversampling", "power_iterations")
 
 
 def _mixture_options(job: Job) -> dict[str, Any]:
@@ -171,7 +176,7 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     ``components`` and the EM options of a mixture fit). The tree's fan-in and the
     block size do not: they change how, not what, is computed.
     """
-    from .fitting import default_reg_covar
+    from .fitting import DEFAULT_RANK, default_reg_covar
     from .io.inputs import open_inputs
 
     dataset = open_inputs(
@@ -196,6 +201,10 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
         "shrinkage": model.config.get("shrinkage", "none"),
         "transform": str(model.transform),
     }
+    if options["covariance"] in ("ppca", "fa"):
+        want.update({k: options[k] for k in LOW_RANK_OPTIONS})
+        want["rank"] = want["rank"] or DEFAULT_RANK
+        have.update({k: model.config.get(k) for k in LOW_RANK_OPTIONS})
     if mixture:
         want.update({k: v for k, v in mixture.items() if k != "components"})
         have.update({k: model.config.get(k) for k in mixture if k != "components"})
@@ -224,6 +233,9 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
     options = _fit_options(job)
     components = int(job.fit["components"])
     mixture = {"components": components, **_mixture_options(job)} if components > 1 else None
+    if mixture and options["covariance"] in ("ppca", "fa"):
+        raise InputError(f"fit.components > 1 with fit.covariance {options['covariance']} (mixtures of low-rank "
+                         "Gaussians) is not available yet")
     if mixture and options["shrinkage"] != "none":
         raise InputError("fit.shrinkage applies to one Gaussian per class, not to fit.components > 1")
     t = time.perf_counter()
@@ -268,7 +280,7 @@ def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet
     from .distributed.em import fit_mixture
 
     em = {k: v for k, v in mixture.items() if k != "components"}
-    read = {k: v for k, v in options.items() if k != "shrinkage"}
+    read = {k: v for k, v in options.items() if k != "shrinkage" and k not in LOW_RANK_OPTIONS}
 
     def report(it: dict[str, Any]) -> None:
         change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1

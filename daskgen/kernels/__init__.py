@@ -10,6 +10,7 @@ takes arrays (and small parameter objects) and returns arrays or statistics that
 * :mod:`.init_sample` — the chunking-independent hashed sample of rows per class.
 * :mod:`.kmeans` — k-means++ seeding and Lloyd iterations on a sample.
 * :mod:`.linalg` — covariance factors, precision Cholesky, log-sum-exp.
+* :mod:`.lowrank` — low-rank-plus-diagonal Gaussians: Woodbury log-density, sampling, O(D·q) per row.
 * :mod:`.sampling` — drawing blocks of Gaussian rows from prepared factors.
 * :mod:`.ndb` — NDB's nearest-centre assignment, Lloyd statistics, bin counts and z-test.
 """

@@ -272,6 +272,12 @@ class ClassModel(ABC):
         """
         return None
 
+    def principal_directions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """For kinds with a low-rank part per class: its orthonormal directions (K, q, D)
+        and the variance of that part along each (K, q), descending; the figures draw them
+        as eigen-images. None (the default) for other kinds."""
+        return None
+
     def spectra(self) -> list[np.ndarray]:
         """Per class, the eigenvalues of its covariance (descending, those above the rank
         tolerance), model units squared; for a diagonal covariance the sorted variances."""

@@ -18,7 +18,8 @@ from ..errors import ModelError
 T = TypeVar("T", bound=type)
 
 #: Built-in kinds: name -> the module that registers it when imported.
-BUILTIN = {"gaussian": "daskgen.models.gaussian", "mixture": "daskgen.models.mixture"}
+BUILTIN = {"gaussian": "daskgen.models.gaussian", "mixture": "daskgen.models.mixture",
+           "ppca": "daskgen.models.lowrank", "fa": "daskgen.models.lowrank"}
 _KINDS: dict[str, Any] = {}
 
 
