@@ -164,8 +164,7 @@ class _UserErrorFilter(logging.Filter):
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
         rank, oversampling, power_iterations, split_every, components, max_iter, tol, init, seed, prior_rows, transform,
-        logit_lambda, storage, overwrite,
-        **kw):
+        logit_lambda, tiles, storage, overwrite, **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -175,7 +174,8 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .errors import InputError, OutputExistsError
     from .fitting import fit as fit_model
     from .fitting import fit_transform, prepare
-    from .io.store import output_exists, read_model
+    from .io.fs import remove_tree
+    from .io.store import output_exists, read_model, scratch_beside
 
     cluster = _cluster_kwargs(kw)
     so = pairs(storage)
@@ -184,11 +184,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     out = out or update_path
     if components > 1 and update_path:
         raise InputError("--update folds data into one Gaussian per class; it does not apply to --components > 1")
-    if components > 1 and covariance in ("ppca", "fa"):
-        raise InputError(f"--components > 1 with --covariance {covariance} (mixtures of low-rank Gaussians) is not "
-                         "available yet")
     if components > 1 and shrinkage != "none":
         raise InputError("--shrinkage applies to one Gaussian per class, not to --components > 1")
+    if components > 1 and tiles:
+        raise InputError("--tiles applies to one Gaussian per class, not to --components > 1")
     if logit_lambda is not None and transform != "logit":
         raise InputError("--logit-lambda applies to --transform logit")
     transform = fit_transform(transform, logit_lambda)  # checked before anything is read
@@ -200,6 +199,9 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     if previous is not None and previous.covariance_type in ("ppca", "fa"):
         raise InputError(f"{update_path} is a {previous.covariance_type} model: it keeps sketches' results, not the "
                          "scatter new data could be folded into; fit it again on all the data")
+    if getattr(previous, "tiles", None):
+        raise InputError(f"{update_path} is a tiled model (--tiles): --update does not fold data into it; fit it "
+                         "again on all the data")
     if previous is not None and not hasattr(previous, "stats"):
         raise InputError(f"{update_path} is a mixture model ({previous.n_components} components per class): --update "
                          "folds data into one Gaussian per class; fit the mixture again on all the data instead")
@@ -218,17 +220,26 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 
             model = fit_mixture(dataset, components, covariance=covariance, reg_covar=reg_covar, max_iter=max_iter,
                                 tol=tol, init=init, seed=seed, prior_rows=prior_rows, split_every=split_every,
-                                callback=report, transform=transform)
+                                callback=report, transform=transform, rank=rank)
         else:
-            model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                              split_every=split_every, update=previous, progress=not cluster["quiet"],
-                              rank=rank, oversampling=oversampling, power_iterations=power_iterations,
-                              transform=previous.transform if previous is not None and transform.identity
-                              else transform,
-                              seed=previous.config.get("seed", seed) if previous is not None else seed)
-        with _writing(out):  # on the cluster: the store's Cholesky factors are one task per class
-            model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so,
-                       run=functools.partial(run_calls, progress=not cluster["quiet"]))
+            scratch = scratch_beside(out, so) if tiles else None
+            try:
+                model = fit_model(dataset, covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
+                                  split_every=split_every, update=previous, progress=not cluster["quiet"],
+                                  rank=rank, oversampling=oversampling, power_iterations=power_iterations,
+                                  transform=previous.transform if previous is not None and transform.identity
+                                  else transform,
+                                  seed=previous.config.get("seed", seed) if previous is not None else seed,
+                                  tiles=tiles, tile_store=scratch)
+            except BaseException:
+                remove_tree(scratch, so)
+                raise
+        try:
+            with _writing(out):  # on the cluster: the store's Cholesky factors are one task per class
+                model.save(out, overwrite=True if replacing_update else overwrite, storage_options=so,
+                           run=functools.partial(run_calls, progress=not cluster["quiet"]))
+        finally:
+            remove_tree(getattr(model, "scratch_url", None), so)
     took = time.perf_counter() - start
     rows = int(model.counts.sum())
     if not dataset.blocks:

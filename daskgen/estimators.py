@@ -265,6 +265,9 @@ class GaussianClassifier(_Estimator):
         Rows per block of numpy/pandas input (default ~32 MiB of float64 rows).
     sample_dim : str
         The sample dimension of xarray input.
+    tiles : int, optional
+        Keep each class's covariance as tiles of this many features, on disk (``daskgen fit
+        --tiles``); ``covariances_`` is then None.
 
     Attributes (after ``fit``; data units)
     ----------
@@ -297,7 +300,9 @@ class GaussianClassifier(_Estimator):
         rank: int | None = None,
         oversampling: int = GAUSSIAN_FIT["oversampling"].default,
         power_iterations: int = GAUSSIAN_FIT["power_iterations"].default,
+        tiles: int | None = None,
     ):
+        self.tiles = tiles
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.shrinkage = shrinkage
@@ -315,7 +320,8 @@ class GaussianClassifier(_Estimator):
     def _check_params(self) -> None:
         GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
                            split_every=self.split_every, transform=self.transform, logit_lambda=self.logit_lambda,
-                           rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
+                           rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations,
+                           tiles=self.tiles)
         MIXTURE_FIT.check(names={"seed": "random_state"}, seed=self.random_state)
 
     def _fit_model(self, dataset):
@@ -323,7 +329,8 @@ class GaussianClassifier(_Estimator):
 
         return fit(dataset, covariance=self.covariance, reg_covar=self.reg_covar, shrinkage=self.shrinkage,
                    split_every=self.split_every, transform=self._transform(), seed=int(self.random_state),
-                   rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations)
+                   rank=self.rank, oversampling=self.oversampling, power_iterations=self.power_iterations,
+                   tiles=self.tiles)
 
     def _set_fitted(self, model) -> None:
         s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
@@ -332,7 +339,8 @@ class GaussianClassifier(_Estimator):
             self.loadings_ = model.loadings / s
             self.noise_variance_ = model.noise / (s * s)
         else:
-            self.covariances_ = model.covariances / (s * s)
+            # a tiled model (tiles=T) keeps its covariances on disk, as tiles: none in memory
+            self.covariances_ = None if getattr(model, "tiles", None) else model.covariances / (s * s)
 
 
 class GaussianMixtureClassifier(_Estimator):
@@ -341,7 +349,11 @@ class GaussianMixtureClassifier(_Estimator):
     Parameters (as the command line's ``daskgen fit --components`` options)
     ----------
     n_components : int >= 1
-    covariance : {"full", "diag"}
+    covariance : {"full", "diag", "ppca", "fa"}
+        ``ppca``/``fa``: components ``W Wᵀ + σ² I`` or ``W Wᵀ + diag ψ`` with ``W`` of ``rank``
+        columns (:mod:`daskgen.models.mfa`; ψ floored at ``reg_covar``), never a D×D array.
+    rank : int or None
+        ``ppca``/``fa`` only: q, the columns of each component's W (None: 16).
     reg_covar : "auto" or float > 0
         Added to every component covariance's diagonal, in model units squared; "auto"
         (as ``daskgen fit --components``): max(1e-6, scale**2 / 12) for integer pixels,
@@ -366,16 +378,19 @@ class GaussianMixtureClassifier(_Estimator):
     classes_, counts_, priors_, n_features_in_, feature_names_in_, scale_ : as :class:`GaussianClassifier`
     weights_ : (K, M) float64  component weights per class (rows sum to 1; 0: dropped)
     means_ : (K, M, D) float64  component means
-    covariances_ : (K, M, D, D) or (K, M, D) float64  component covariances
+    covariances_ : (K, M, D, D) or (K, M, D) float64  component covariances (full, diag)
+    loadings_ : (K, M, D, q) float64, noise_variance_ : (K, M, D) float64  ``ppca``/``fa``: each
+        component's covariance is ``loadings_ @ loadings_.T + diag(noise_variance_)``
     n_iter_ : int  EM iterations run
     converged_ : bool
-    model_ : GaussianMixtureClassModel  the daskgen model (model units)
+    model_ : GaussianMixtureClassModel or LowRankMixtureClassModel  the daskgen model (model units)
     """
 
     def __init__(
         self,
         n_components: int = 2,
         covariance: str = "full",
+        rank: int | None = None,
         reg_covar: float | str = "auto",
         max_iter: int = 100,
         tol: float = 1e-3,
@@ -393,6 +408,7 @@ class GaussianMixtureClassifier(_Estimator):
     ):
         self.n_components = n_components
         self.covariance = covariance
+        self.rank = rank
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.tol = tol
@@ -410,7 +426,7 @@ class GaussianMixtureClassifier(_Estimator):
 
     def _check_params(self) -> None:
         GAUSSIAN_FIT.check(covariance=self.covariance, reg_covar=self.reg_covar, split_every=self.split_every,
-                           transform=self.transform, logit_lambda=self.logit_lambda)
+                           transform=self.transform, logit_lambda=self.logit_lambda, rank=self.rank)
         MIXTURE_FIT.check(names={"components": "n_components", "seed": "random_state"},
                           components=self.n_components, max_iter=self.max_iter, tol=self.tol, init=self.init,
                           prior_rows=self.prior_rows, init_sample=self.init_sample,
@@ -432,13 +448,18 @@ class GaussianMixtureClassifier(_Estimator):
             max_iter=self.max_iter, tol=self.tol, init=self.init, seed=int(seed),
             init_sample=self.init_sample, prior_rows=self.prior_rows, persist=self.persist,
             split_every=self.split_every, transform=self._transform(),
+            rank=self.rank,
         )
 
     def _set_fitted(self, model) -> None:
         s = self.scale_ if model.transform.identity else 1.0  # logit space: as the model holds them
         self.weights_ = np.asarray(model.weights)
         self.means_ = model.means / s
-        self.covariances_ = model.covariances / (s * s)
+        if model.covariance_type in ("ppca", "fa"):  # low rank: no D x D covariance
+            self.loadings_ = model.loadings / s
+            self.noise_variance_ = model.noise / (s * s)
+        else:
+            self.covariances_ = model.covariances / (s * s)
         em = model.config.get("em", {})
         self.n_iter_ = int(em.get("n_iter", 0))
         self.converged_ = bool(em.get("converged", False))

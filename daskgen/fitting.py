@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from ._blas import one_blas_thread
 from .distributed.fit import DEFAULT_SPLIT_EVERY, compute_stats
@@ -41,6 +44,8 @@ def fit(
     rank: int | None = None,
     oversampling: int = 10,
     power_iterations: int = 2,
+    tiles: int | None = None,
+    tile_store: str | None = None,
 ) -> ClassModel:
     """Fit one Gaussian per class (or another kind fitted from per-class statistics,
     ``kind``) to labelled rows read from ``inputs``.
@@ -83,13 +88,24 @@ def fit(
     kind : str
         The registered model kind (:mod:`daskgen.models.registry`); it must be fitted
         from per-class statistics (:meth:`~daskgen.models.base.ClassModel.diagonal_stats`).
+    tiles : int, optional
+        Keep each class's D x D statistic and Cholesky factor as tiles of ``tiles``
+        features, computed and written by the workers, never whole on one process
+        (:mod:`daskgen.distributed.tiled`); returns a
+        :class:`~daskgen.models.tiled.TiledGaussianClassModel`. Full covariances of one
+        Gaussian per class, without shrinkage or ``update``.
+    tile_store : str, optional
+        Folder or URL (a Zarr group, created; ``storage_options`` apply) where a tiled fit's
+        workers write its tiles: every worker must reach it (a shared disk or an object
+        store). Saving the model moves them into a local model store, or copies them tile
+        by tile. Default: a new temporary folder on this machine (a local cluster only).
 
     Options are checked as :data:`daskgen.options.GAUSSIAN_FIT` and :data:`~daskgen.options.READ`
     define them (:class:`~daskgen.options.OptionError`, a ``ValueError``). Runs on the active
     ``distributed.Client`` if there is one, else on Dask's local scheduler.
     """
     checked = GAUSSIAN_FIT.check(covariance=covariance, reg_covar=reg_covar, shrinkage=shrinkage,
-                                 split_every=split_every, logit_lambda=logit_lambda,
+                                 split_every=split_every, logit_lambda=logit_lambda, tiles=tiles,
                                  **({"transform": transform} if isinstance(transform, str) else {}))
     reg_covar, split_every = checked["reg_covar"], checked["split_every"]
     low_rank = GAUSSIAN_FIT.check(rank=rank, oversampling=oversampling, power_iterations=power_iterations)
@@ -107,6 +123,8 @@ def fit(
     transform = fit_transform(transform, logit_lambda, update)
     model_class = registry.get(kind)
     diagonal_stats = model_class.diagonal_stats(covariance)
+    if tiles:
+        check_tiled(kind, covariance, shrinkage, update)
     if diagonal_stats is None and covariance not in LOW_RANK:
         raise InputError(f"a {kind} model is not fitted from per-class statistics")
     dataset = (
@@ -132,6 +150,9 @@ def fit(
     if covariance in LOW_RANK:
         return fit_low_rank(model_class, dataset, reg_covar=reg_covar, split_every=int(split_every), seed=int(seed),
                             progress=progress, common=common(dataset), **low_rank)
+    if tiles:
+        return fit_tiled(dataset, int(tiles), tile_store, reg_covar=reg_covar, split_every=int(split_every),
+                         progress=progress, seed=int(seed), common=common(dataset))
     diagonal = diagonal_stats and (update is None or update.stats.diagonal)
     noise = {"transform": transform, "seed": int(seed)}
     if not dataset.blocks:
@@ -195,6 +216,45 @@ def fit_low_rank(model_class, dataset: Dataset, *, rank: int | None, oversamplin
     with user_input(), one_blas_thread():  # errors: a class of one row, overflow, a zero noise variance
         return model_class.from_spectra(stats, theta, bases, rank, reg_covar=reg_covar, inputs=dataset.files,
                                         **common)
+def check_tiled(kind: str, covariance: str, shrinkage: str, update: Any) -> None:
+    """Refuse options a tiled fit does not combine with (before any work)."""
+    if kind != "gaussian" or covariance != "full":
+        raise InputError("--tiles applies to full covariances of one Gaussian per class (--covariance full)")
+    if shrinkage != "none":
+        raise InputError("--tiles does not combine with --shrinkage (it needs the whole covariance at once)")
+    if update is not None:
+        raise InputError("--tiles does not combine with --update; fit the tiled model on all the data")
+
+
+def fit_tiled(dataset: Dataset, tiles: int, tile_store: str | None, *, reg_covar: float, split_every: int,
+              progress: bool, seed: int, common: dict[str, Any]) -> ClassModel:
+    """The tiled fit of ``dataset`` (see :func:`fit`'s ``tiles``): tiles written by the workers
+    into the Zarr group ``tile_store`` (a new temporary folder by default)."""
+    import tempfile
+
+    from .distributed.tiled import fit_tiles
+    from .io.fs import is_local, open_zarr_group, remove_tree, url_to_fs
+    from .models.tiled import TiledGaussianClassModel
+
+    if not dataset.blocks:
+        raise InputError("no rows in the input")
+    so = dataset.storage_options or None
+    if not tile_store:
+        scratch = tempfile.mkdtemp(prefix="daskgen-tiles-")
+    else:
+        scratch = os.path.abspath(tile_store) if is_local(url_to_fs(tile_store, so)[0]) else tile_store
+    try:
+        result = fit_tiles(dataset, tiles, scratch, so, reg_covar=reg_covar, transform=common["transform"], seed=seed,
+                           split_every=split_every, progress=progress)
+    except BaseException:
+        remove_tree(scratch, so)
+        raise
+    counts = result.counts.astype(np.float64)
+    common["config"].update(covariance="full", reg_covar=float(reg_covar), shrinkage="none", tiles=int(tiles))
+    return TiledGaussianClassModel(
+        classes=result.classes, counts=result.counts, priors=counts / counts.sum(), means=result.means,
+        tiles=int(tiles), group=open_zarr_group(scratch, so), digests=result.digests, minimum=result.minimum,
+        maximum=result.maximum, scratch_url=scratch, inputs=dataset.files, **common)
 
 
 def fit_transform(name: str | Transform | None, logit_lambda: float | None, update: ClassModel | None = None

@@ -532,6 +532,9 @@ GAUSSIAN_FIT = Group("fit", (
            "x~ = (x + u)/256 in [0, 1].", choices=("none", "logit")),
     Option("logit_lambda", "number", None, "lambda of the logit transform.", minimum=0, maximum=0.5, optional=True,
            default_help="1e-6"),
+    Option("tiles", "int", None, "Keep each class's D x D statistic and Cholesky factor as T x T tiles spread "
+           "over the workers (full covariances no single worker should hold).", minimum=1, optional=True,
+           default_help="none: a class's statistic whole on one worker"),
 ), section="fit")
 
 #: A mixture per class, fitted by EM (``components`` > 1).

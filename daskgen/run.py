@@ -155,6 +155,7 @@ def _fit_options(job: Job) -> dict[str, Any]:
         "split_every": int(job.fit["split_every"]),
         "transform": transform,
         **{k: job.fit[k] for k in LOW_RANK_OPTIONS},
+        **({"tiles": int(job.fit["tiles"])} if job.fit.get("tiles") else {}),
     }
 
 
@@ -193,18 +194,21 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     if reg_covar in (None, "auto"):
         reg_covar = default_reg_covar(dataset, components, transform=options["transform"])
     want = {"components": components, "covariance": options["covariance"], "reg_covar": reg_covar,
-            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"])}
+            "shrinkage": options["shrinkage"] if components == 1 else "none", "transform": str(options["transform"]),
+            "tiles": options.get("tiles")}
     have = {
         "components": int(model.config.get("components", 1)),
         "covariance": model.covariance_type,
         "reg_covar": float(model.config.get("reg_covar", 0.0)),
         "shrinkage": model.config.get("shrinkage", "none"),
         "transform": str(model.transform),
+        "tiles": model.config.get("tiles"),
     }
     if options["covariance"] in ("ppca", "fa"):
-        want.update({k: options[k] for k in LOW_RANK_OPTIONS})
+        # a mixture of them is fitted by EM: of the sketch's options only the rank applies
+        want.update({k: options[k] for k in (("rank",) if mixture else LOW_RANK_OPTIONS)})
         want["rank"] = want["rank"] or DEFAULT_RANK
-        have.update({k: model.config.get(k) for k in LOW_RANK_OPTIONS})
+        have.update({k: model.config.get(k) for k in want if k in LOW_RANK_OPTIONS})
     if mixture:
         want.update({k: v for k, v in mixture.items() if k != "components"})
         have.update({k: model.config.get(k) for k in mixture if k != "components"})
@@ -227,15 +231,13 @@ def _canonical(obj: Any) -> str:
 def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -> tuple[Any, dict[str, Any]]:
     from .distributed.factors import run_calls
     from .fitting import fit
-    from .io.store import read_model, write_model
+    from .io.fs import remove_tree
+    from .io.store import read_model, scratch_beside, write_model
 
     path = job.paths["model"]
     options = _fit_options(job)
     components = int(job.fit["components"])
     mixture = {"components": components, **_mixture_options(job)} if components > 1 else None
-    if mixture and options["covariance"] in ("ppca", "fa"):
-        raise InputError(f"fit.components > 1 with fit.covariance {options['covariance']} (mixtures of low-rank "
-                         "Gaussians) is not available yet")
     if mixture and options["shrinkage"] != "none":
         raise InputError("fit.shrinkage applies to one Gaussian per class, not to fit.components > 1")
     t = time.perf_counter()
@@ -262,8 +264,13 @@ def _fit_stage(job: Job, inputs: list[str], overwrite: bool, quiet: bool, say) -
         say(f"daskgen: fit: folded {len(model.inputs) - len(old.inputs)} new input(s) into the model")
     elif mixture:
         model = _fit_mixture(opened if opened is not None else inputs, options, mixture, quiet, say)
-    else:
-        model = fit(opened if opened is not None else inputs, progress=not quiet, **options)
+    else:  # a tiled fit's workers write the tiles beside the model (moved into it when saved)
+        scratch = scratch_beside(path) if options.get("tiles") else None
+        try:
+            model = fit(opened if opened is not None else inputs, progress=not quiet, tile_store=scratch, **options)
+        except BaseException:
+            remove_tree(scratch)
+            raise
     write_model(model, path, overwrite=True, run=functools.partial(run_calls, progress=not quiet))
     took = time.perf_counter() - t
     rows = int(model.counts.sum()) - (int(old.counts.sum()) if incremental else 0)
@@ -281,6 +288,8 @@ def _fit_mixture(inputs, options: dict[str, Any], mixture: dict[str, Any], quiet
 
     em = {k: v for k, v in mixture.items() if k != "components"}
     read = {k: v for k, v in options.items() if k != "shrinkage" and k not in LOW_RANK_OPTIONS}
+    if options["covariance"] in ("ppca", "fa"):
+        read["rank"] = options["rank"]
 
     def report(it: dict[str, Any]) -> None:
         change = f" ({it['change']:+.4g})" if math.isfinite(it["change"]) else ""  # none at iteration 1

@@ -50,6 +50,26 @@ def digits():
 
 
 @pytest.fixture(scope="session")
+def digits_pixels():
+    """The digits in pixel units (uint8, 0..16), flat: X (1797, 64), y (1797,)."""
+    from daskgen.datasets import load_digits_dataset
+
+    images, labels = load_digits_dataset()
+    return images.reshape(len(images), -1).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def digits_store(digits_pixels, tmp_path_factory):
+    """The digits as a Zarr dataset of 8x8 images, scale 1/16, blocks of 150 rows."""
+    from daskgen.datasets import write_zarr_dataset
+
+    X, y = digits_pixels
+    path = tmp_path_factory.mktemp("digits") / "digits.zarr"
+    write_zarr_dataset(str(path), X.reshape(-1, 8, 8), y, chunk_rows=150, attrs={"daskgen": {"scale": 1 / 16}})
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def cluster():
     """A real LocalCluster: 2 worker processes on 127.0.0.1, shared by the session."""
     from distributed import LocalCluster

@@ -198,8 +198,6 @@ def test_cli_fit_evaluate_sample_plot(tmp_path):
     assert_one_line_error(run_cli("fit", data, "--covariance", "full", "--rank", "4", "--out", tmp_path / "x.zarr"),
                           "--rank")
     assert_one_line_error(run_cli("fit", data, "--update", model), "ppca model", "fit it again")
-    assert_one_line_error(run_cli("fit", data, "--covariance", "fa", "--components", "2", "--out", tmp_path / "z.zarr"),
-                          "--components")
     assert_one_line_error(run_cli("fit", data, "--covariance", "ppca", "--rank", "60", "--out", tmp_path / "y.zarr"),
                           "--rank 60")
 

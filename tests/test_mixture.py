@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import daskgen
 from daskgen.cli import main
-from daskgen.datasets import write_zarr_dataset
 from daskgen.distributed.em import fit_mixture
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.kernels.estep import Components, estep_stats
@@ -29,23 +28,6 @@ DIGITS_SCALE = 1 / 16
 
 def rel(a, b):
     return np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()
-
-
-@pytest.fixture(scope="module")
-def digits_pixels():
-    """Digits in pixel units (uint8, 0..16), flat: X (1797, 64), y (1797,)."""
-    from daskgen.datasets import load_digits_dataset
-
-    images, labels = load_digits_dataset()
-    return images.reshape(len(images), -1).astype(np.uint8), labels
-
-
-@pytest.fixture(scope="module")
-def digits_store(digits_pixels, tmp_path_factory):
-    X, y = digits_pixels
-    path = tmp_path_factory.mktemp("digits") / "digits.zarr"
-    write_zarr_dataset(str(path), X.reshape(-1, 8, 8), y, chunk_rows=150, attrs={"daskgen": {"scale": DIGITS_SCALE}})
-    return str(path)
 
 
 def sklearn_init(Xc, M, covariance, seed=0):

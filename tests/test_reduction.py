@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from daskgen.distributed.reduction import (
     Reduction,
     chunk_tasks,
+    fixed_lanes,
+    fold_tasks,
+    lane_bounds,
     reduce_blocks,
     reduction_graph,
     tree,
@@ -186,6 +189,73 @@ def test_the_fit_statistics_are_chunking_invariant_on_8_bit_pixels(threaded_clie
         np.testing.assert_array_equal(r.scatter, results[0].scatter)
 
 
+# ---------------------------------------------------------------------------- folding lanes
+@given(n_blocks=st.integers(1, 60), n_lanes=st.integers(1, 9), split_every=st.integers(2, 9))
+def test_lanes_cover_every_block_once_in_order(n_blocks, n_lanes, split_every):
+    lanes = lane_bounds(n_blocks, n_lanes)
+    assert len(lanes) == min(n_blocks, n_lanes)
+    assert [i for a, b in lanes for i in range(a, b)] == list(range(n_blocks))
+    sizes = [b - a for a, b in lanes]
+    assert max(sizes) - min(sizes) <= 1
+    assert fixed_lanes(n_blocks, split_every) == max(2, -(-n_blocks // split_every))
+
+
+def _fold_sums(total, X, y):
+    part = _sums(X, y)
+    if total is None:
+        return [part[0].copy(), 1, 1]
+    total[0] += part[0]  # in place: the lane's running total
+    total[1] += 1
+    return total
+
+
+FOLD_SUMS = Reduction("fold-sums", _sums, _add, exact=True, fold=_fold_sums)
+
+
+def test_a_lane_is_a_chain_of_block_tasks_folding_into_one_total(sync_scheduler):
+    X = np.arange(70).reshape(14, 5)
+    blocks = _blocks(X, [1] * 14)
+    lanes = fold_tasks(FOLD_SUMS, blocks, 3, token="t")
+    dsk = {}
+    for lane in lanes:
+        dsk.update(lane.__dask_graph__())
+    assert [lane.key for lane in lanes] == [f"fold-sums-t-{b - 1}" for _, b in lane_bounds(14, 3)]
+    for a, b in lane_bounds(14, 3):  # each block task depends on the one before it in its lane only
+        for i in range(a, b):
+            blocks_before = [d for d in get_dependencies(dsk, f"fold-sums-t-{i}") if str(d).startswith("fold-sums-t-")]
+            assert blocks_before == ([] if i == a else [f"fold-sums-t-{i - 1}"])
+    total = reduce_blocks(FOLD_SUMS, blocks, split_every=2)
+    np.testing.assert_array_equal(total[0], X.sum(axis=0))
+    assert total[1] == 14
+
+
+def test_folded_float_statistics_are_bit_identical_run_to_run_and_match_numpy(threaded_client):
+    """Float rows take fixed lanes and a fixed tree: the same bits on a threaded cluster
+    (any completion order) and the synchronous scheduler, and numpy's covariances."""
+    from daskgen.distributed.fit import compute_stats, stats_reduction
+    from daskgen.io.arrays import from_arrays
+
+    rng = np.random.default_rng(2)
+    X = 100 + rng.normal(size=(600, 12)) @ rng.normal(size=(12, 12))
+    y = np.sort(rng.integers(0, 3, size=600))  # blocks with a subset of the classes
+    ds = from_arrays(X, y, blocksize=40)
+    runs = []
+    for _ in range(2):
+        with threaded_client.as_current():
+            runs.append(compute_stats(ds, split_every=3))
+    with dask.config.set(scheduler="synchronous"):
+        runs.append(compute_stats(ds, split_every=3))
+        by_tree = reduce_blocks(stats_reduction(ds), ds, split_every=3, strategy="tree")
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.scatter, runs[0].scatter)
+        np.testing.assert_array_equal(r.means, runs[0].means)
+    for k in range(3):
+        Xk = X[y == k]
+        ref = np.cov(Xk.T) * (len(Xk) - 1)
+        assert np.abs(runs[0].scatter[k] - ref).max() <= 1e-12 * np.abs(ref).max()
+        assert np.abs(by_tree.scatter[k] - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
 # ---------------------------------------------------------------------------- kernels stay numpy
 def test_kernels_and_models_import_and_run_without_dask():
     """``daskgen.kernels`` and ``daskgen.models`` (every submodule) load without dask or
@@ -207,3 +277,28 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_statistics_cross_the_network_as_numpy_buffers():
+    """ClassStats and PixelSums use numpy's serializer (a pickled (K, D, D) array cost the
+    sending worker a second copy), every field intact, labels of any kind."""
+    from distributed.protocol import deserialize, serialize
+
+    import daskgen.distributed.fit  # noqa: F401  (registers the serializers)
+    from daskgen.kernels.class_stats import ClassStats, PixelSums
+
+    labels = np.empty(2, dtype=object)
+    labels[:] = ["shirt", 7]
+    for stats in (ClassStats(labels, np.array([3, 4]), np.ones((2, 5)), np.arange(50.0).reshape(2, 5, 5), 0.0, 1.5),
+                  ClassStats(np.array(["a", "b"]), np.array([3, 4]), np.ones((2, 5)), np.ones((2, 5))),
+                  PixelSums(np.array([1, 9]), np.array([3, 4]), np.ones((2, 5)), np.ones((2, 5, 5)), 0.0, 255.0, 128.0)):
+        header, frames = serialize(stats, serializers=("dask", "pickle"))
+        assert header["serializer"] == "dask"
+        back = deserialize(header, frames)
+        assert type(back) is type(stats)
+        for f in ("classes", "counts", "means", "scatter", "sums", "gram"):
+            if hasattr(stats, f):
+                np.testing.assert_array_equal(getattr(back, f), getattr(stats, f))
+                assert getattr(back, f).dtype == getattr(stats, f).dtype
+        assert (back.minimum, back.maximum, getattr(back, "offset", 0)) == (stats.minimum, stats.maximum,
+                                                                            getattr(stats, "offset", 0))

@@ -295,7 +295,8 @@ def test_job_values_and_relative_paths(tmp_path):
     assert loaded.scale == 1 / 16 and loaded.image_shape == [8, 8]
     assert loaded.fit == {"covariance": "full", "reg_covar": 1e-4, "shrinkage": "oas", "split_every": 8, "incremental": False,
                           "components": 1, "max_iter": 100, "tol": 1e-3, "init": "kmeans++", "seed": 0,
-                          "prior_rows": 0.0, "init_sample": 10_000, "transform": "none", "logit_lambda": None}
+                          "prior_rows": 0.0, "init_sample": 10_000, "transform": "none", "logit_lambda": None,
+                          "tiles": None, "rank": None, "oversampling": 10, "power_iterations": 2}
     assert loaded.sample == {"n": 1000, "seed": None, "chunk_size": 10_000, "dtype": "float32", "class": 3}
     assert loaded.cluster["workers"] == 2 and loaded.cluster["memory_limit"] == "1GiB"
     # flags override the file; their paths are relative to the current folder

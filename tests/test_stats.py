@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskgen.kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, merge, pixel_sums
+from daskgen.kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, fold_stats, merge, pixel_sums
 from daskgen.models.gaussian import finalize
 
 
@@ -171,7 +171,8 @@ def test_pixel_sums_of_millions_of_rows_per_class(copies):
     n * s s^T no longer fits even in int64."""
     X, y = _pixels(n=3000)
     one = pixel_sums(X, y)
-    many = PixelSums(one.classes, one.counts * copies, one.sums * copies, one.gram * copies, one.minimum, one.maximum)
+    many = PixelSums(one.classes, one.counts * copies, one.sums * copies, one.gram * copies, one.minimum, one.maximum,
+                      one.offset)
     a, b = one.to_class_stats(), many.to_class_stats()
     np.testing.assert_array_equal(a.means, b.means)
     for k in range(len(a.classes)):
@@ -184,3 +185,116 @@ def test_pixel_sums_refuse_what_they_cannot_sum_exactly():
         pixel_sums(np.array([[300, 1], [2, 3]], dtype=np.int16), np.array([0, 0]))
     with pytest.raises(ValueError, match="integer"):
         pixel_sums(np.ones((2, 2)), np.array([0, 0]))
+
+
+# ---------------------------------------------------------------------------- folding in place
+def _float_data(n=2400, D=9, K=4, seed=5):
+    rng = np.random.default_rng(seed)
+    X = 1e3 + rng.normal(size=(n, D)) @ rng.normal(size=(D, D))  # a large offset: the cancellation case
+    y = np.sort(rng.integers(0, K, size=n))  # sorted: most blocks hold a subset of the classes
+    y[7::97] = rng.integers(0, K, size=len(y[7::97]))
+    return X, y
+
+
+def _copy(s: ClassStats) -> ClassStats:
+    return ClassStats(s.classes.copy(), s.counts.copy(), s.means.copy(), s.scatter.copy(), s.minimum, s.maximum)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_folding_blocks_in_place_is_merging_them_bit_for_bit_and_matches_numpy(diagonal):
+    """fold_stats(total, block) == merge([total, chunk_stats(block)]) to the bit, over blocks
+    holding class subsets (the total grows when a class first appears), and both match
+    numpy float64; an in-place merge gives the bits of a merge into a new buffer."""
+    X, y = _float_data()
+    bounds = [0, 5, 300, 301, 900, 1700, 2400]
+    assert len(np.unique(y[:5])) == 1 and len(np.unique(y[301:900])) < 4
+    total = expected = None
+    for a, b in itertools.pairwise(bounds):
+        block = chunk_stats(X[a:b], y[a:b], diagonal=diagonal, scale=0.5)
+        np.testing.assert_array_equal(block.classes, np.unique(y[a:b]))  # a block's statistic: its classes only
+        expected = block if expected is None else merge([expected, block])
+        total = fold_stats(total, X[a:b], y[a:b], diagonal=diagonal, scale=0.5)
+        for name in ("classes", "counts", "means", "scatter"):
+            np.testing.assert_array_equal(getattr(total, name), getattr(expected, name))
+    _, counts, means, covs = reference(X * 0.5, y)
+    np.testing.assert_array_equal(total.counts, counts)
+    assert rel(total.means, means) < 1e-13
+    scatter = covs * (counts - 1)[:, None, None]
+    assert rel(total.scatter, np.diagonal(scatter, axis1=1, axis2=2) if diagonal else scatter) < 1e-12
+    parts = [chunk_stats(X[a:b], y[a:b], diagonal=diagonal) for a, b in ((800, 2400), (0, 400), (400, 800))]
+    fresh = merge([_copy(p) for p in parts])
+    into = merge(parts, in_place=True)
+    assert into.scatter is parts[0].scatter  # accumulated into the first part's buffer
+    np.testing.assert_array_equal(into.scatter, fresh.scatter)
+    np.testing.assert_array_equal(into.means, fresh.means)
+
+
+def test_pixel_sums_fold_blocks_with_class_subsets_in_place_exactly():
+    X, y = _pixels()
+    y = np.sort(y)
+    total = None
+    for a, b in itertools.pairwise([0, 10, 700, 701, 2000, 3000]):
+        before = total
+        total = pixel_sums(X[a:b], y[a:b], into=total)
+        if before is not None and len(before.classes) == len(total.classes):
+            assert total is before  # folded in place
+    whole = pixel_sums(X, y)
+    for name in ("classes", "counts", "sums", "gram"):
+        np.testing.assert_array_equal(getattr(total, name), getattr(whole, name))
+    a = total.to_class_stats(1 / 255)
+    b = whole.to_class_stats(1 / 255, in_place=True)
+    assert b.scatter is whole.gram  # the sums are spent, no second (K, D, D) array
+    np.testing.assert_array_equal(a.scatter, b.scatter)
+    np.testing.assert_array_equal(a.means, b.means)
+
+
+def _peak_during(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_merges_folds_and_finalizing_allocate_no_new_statistic():
+    """Peak of new allocations (tracemalloc sees numpy's buffers) while merging two
+    statistics, folding a block in, and turning sums into scatter: well below one
+    statistic (K D^2 doubles; one class's (D, D) temporary is a tenth of it)."""
+    rng = np.random.default_rng(1)
+    K, D = 10, 256  # one statistic: 5 MiB; numpy's ufunc buffers (~130 kB) are small beside it
+    one = K * D * D * 8
+    X = rng.integers(0, 256, size=(400, D), dtype=np.uint8)
+    y = np.arange(400) % K
+    a, b = pixel_sums(X[:200], y[:200]), pixel_sums(X[200:], y[200:])
+    assert _peak_during(lambda: add_sums([a, b])) < 0.05 * one
+    assert _peak_during(lambda: pixel_sums(X[:50], y[:50], into=a)) < 0.35 * one
+    assert _peak_during(lambda: a.to_class_stats(1 / 255, in_place=True)) < 0.15 * one
+    F = X.astype(np.float64)
+    s, t = chunk_stats(F[:200], y[:200]), chunk_stats(F[200:], y[200:])
+    assert _peak_during(lambda: merge([s, t], in_place=True)) < 0.15 * one
+    assert _peak_during(lambda: fold_stats(s, F[:50], y[:50])) < 0.25 * one
+    assert _peak_during(lambda: merge([s, t])) > 0.9 * one  # the check sees a new statistic
+
+
+def test_full_covariances_are_derived_class_by_class_with_the_eager_bits():
+    from daskgen.models.gaussian import GaussianClassModel
+
+    X, y = _pixels()
+    stats = pixel_sums(X, y).to_class_stats(1 / 255)
+    for shrinkage in ("none", "oas"):
+        lazy = finalize(stats, reg_covar=1e-4, shrinkage=shrinkage)["covariances"]
+        eager = np.asarray(lazy)
+        assert eager.shape == lazy.shape == stats.scatter.shape
+        for k in range(len(stats.classes)):
+            np.testing.assert_array_equal(lazy[k], eager[k])
+    lazy = finalize(stats, reg_covar=1e-4)["covariances"]
+    n = stats.counts[:, None, None]
+    np.testing.assert_array_equal(np.asarray(lazy), stats.scatter / (n - 1) + 1e-4 * np.eye(X.shape[1]))
+    model = GaussianClassModel.from_stats(stats, reg_covar=1e-4)
+    eager_model = GaussianClassModel(classes=model.classes, counts=model.counts, priors=model.priors,
+                                     means=model.means, covariances=np.asarray(model.covariances), stats=stats)
+    assert model.fingerprint == eager_model.fingerprint
+    np.testing.assert_array_equal(model.covariances - eager_model.covariances, 0.0)

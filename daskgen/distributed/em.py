@@ -33,10 +33,15 @@ from dask.delayed import delayed
 from ..errors import user_input
 from ..io.fs import open_zarr_group, url_to_fs
 from ..io.inputs import Dataset
-from ..kernels.estep import Components, estep_stats, hard_stats
+from ..kernels.estep import estep_stats, hard_stats
 from ..kernels.init_sample import InitSample, merge_samples, sample_chunk
+from ..kernels.mfa import estep_lowrank, hard_lowrank, merge_lowrank
 from ..kernels.transform import NONE, Transform
-from ..kernels.weighted import WeightedStats, merge_weighted
+from ..kernels.weighted import merge_weighted
+from ..models.base import ClassModel
+from ..models.lowrank import LOW_RANK
+from ..models.mfa import LowRankMixtureClassModel
+from ..models.mfa_em import lowrank_config, run_lowrank_em
 from ..models.mixture import GaussianMixtureClassModel
 from ..models.mixture_em import DEFAULTS, Passes, em_config, run_em
 from ..options import GAUSSIAN_FIT, MIXTURE_FIT, OptionError
@@ -57,6 +62,9 @@ SAMPLE = Reduction("em-sample", sample_chunk, merge_samples)
 #: Hard assignment to the initial centres, and the E-step: Chan-merged weighted statistics.
 ASSIGN = Reduction("em-assign", hard_stats, merge_weighted)
 ESTEP = Reduction("em-estep", estep_stats, merge_weighted)
+#: The same for low-rank components: sums of size O(D·q) per (class, component), added.
+ASSIGN_LOW_RANK = Reduction("em-assign", hard_lowrank, merge_lowrank)
+ESTEP_LOW_RANK = Reduction("em-estep", estep_lowrank, merge_lowrank)
 
 
 # ---------------------------------------------------------------------------- persistence
@@ -146,10 +154,12 @@ def persist_blocks(reads: list, dataset: Dataset, persist: bool | str = "auto",
 
 
 def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, progress: bool = False,
-                scale: float | None = None) -> Passes:
+                scale: float | None = None, reductions: tuple[Reduction, Reduction] = (ASSIGN, ESTEP)) -> Passes:
     """The three kinds of pass over ``blocks`` (Delayed ``(X, y)``), each a reduction whose
     parameters travel inside its graph (one key per pass); ``scale`` (default the
-    dataset's) is what the kernels multiply the blocks' rows by."""
+    dataset's) is what the kernels multiply the blocks' rows by; ``reductions`` the hard
+    assignment and the E-step (Gaussian components by default)."""
+    assign, e_step = reductions
     scale = float(dataset.scale if scale is None else scale)
     counter = iter(range(1, 10**9))
 
@@ -159,11 +169,11 @@ def dask_passes(blocks: list, dataset: Dataset, token: str, split_every: int, pr
     def sample(seed: int, size: int) -> InitSample:
         return run(SAMPLE, (seed, size, scale), token)
 
-    def hard(classes, centers, diagonal) -> WeightedStats:
-        return run(ASSIGN, (classes, centers, diagonal, scale), token)
+    def hard(classes, centers, *options):
+        return run(assign, (classes, centers, *options, scale), token)
 
-    def estep(comps: Components) -> WeightedStats:
-        return run(ESTEP, (comps, scale), f"{token}-{next(counter)}")
+    def estep(comps):
+        return run(e_step, (comps, scale), f"{token}-{next(counter)}")
 
     return Passes(sample=sample, hard=hard, estep=estep)
 
@@ -192,8 +202,9 @@ def fit_mixture(
     callback: Callable[[dict[str, Any]], None] | None = None,
     transform: str | Transform = "none",
     logit_lambda: float | None = None,
+    rank: int | None = None,
     **options: Any,
-) -> GaussianMixtureClassModel:
+) -> ClassModel:
     """Fit, per class, a mixture of ``n_components`` Gaussians by EM on the current Dask scheduler.
 
     ``inputs`` as for :func:`daskgen.fit` (or a Dataset from :func:`daskgen.fitting.prepare`).
@@ -207,6 +218,11 @@ def fit_mixture(
     log-likelihood, change, events and seconds. ``transform``/``logit_lambda`` as for
     :func:`daskgen.fit` (the dequantization noise is seeded by ``seed``); ``reg_covar``
     then defaults to :data:`~daskgen.kernels.transform.LOGIT_REG_COVAR`.
+
+    ``covariance`` ppca|fa: components ``N(mu, W Wᵀ + diag psi)`` with ``W`` of ``rank``
+    columns (default 16) and ``psi`` floored at ``reg_covar`` (one value per component
+    for ppca), fitted by :func:`daskgen.models.mfa_em.run_lowrank_em` from statistics of
+    O(D·q) per component: a :class:`~daskgen.models.mfa.LowRankMixtureClassModel`.
     """
     from ..fitting import default_reg_covar, fit_transform, prepare
 
@@ -217,6 +233,10 @@ def fit_mixture(
                                    tol=tol, init=init, seed=seed, init_sample=init_sample,
                                    **{k: v for k, v in options.items() if k in MIXTURE_FIT})}
     reg_covar, split_every, tol = checked["reg_covar"], checked["split_every"], checked["tol"]
+    low_rank = covariance in LOW_RANK
+    if rank is not None and not low_rank:
+        raise OptionError("rank", "applies to covariance ppca or fa")
+    rank = GAUSSIAN_FIT.check(rank=rank)["rank"]
     options.update({k: checked[k] for k in options if k in checked})
     transform = fit_transform(transform, logit_lambda)
     dataset = inputs if isinstance(inputs, Dataset) else prepare(
@@ -236,18 +256,22 @@ def fit_mixture(
                                                     dask_key_name=f"features-{token}-{i}")
                  for i, xy in enumerate(reads)]
     blocks, persisted = persist_blocks(reads, dataset, persist, transform)
+    if low_rank:
+        em_options["rank"] = rank
     em_token = tokenize(token, n_components, em_options)
-    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress, transform.feature_scale(dataset.scale))
+    passes = dask_passes(blocks, dataset, em_token, int(split_every), progress, transform.feature_scale(dataset.scale),
+                         (ASSIGN_LOW_RANK, ESTEP_LOW_RANK) if low_rank else (ASSIGN, ESTEP))
     with user_input():  # the driver checks the data (a class of one row) and given parameters
-        params, stats, summary = run_em(passes, n_components, callback=callback, **em_options)
+        params, stats, summary = (run_lowrank_em if low_rank else run_em)(passes, n_components, callback=callback,
+                                                                          **em_options)
     summary["persist"] = persisted
     summary["rows"] = int(stats.n_rows)
-    config = em_config(n_components, em_options)
+    config = (lowrank_config if low_rank else em_config)(n_components, em_options)
     config.update(split_every=int(split_every), blocksize=dataset.blocksize, format=dataset.fmt,
                   integer_pixels=bool(dataset.integer_pixels))
     if dataset.class_names:
         config["class_names"] = dataset.class_names
-    return GaussianMixtureClassModel.from_params(
+    return (LowRankMixtureClassModel if low_rank else GaussianMixtureClassModel).from_params(
         params, stats, summary, image_shape=dataset.image_shape, scale=dataset.scale,
         label_column=dataset.label_column, feature_names=dataset.feature_names, config=config, inputs=dataset.files,
         transform=transform,

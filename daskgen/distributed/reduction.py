@@ -8,7 +8,10 @@ finalize)`` does:
   (``chunk(X, y, index, *params)`` when ``indexed``: the block's position, e.g. to
   seed its noise);
 * ``combine(list of partials) -> partial`` — a merge of at least one partial;
-* ``finalize(partial) -> result`` — optional.
+* ``finalize(partial) -> result`` — optional;
+* ``fold(total, X, y, *params) -> total`` — optional: folds one block's rows into a
+  running total *in place* (``total`` None for a lane's first block) and returns it,
+  the same statistic as ``combine([total, chunk(X, y, *params)])``.
 
 :func:`reduce_blocks` runs one over the blocks of a :class:`~daskgen.io.inputs.Dataset`
 (each block read inside its own chunk task, so parsed rows never wait in memory for a
@@ -27,7 +30,18 @@ one of two strategies:
     (run before blocks not started yet); a worker then holds a handful of partials
     however many blocks there are. Without a distributed client, the fixed tree.
 
-``"auto"`` (the default) picks ``"as-completed"`` for exact reductions, else ``"tree"``.
+``"fold"``
+    Only for a Reduction with ``fold``: the blocks are cut into *lanes* of consecutive
+    blocks, each lane a chain of tasks that fold their block into the lane's running
+    total in place (a worker holds one total per lane it runs, however many blocks
+    there are, and no statistic per block); the lanes' totals then merge by
+    ``combine`` — as they complete (exact reductions on a distributed client: one lane
+    per worker thread) or by the fixed tree (``ceil(blocks / split_every)`` lanes, at
+    least two: the grouping depends on the number of blocks only, so results stay
+    bit-identical run to run).
+
+``"auto"`` (the default) picks ``"fold"`` for reductions with ``fold``, else
+``"as-completed"`` for exact reductions, else ``"tree"``.
 
 Keys are readable for the dashboard: ``<name>-<token>-<i>`` for the block tasks,
 ``<combine_name>-<token>-...`` for the merges (``combine-em-estep-...`` by default,
@@ -50,6 +64,7 @@ share its process's threads (kernels never ask which worker they run on).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -64,8 +79,8 @@ from ..io.inputs import Dataset, read_block
 from ..options import SPLIT_EVERY
 
 DEFAULT_SPLIT_EVERY = SPLIT_EVERY.default
-TREE, AS_COMPLETED, AUTO = "tree", "as-completed", "auto"
-STRATEGIES = (TREE, AS_COMPLETED, AUTO)
+TREE, AS_COMPLETED, FOLD, AUTO = "tree", "as-completed", "fold", "auto"
+STRATEGIES = (TREE, AS_COMPLETED, FOLD, AUTO)
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class Reduction:
     exact: bool = False
     indexed: bool = False
     combine_name: str | None = None
+    fold: Callable[..., Any] | None = None
 
     @property
     def combine_prefix(self) -> str:
@@ -190,6 +206,58 @@ def chunk_tasks(reduction: Reduction, source: Source, params: Sequence[Any] = ()
     ]
 
 
+def _fold_chunk(reduction: Reduction, total: Any, xy: Any, index: int, params: Params | None) -> Any:
+    X, y = xy
+    values = params.values if params is not None else ()
+    args = (index, *values) if reduction.indexed else values
+    with one_blas_thread(), shares_threads(_threads_shared()):
+        return reduction.fold(total, X, y, *args)
+
+
+def _read_and_fold(reduction: Reduction, total: Any, block, check_pixel_range: bool, storage_options: dict | None,
+                   rows, index: int, params: Params | None) -> Any:
+    return _fold_chunk(reduction, total, read_block(block, check_pixel_range, storage_options, rows), index, params)
+
+
+def lane_bounds(n_blocks: int, n_lanes: int) -> list[tuple[int, int]]:
+    """``n_lanes`` (at most ``n_blocks``) runs of consecutive blocks, as even as possible."""
+    n_lanes = max(1, min(n_lanes, n_blocks))
+    cuts = [n_blocks * i // n_lanes for i in range(n_lanes + 1)]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def fixed_lanes(n_blocks: int, split_every: int) -> int:
+    """The lanes of a folding reduction merged by the fixed tree: a function of the number
+    of blocks only (``split_every`` blocks a lane, at least two lanes to run in parallel)."""
+    return max(2, -(-n_blocks // check_split_every(split_every)))
+
+
+def fold_tasks(reduction: Reduction, source: Source, n_lanes: int, params: Sequence[Any] = (),
+               token: str | None = None) -> list[Delayed]:
+    """The lanes of a folding reduction over ``source``: one Delayed running total per
+    lane, each a chain of tasks ``<name>-<token>-<i>`` (block ``i`` folded in place into
+    the total of the blocks before it in its lane)."""
+    if reduction.fold is None:
+        raise ValueError(f"{reduction.name}: folding needs Reduction(fold=...)")
+    params = tuple(params)
+    token = token or tokenize(reduction.name, _source_token(source), params)
+    shared = _params_node(reduction, params, token)
+    n_blocks = len(source.blocks) if isinstance(source, Dataset) else len(source)
+    so = source.storage_options or None if isinstance(source, Dataset) else None
+    lanes = []
+    for a, b in lane_bounds(n_blocks, n_lanes):
+        total = None
+        for i in range(a, b):
+            key = f"{reduction.name}-{token}-{i}"
+            if isinstance(source, Dataset):
+                total = delayed(_read_and_fold, pure=True)(reduction, total, source.blocks[i], source.integer_pixels,
+                                                           so, source.rows(i), i, shared, dask_key_name=key)
+            else:
+                total = delayed(_fold_chunk, pure=True)(reduction, total, source[i], i, shared, dask_key_name=key)
+        lanes.append(total)
+    return lanes
+
+
 def tree(parts: Sequence[Delayed], combine: Callable[[list[Any]], Any], split_every: int, prefix: str) -> Delayed:
     """Merge ``parts`` by a fixed tree of ``combine`` tasks, each of at most ``split_every``
     consecutive inputs; keys ``<prefix>-<depth>-<j>``. A single part is still combined
@@ -210,13 +278,18 @@ def tree(parts: Sequence[Delayed], combine: Callable[[list[Any]], Any], split_ev
 
 
 def reduction_graph(reduction: Reduction, source: Source, params: Sequence[Any] = (), *,
-                    split_every: int = DEFAULT_SPLIT_EVERY, token: str | None = None) -> Delayed:
-    """The whole reduction as one Delayed (fixed tree, then ``finalize``), to compute
+                    split_every: int = DEFAULT_SPLIT_EVERY, token: str | None = None, strategy: str = AUTO) -> Delayed:
+    """The whole reduction as one Delayed (fixed lanes when the reduction folds and
+    ``strategy`` is not ``"tree"``, the fixed tree, then ``finalize``), to compute
     together with others; :func:`reduce_blocks` computes one."""
     params = tuple(params)
     token = token or tokenize(reduction.name, _source_token(source), params)
-    total = tree(chunk_tasks(reduction, source, params, token), reduction.combine, split_every,
-                 f"{reduction.combine_prefix}-{token}")
+    if reduction.fold is not None and strategy != TREE:
+        n_blocks = len(source.blocks) if isinstance(source, Dataset) else len(source)
+        leaves = fold_tasks(reduction, source, fixed_lanes(n_blocks, split_every), params, token)
+    else:
+        leaves = chunk_tasks(reduction, source, params, token)
+    total = tree(leaves, reduction.combine, split_every, f"{reduction.combine_prefix}-{token}")
     if reduction.finalize is None:
         return total
     return delayed(reduction.finalize, pure=True)(total, dask_key_name=f"finalize-{reduction.name}-{token}")
@@ -246,6 +319,8 @@ def reduce_blocks(
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if strategy == AS_COMPLETED and not reduction.exact:
         raise ValueError(f"{reduction.name}: merging as completed needs an exact merge (Reduction(exact=True))")
+    if strategy == FOLD and reduction.fold is None:
+        raise ValueError(f"{reduction.name}: folding needs Reduction(fold=...)")
     split_every = check_split_every(split_every)
     params = tuple(params)
     token = token or tokenize(reduction.name, _source_token(source), params)
@@ -255,10 +330,17 @@ def reduce_blocks(
         # the parameters are in the graph once, on purpose (see the module docstring)
         warnings.filterwarnings("ignore", message="Sending large graph")
         if client is None or strategy == TREE or not reduction.exact:
-            graph = reduction_graph(reduction, source, params, split_every=split_every, token=token)
+            graph = reduction_graph(reduction, source, params, split_every=split_every, token=token,
+                                    strategy=strategy)
             return compute(graph, stage=stage, progress=progress)
-        total = merge_as_completed(client, reduction, chunk_tasks(reduction, source, params, token), split_every,
-                                   f"{reduction.combine_prefix}-{token}", stage, progress)
+        if reduction.fold is not None and strategy in (FOLD, AUTO):
+            # exact: any grouping gives the same bits, so one lane per thread of the cluster
+            threads = sum(client.nthreads().values()) or 1
+            leaves = fold_tasks(reduction, source, threads, params, token)
+        else:
+            leaves = chunk_tasks(reduction, source, params, token)
+        total = merge_as_completed(client, reduction, leaves, split_every, f"{reduction.combine_prefix}-{token}",
+                                   stage, progress)
     return total if reduction.finalize is None else reduction.finalize(total)
 
 

@@ -83,3 +83,15 @@ def open_zarr_group(url: str, storage_options: Mapping[str, Any] | None = None, 
     if is_local(fs):
         return zarr.open_group(path, mode=mode, use_consolidated=False)
     return zarr.open_group(url, mode=mode, storage_options=dict(storage_options or {}), use_consolidated=False)
+
+
+def remove_tree(url: str | None, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete the folder (or prefix) at a local path or URL, if it exists; errors are ignored."""
+    if not url:
+        return
+    try:
+        fs, path = url_to_fs(url, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except (OSError, ValueError):
+        pass

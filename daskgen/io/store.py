@@ -82,6 +82,21 @@ def check_writable(url: str, storage_options: dict | None = None) -> None:
         raise OutputError(f"cannot write {url}: {where}: {exc.strerror or first_line(exc)}") from None
 
 
+def scratch_beside(url: str, storage_options: dict | None = None) -> str:
+    """A scratch location beside the output ``url`` (where whoever writes ``url`` can write,
+    e.g. a tiled fit's workers): on a local disk a hidden folder named as the publishing
+    temporaries (so one that a killed writer left is removed by the next publish), on object
+    storage ``URL.tiles-tmp-XXXXXXXX``."""
+    import socket
+
+    fs, path = url_to_fs(url, storage_options)
+    if not is_local(fs):
+        return f"{url.rstrip('/')}.tiles-tmp-{uuid.uuid4().hex[:8]}"
+    parent, name = os.path.split(os.path.abspath(path).rstrip(os.sep))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.join(parent, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def consolidate(group: Any) -> None:
     """Consolidate the metadata of a finished Zarr group (its last write): xarray and
     zarr then open it with one read, and without warning that it is not consolidated."""
@@ -128,6 +143,7 @@ def _write_model_group(model, url: str, storage_options: dict | None,
         if not all((run or run_in_order)(calls) if spec.parallel else run_in_order(calls)):
             del group[name]  # e.g. a covariance that is not positive definite: no factors stored
             del opened[name]
+    model.write_large_arrays(url, storage_options)
     meta = {
         "kind": "model",
         "format": MODEL_FORMAT,
@@ -162,7 +178,13 @@ def write_model(model, url: str, overwrite: bool = False, storage_options: dict 
 
     ``run(calls)`` runs the per-class writes a kind asks to run in parallel (a full
     model's Cholesky factors): :func:`daskgen.distributed.factors.run_calls` sends them
-    to the cluster, one task per class; by default they run here in turn."""
+    to the cluster, one task per class; by default they run here in turn. Once the store is
+    in place, ``model.published(url, storage_options)`` is told where."""
+    _publish_model(model, url, overwrite, storage_options, run)
+    model.published(url, storage_options)
+
+
+def _publish_model(model, url: str, overwrite: bool, storage_options: dict | None, run) -> None:
     fs, path = url_to_fs(url, storage_options)
     exists = fs.exists(path)
     if exists and not overwrite:

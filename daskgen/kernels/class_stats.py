@@ -25,7 +25,7 @@ a plain function on numpy arrays, and the Dask graph is built elsewhere (``daskg
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -108,12 +108,7 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     scale : float
         Statistics are of ``X * scale``: means scale by ``scale``, scatter by ``scale**2``.
     """
-    X = np.asarray(X)
-    if X.dtype.kind not in "iufb":
-        raise ValueError(f"chunk_stats needs numbers, got dtype {X.dtype}")
-    y = np.asarray(y)
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"chunk_stats needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
+    X, y = _checked_block(X, y, "chunk_stats")
     exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
     lo = float(X.min()) if X.size else np.nan
     hi = float(X.max()) if X.size else np.nan
@@ -124,20 +119,38 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     means = np.zeros((K, D))
     scatter = np.zeros((K, D) if diagonal else (K, D, D))
     for k, rows in enumerate(blocks):  # one BLAS call per class
-        m = rows.mean(axis=0, dtype=np.float64)
-        C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
-        if not exact_sums:
-            # Second pass: remove the rounding error of the first mean (large offsets).
-            correction = C.mean(axis=0)
-            C -= correction
-            m += correction
-        means[k] = m
-        scatter[k] = np.einsum("ij,ij->j", C, C) if diagonal else centered_scatter(C)
+        means[k] = _class_moments(rows, exact_sums, diagonal, out=scatter[k])
     if scale != 1.0:
         means *= scale
         scatter *= scale * scale
         lo, hi = lo * scale, hi * scale
     return ClassStats(classes, counts, means, scatter, lo, hi)
+
+
+def _checked_block(X: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    if X.dtype.kind not in "iufb":
+        raise ValueError(f"{what} needs numbers, got dtype {X.dtype}")
+    y = np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"{what} needs X (n, D) and y (n,), got {X.shape} and {y.shape}")
+    return X, y
+
+
+def _class_moments(rows: np.ndarray, exact_sums: bool, diagonal: bool, out: np.ndarray) -> np.ndarray:
+    """The mean of ``rows`` (float64), its centered scatter (or sums of squares) written to ``out``."""
+    m = rows.mean(axis=0, dtype=np.float64)
+    C = np.subtract(rows, m, dtype=np.float64)  # convert and center in one pass
+    if not exact_sums:
+        # Second pass: remove the rounding error of the first mean (large offsets).
+        correction = C.mean(axis=0)
+        C -= correction
+        m += correction
+    if diagonal:
+        np.einsum("ij,ij->j", C, C, out=out)
+    else:
+        out[...] = centered_scatter(C)
+    return m
 
 
 def _by_class(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -153,11 +166,14 @@ def _by_class(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, lis
 class PixelSums:
     """Exact sums of integer pixels, per class: the fit's statistics for 8-bit images.
 
-    ``counts`` (K,), ``sums`` (K, D) and ``gram`` (K, D, D) (sum of x x^T) hold exact
-    integers (float64 is exact below 2**53: up to ~10**11 rows of a class). Merging is
-    plain addition, exact in any order and any grouping, so the reduction may combine
-    blocks in the order they finish (see ``daskgen.distributed.reduction``) and still give bit-identical
-    results. :meth:`to_class_stats` forms the centered statistics once, at the end.
+    ``counts`` (K,), ``sums`` (K, D) (sum of x) and ``gram`` (K, D, D) (sum of
+    (x - offset)(x - offset)^T: the rows shifted by ``offset``, 128 for pixels, so that
+    their products are small and the float32 BLAS blocks long) hold exact integers
+    (float64 is exact below 2**53: up to ~10**11 rows of a class). Merging is plain
+    addition, exact in any order and any grouping, so the reduction may combine blocks
+    in the order they finish (see ``daskgen.distributed.reduction``) and still give
+    bit-identical results. :meth:`to_class_stats` forms the centered statistics once,
+    at the end (the centered scatter does not depend on the shift).
     """
 
     classes: np.ndarray
@@ -166,35 +182,46 @@ class PixelSums:
     gram: np.ndarray
     minimum: float = np.nan
     maximum: float = np.nan
+    offset: float = 0.0
 
     @property
     def n_rows(self) -> int:
         return int(self.counts.sum())
 
-    def to_class_stats(self, scale: float = 1.0) -> ClassStats:
+    def to_class_stats(self, scale: float = 1.0, in_place: bool = False) -> ClassStats:
         """Means and centered scatter of ``x * scale``, from exact integers.
 
-        With ``s = n q + r`` (``q = s // n``, ``0 <= r < n``), ``G - s s^T / n`` is
-        ``(G - n q q^T - q r^T - r q^T) - r r^T / n``: the bracket is exact integer
-        arithmetic in float64 (every term is below ``n m**2 < 2**53``), so only the last,
-        small term and the final subtraction round, for any number of rows.
+        With ``s = n q + r`` (``q = s // n``, ``0 <= r < n``; ``s`` the sum of the shifted
+        rows), ``G - s s^T / n`` is ``(G - s q^T - q r^T) - r r^T / n``: the bracket is
+        exact integer arithmetic in float64 (every term is below ``n m**2 < 2**53``, so
+        the rank-2 product ``[s q] [q r]^T`` is exact in any BLAS order), so only the
+        last, small term and the final subtraction round, for any number of rows and any
+        shift. Class by class, with one (D, D) buffer; ``in_place`` turns ``gram`` itself
+        into the scatter (these sums are then spent): no second (K, D, D) array.
         """
         K, D = self.sums.shape
         means = np.zeros((K, D))
-        scatter = np.zeros((K, D, D))
+        scatter = self.gram if in_place else np.empty_like(self.gram)
+        if in_place and not scatter.flags.writeable:
+            scatter = scatter.copy()
+        buf = np.empty((D, D)) if K else None
         for k in range(K):
             n = int(self.counts[k])
+            S = scatter[k]
             if n == 0:
+                S[...] = 0.0
                 continue
-            s, G = self.sums[k], self.gram[k]
-            means[k] = s / n
+            means[k] = self.sums[k] / n
+            s = self.sums[k] - n * self.offset  # exact: integers below 2**53
             q = np.floor_divide(s, n)
             r = s - n * q
-            S = G - n * np.outer(q, q)
-            S -= np.outer(q, r)
-            S -= np.outer(r, q)
-            S -= np.outer(r, r) / n
-            scatter[k] = S
+            if not in_place:
+                S[...] = self.gram[k]
+            np.matmul(np.stack([s, q], axis=1), np.stack([q, r]), out=buf)  # s q^T + q r^T, exact
+            S -= buf
+            np.multiply(r[:, None], r[None, :], out=buf)  # r r^T / n: rounded as the tiled fit's
+            buf /= n
+            S -= buf
         lo, hi = self.minimum, self.maximum
         if scale != 1.0:
             means *= scale
@@ -203,62 +230,105 @@ class PixelSums:
         return ClassStats(self.classes, self.counts.copy(), means, scatter, lo, hi)
 
 
-def pixel_sums(X: np.ndarray, y: np.ndarray) -> PixelSums:
+#: The shift of 8-bit pixels in :class:`PixelSums` (|x - 128| <= 128: float32 blocks of 1,024 rows).
+PIXEL_OFFSET = 128.0
+
+
+def pixel_sums(X: np.ndarray, y: np.ndarray, into: PixelSums | None = None) -> PixelSums:
     """Exact per-class count, sum and Gram matrix of integer rows with |x| <= 255.
 
-    The Gram matrix is summed from float32 BLAS syrk calls on blocks small enough that
-    every partial sum is an integer below 2**24: a block of ``b`` rows whose values are
-    at most ``m`` in magnitude has Gram entries, and every partial sum of them, at most
-    ``b * m**2``, exact in float32 whatever order BLAS adds them in.
+    The Gram matrix is of the rows shifted by :data:`PIXEL_OFFSET`, summed from float32
+    BLAS syrk calls on blocks small enough that every partial sum is an integer below
+    2**24: a block of ``b`` rows whose shifted values are at most ``m`` in magnitude has
+    Gram entries, and every partial sum of them, at most ``b * m**2``, exact in float32
+    whatever order BLAS adds them in.
+
+    ``into``: a running total to fold this block into, in place (its arrays grow only
+    when the block has a class it lacks); returned. Without it, a new PixelSums of the
+    classes present in the block only.
     """
     X = np.asarray(X)
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype.kind not in "iub":
         raise ValueError(f"pixel_sums needs integer X (n, D) and y (n,), got {X.dtype} {X.shape} and {y.shape}")
-    classes, counts, blocks = _by_class(X, y)
-    K, D = len(classes), X.shape[1]
     lo = float(X.min()) if X.size else np.nan
     hi = float(X.max()) if X.size else np.nan
-    m = max(abs(lo), abs(hi), 1.0) if X.size else 1.0
-    if m > 255:
+    if X.size and max(abs(lo), abs(hi)) > 255:
         raise ValueError(f"pixel_sums needs values within -255..255, got {lo:g}..{hi:g}")
+    classes, counts, blocks = _by_class(X, y)
+    D = X.shape[1]
+    offset = PIXEL_OFFSET
+    m = max(abs(lo - offset), abs(hi - offset), 1.0) if X.size else 1.0
     block = int(_F32_EXACT // (m * m))
-    sums = np.zeros((K, D))
-    gram = np.zeros((K, D, D))
-    for k, rows in enumerate(blocks):
-        F = rows.astype(np.float32)
-        for i in range(0, len(F), block):
-            b = F[i : i + block]
-            gram[k] += b.T @ b
-        sums[k] = rows.sum(axis=0, dtype=np.int64)
-    return PixelSums(classes, counts, sums, gram, lo, hi)
+    if into is None:
+        into = PixelSums(classes, np.zeros(len(classes), dtype=np.int64), np.zeros((len(classes), D)),
+                         np.zeros((len(classes), D, D)), offset=offset)
+    else:
+        into = _with_classes(into, classes)
+        if into.offset != offset or into.sums.shape[1] != D:
+            raise ValueError("cannot add sums of different shapes or offsets")
+    idx = np.searchsorted(into.classes, classes)
+    for k, rows in zip(idx, blocks):
+        G = into.gram[k]
+        for i in range(0, len(rows), block):
+            b = np.subtract(rows[i : i + block], np.float32(offset), dtype=np.float32)
+            G += centered_scatter(b)
+        into.sums[k] += rows.sum(axis=0, dtype=np.int64)
+    into.counts[idx] += counts
+    into.minimum, into.maximum = value_range([into, _Range(lo, hi)])
+    return into
+
+
+def _with_classes(total: PixelSums, classes: np.ndarray) -> PixelSums:
+    """``total`` itself when it has every one of ``classes``; else a copy grown to the union."""
+    union = union_classes([total, PixelSums(classes, classes[:0], total.sums[:0], total.gram[:0])])
+    if len(union) == len(total.classes):
+        return total
+    K, D = len(union), total.sums.shape[1]
+    grown = PixelSums(union, np.zeros(K, dtype=np.int64), np.zeros((K, D)), np.zeros((K, D, D)),
+                      total.minimum, total.maximum, total.offset)
+    idx = np.searchsorted(union, total.classes)
+    grown.counts[idx] = total.counts
+    grown.sums[idx] = total.sums
+    for j, k in enumerate(idx):  # class by class: no second temporary of the old total
+        grown.gram[k] = total.gram[j]
+    return grown
 
 
 def add_sums(parts: list[PixelSums] | tuple[PixelSums, ...]) -> PixelSums:
-    """The sums of the union of disjoint row sets: exact, in any order."""
+    """The sums of the union of disjoint row sets: exact, in any order.
+
+    Accumulates **in place** into the part with the most classes (spent: use the
+    result), which is grown only when the others have classes it lacks: a merge
+    allocates no new (K, D, D) Gram matrix.
+    """
     parts = list(parts)
     if not parts:
         raise ValueError("add_sums needs at least one PixelSums")
     D = parts[0].sums.shape[1]
-    classes = union_classes(parts)
-    K = len(classes)
-    counts = np.zeros(K, dtype=np.int64)
-    sums = np.zeros((K, D))
-    gram = np.zeros((K, D, D))
     for p in parts:
-        if p.sums.shape[1] != D:
-            raise ValueError("cannot add sums of different shapes")
-        if not len(p.classes):
+        if p.sums.shape[1] != D or p.offset != parts[0].offset:
+            raise ValueError("cannot add sums of different shapes or offsets")
+    first = max(range(len(parts)), key=lambda i: len(parts[i].classes))
+    total = _with_classes(parts[first], union_classes(parts))
+    if not all(a.flags.writeable for a in (total.counts, total.sums, total.gram)):  # e.g. received read-only
+        total = replace(total, counts=total.counts.copy(), sums=total.sums.copy(), gram=total.gram.copy())
+    for i, p in enumerate(parts):
+        if i == first or not len(p.classes):
             continue
-        idx = np.searchsorted(classes, p.classes)
-        if len(idx) == K:
-            gram += p.gram
-            sums += p.sums
-        else:
-            gram[idx] += p.gram
-            sums[idx] += p.sums
-        counts[idx] += p.counts
-    return PixelSums(classes, counts, sums, gram, *value_range(parts))
+        idx = np.searchsorted(total.classes, p.classes)
+        for j, k in enumerate(idx):  # class by class: fancy-indexed adds copy
+            total.gram[k] += p.gram[j]
+        total.sums[idx] += p.sums
+        total.counts[idx] += p.counts
+    total.minimum, total.maximum = value_range(parts)
+    return total
+
+
+@dataclass
+class _Range:
+    minimum: float
+    maximum: float
 
 
 def value_range(parts) -> tuple[float, float]:
@@ -278,7 +348,7 @@ def union_classes(parts: list) -> np.ndarray:
     return np.unique(np.concatenate(labelled))
 
 
-def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
+def merge(parts: list[ClassStats] | tuple[ClassStats, ...], in_place: bool = False) -> ClassStats:
     """Combine statistics of disjoint row sets into the statistics of their union.
 
     Exact up to float64 rounding; associative and commutative up to rounding. Per
@@ -289,9 +359,13 @@ def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
     — the pairwise Chan update applied to all parts at once: one addition per part
     and one small matrix product for the between-part term, instead of an outer
     product per part. ``m_p - M`` is a difference of nearby numbers, so large
-    offsets cancel exactly as in Chan's form. The inputs are not modified; the
-    result is accumulated in one new buffer (a combine step holds its inputs plus
-    one statistic).
+    offsets cancel exactly as in Chan's form.
+
+    By default the inputs are not modified and the result is a new buffer. With
+    ``in_place``, the result is accumulated into the first part's arrays when it has
+    every class of the union (it is then spent: use the result) — a merge then
+    allocates no new (K, D, D) statistic. Both give the same bits: the sum starts
+    from the first part either way, and classes are added one at a time.
     """
     parts = list(parts)
     if not parts:
@@ -303,40 +377,88 @@ def merge(parts: list[ClassStats] | tuple[ClassStats, ...]) -> ClassStats:
             raise ValueError("cannot merge statistics of different shapes")
     classes = union_classes(parts)
     K = len(classes)
-    counts = np.zeros(K, dtype=np.int64)
-    scatter = np.zeros((K, D) if diagonal else (K, D, D))
-    where = []  # (part, its class rows in the union) for parts with rows
-    for p in parts:
+    first = parts[0]
+    if (in_place and len(first.classes) == K and (first.counts > 0).all()
+            and all(a.flags.writeable for a in (first.counts, first.means, first.scatter))):
+        counts, scatter, start = first.counts, first.scatter, 1
+    else:
+        counts = np.zeros(K, dtype=np.int64)
+        scatter = np.zeros((K, D) if diagonal else (K, D, D))
+        start = 0
+    members: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(K)]  # (n_p, m_p) per class
+    for i, p in enumerate(parts):
         if not len(p.classes):
             continue
         idx = np.searchsorted(classes, p.classes)
-        keep = p.counts > 0
-        if not keep.all():
-            p = ClassStats(p.classes[keep], p.counts[keep], p.means[keep], p.scatter[keep])
-            idx = idx[keep]
-        if len(idx) == K:  # every class (the common case): whole-array adds
-            scatter += p.scatter
-        else:
-            scatter[idx] += p.scatter  # class indices are unique: a plain fancy add
-        counts[idx] += p.counts
-        where.append((p, idx))
-    means = np.zeros((K, D))
+        for j, k in enumerate(idx):
+            if p.counts[j] <= 0:
+                continue
+            members[k].append((int(p.counts[j]), p.means[j]))
+            if i >= start:
+                scatter[k] += p.scatter[j]  # class by class: a fancy-indexed add would copy
+                counts[k] += p.counts[j]
+    means = first.means if start else np.zeros((K, D))
     for k in np.flatnonzero(counts):
-        # the union's mean, about the first part's mean (no large sums of offsets)
-        members = [(p.counts[j], p.means[j]) for p, idx in where for j in np.flatnonzero(idx == k)]
-        ref = members[0][1]
-        n = np.array([c for c, _ in members], dtype=np.float64)
-        dev = np.stack([m for _, m in members]) - ref
-        mean = ref + (n @ dev) / counts[k]
-        means[k] = mean
-        if len(members) > 1:
-            dev = np.stack([m for _, m in members]) - mean  # (P, D)
-            if diagonal:
-                scatter[k] += n @ (dev * dev)
-            else:
-                w = dev * np.sqrt(n)[:, None]
-                scatter[k] += w.T @ w  # syrk: exactly symmetric
+        means[k] = _between(scatter[k], members[k], int(counts[k]), diagonal)
     return ClassStats(classes, counts, means, scatter, *value_range(parts))
+
+
+def _between(S: np.ndarray, members: list[tuple[int, np.ndarray]], total: int, diagonal: bool) -> np.ndarray:
+    """The union's mean of parts ``(n_p, m_p)`` of one class; adds their between-part
+    scatter to ``S`` (in place)."""
+    # the union's mean, about the first part's mean (no large sums of offsets)
+    ref = members[0][1]
+    n = np.array([c for c, _ in members], dtype=np.float64)
+    dev = np.stack([m for _, m in members]) - ref
+    mean = ref + (n @ dev) / total
+    if len(members) > 1:
+        dev = np.stack([m for _, m in members]) - mean  # (P, D)
+        if diagonal:
+            S += n @ (dev * dev)
+        else:
+            w = dev * np.sqrt(n)[:, None]
+            S += w.T @ w  # syrk: exactly symmetric
+    return mean
+
+
+def fold_stats(total: ClassStats | None, X: np.ndarray, y: np.ndarray, diagonal: bool = False,
+               scale: float = 1.0) -> ClassStats:
+    """Fold one block of rows into a running total, in place: the same bits as
+    ``merge([total, chunk_stats(X, y, diagonal, scale)])``, class by class, so that
+    a block costs one (D, D) temporary rather than a statistic of its own.
+
+    ``total`` None: the block's own statistics (the first block of a run). The total
+    grows (a new buffer) only when the block has a class it lacks.
+    """
+    X, y = _checked_block(X, y, "fold_stats")
+    exact_sums = X.dtype.kind in "iub"
+    lo = float(X.min()) if X.size else np.nan
+    hi = float(X.max()) if X.size else np.nan
+    pixels = exact_sums and not diagonal and X.size and max(abs(lo), abs(hi)) <= 255
+    if total is None or pixels or not X.size:
+        block = chunk_stats(X, y, diagonal=diagonal, scale=scale)
+        return block if total is None else merge([total, block], in_place=True)
+    classes, counts, blocks = _by_class(X, y)
+    if total.diagonal != diagonal or total.n_features != X.shape[1]:
+        raise ValueError("cannot merge statistics of different shapes")
+    union = union_classes([total, ClassStats(classes, counts, total.means[:0], total.scatter[:0])])
+    if len(union) != len(total.classes) or not (total.counts > 0).all():
+        # a class the total lacks: this block merges as a statistic of its own
+        return merge([total, chunk_stats(X, y, diagonal=diagonal, scale=scale)], in_place=True)
+    S = np.empty(total.scatter.shape[1:])
+    for k, n, rows in zip(np.searchsorted(total.classes, classes), counts, blocks):
+        m = _class_moments(rows, exact_sums, diagonal, out=S)
+        if scale != 1.0:
+            m *= scale
+            S *= scale * scale
+        total.scatter[k] += S
+        total.means[k] = _between(total.scatter[k], [(int(total.counts[k]), total.means[k]), (int(n), m)],
+                                  int(total.counts[k] + n), diagonal)
+        total.counts[k] += n
+    if scale != 1.0:
+        lo, hi = lo * scale, hi * scale
+    total.minimum, total.maximum = value_range([total, _Range(lo, hi)])
+    return total
 
 
 def to_diagonal(stats: ClassStats) -> ClassStats:

@@ -81,32 +81,61 @@ class Components:
         return out
 
 
+class ClassScan:
+    """The rows of one block class by class, in model units: iterate for ``(j, k, Xs)`` with
+    ``j`` the position among the classes ``present`` in the block, ``k`` in ``classes`` and
+    ``Xs`` (n_k, D) float64; ``range`` is then the smallest and largest value seen."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray, scale: float = 1.0):
+        self.X, self.scale = X, scale
+        self.pos, self.rows, self.present = class_rows(np.asarray(y), classes)
+        self.range = (np.nan, np.nan)
+
+    def __iter__(self):
+        lo = hi = np.nan
+        for j, (k, idx) in enumerate(zip(self.pos, self.rows)):
+            Xs = as_model_units(self.X, idx, self.scale)
+            lo, hi = np.fmin(lo, Xs.min()), np.fmax(hi, Xs.max())
+            self.range = (float(lo), float(hi))
+            yield j, k, Xs
+
+
+def responsibilities(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of ``log w + log N`` per row and component (n, M): log p(x) (n,) and the responsibilities
+    (n, M) (0 for rows of zero likelihood)."""
+    ll = logsumexp_rows(lp)
+    with np.errstate(invalid="ignore"):
+        resp = np.exp(lp - ll[:, None])
+    resp[~np.isfinite(ll)] = 0.0
+    return ll, resp
+
+
 def estep_stats(X: np.ndarray, y: np.ndarray, comps: Components, scale: float = 1.0) -> WeightedStats:
     """E-step of one chunk: responsibilities under ``comps`` and their weighted statistics.
 
     ``X`` (n, D) in pixel units (any real dtype), ``y`` (n,) labels; rows are scaled to
     model units per class. ``loglik`` sums ``log p(x | y)``.
     """
-    y = np.asarray(y)
     _, M, D = comps.means.shape
-    pos, rows, present = class_rows(y, comps.classes)
-    out = WeightedStats.empty(len(present), M, D, comps.diagonal, present)
-    lo = hi = np.nan
-    for j, (k, idx) in enumerate(zip(pos, rows)):
-        Xs = as_model_units(X, idx, scale)
-        lo, hi = np.fmin(lo, Xs.min()), np.fmax(hi, Xs.max())
+    scan = ClassScan(X, y, comps.classes, scale)
+    out = WeightedStats.empty(len(scan.present), M, D, comps.diagonal, scan.present)
+    for j, k, Xs in scan:
         lp = comps.component_log_prob(Xs, k)
-        ll = logsumexp_rows(lp)
-        with np.errstate(invalid="ignore"):
-            resp = np.exp(lp - ll[:, None])
-        resp[~np.isfinite(ll)] = 0.0
-        out.counts[j] = len(idx)
+        ll, resp = responsibilities(lp)
+        out.counts[j] = len(Xs)
         out.loglik[j] = ll.sum()
         for m in range(M):
             out.mass[j, m], out.means[j, m], out.scatter[j, m] = weighted_moments(Xs, resp[:, m], comps.diagonal)
         out.worst_score[j], out.worst_x[j] = keep_worst(ll, Xs, M)
-    out.minimum, out.maximum = float(lo), float(hi)
+    out.minimum, out.maximum = scan.range
     return out
+
+
+def assign_nearest(Xs: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's nearest centre (M, D) (NaN rows: never) and its score ``-|x - c|^2``."""
+    d2 = sq_distances(Xs, centers)
+    nearest = np.argmin(d2, axis=1)
+    return nearest, -d2[np.arange(len(Xs)), nearest]
 
 
 def hard_stats(X: np.ndarray, y: np.ndarray, classes: np.ndarray, centers: np.ndarray, diagonal: bool,
@@ -115,22 +144,16 @@ def hard_stats(X: np.ndarray, y: np.ndarray, classes: np.ndarray, centers: np.nd
 
     The score of a row is ``-min_m |x - c_m|^2``: the farthest rows are the worst.
     """
-    y = np.asarray(y)
     _, M, D = centers.shape
-    pos, rows, present = class_rows(y, classes)
-    out = WeightedStats.empty(len(present), M, D, diagonal, present)
-    lo = hi = np.nan
-    for j, (k, idx) in enumerate(zip(pos, rows)):
-        Xs = as_model_units(X, idx, scale)
-        lo, hi = np.fmin(lo, Xs.min()), np.fmax(hi, Xs.max())
-        d2 = sq_distances(Xs, centers[k])
-        nearest = np.argmin(d2, axis=1)
-        score = -d2[np.arange(len(Xs)), nearest]
-        out.counts[j] = len(idx)
+    scan = ClassScan(X, y, classes, scale)
+    out = WeightedStats.empty(len(scan.present), M, D, diagonal, scan.present)
+    for j, k, Xs in scan:
+        nearest, score = assign_nearest(Xs, centers[k])
+        out.counts[j] = len(Xs)
         out.loglik[j] = score.sum()
         for m in range(M):
             r = (nearest == m).astype(np.float64)
             out.mass[j, m], out.means[j, m], out.scatter[j, m] = weighted_moments(Xs, r, diagonal)
         out.worst_score[j], out.worst_x[j] = keep_worst(score, Xs, M)
-    out.minimum, out.maximum = float(lo), float(hi)
+    out.minimum, out.maximum = scan.range
     return out

@@ -73,3 +73,14 @@ class Sampler:
             if block is not out:
                 out[rows] = block
         return out
+
+
+def draw_components(class_index: np.ndarray, component_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For rows of classes ``class_index`` (n,), a component of each drawn from its class's
+    ``component_weights`` (K, M) (classes in increasing order): flat indices ``k * M + m`` (n,)."""
+    M = component_weights.shape[1]
+    flat = np.empty(len(class_index), dtype=np.intp)
+    for k in np.unique(class_index):
+        rows = np.flatnonzero(class_index == k)
+        flat[rows] = k * M + rng.choice(M, size=len(rows), p=component_weights[k])
+    return flat

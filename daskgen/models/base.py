@@ -242,6 +242,15 @@ class ClassModel(ABC):
         ``scorer``; see :mod:`daskgen.distributed.factors`)."""
         return None
 
+    def write_large_arrays(self, url: str, storage_options: dict | None = None) -> None:
+        """Write, into the store group being written at ``url``, arrays too large for
+        :meth:`to_store` (streamed, never whole in memory); none by default."""
+        return None
+
+    def published(self, url: str, storage_options: dict | None = None) -> None:
+        """Called once the model's store is in place at ``url`` (nothing by default)."""
+        return None
+
     @classmethod
     def diagonal_stats(cls, covariance: str) -> bool | None:
         """Whether the kind is fitted from diagonal (True) or full (False) per-class

@@ -43,14 +43,16 @@ def finalize(
     covariance: str = "full",
     reg_covar: float = 0.0,
     shrinkage: str = "none",
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Priors, means and covariances from statistics.
 
-    Returns a dict with ``priors`` (K,), ``means`` (K, D) and ``covariances``
-    (K, D, D) for ``covariance="full"`` or (K, D) for ``"diag"``. Covariances are
-    unbiased (divided by n - 1); with ``shrinkage="oas"`` each class covariance is
-    the Oracle Approximating Shrinkage estimate (as scikit-learn's ``OAS``: the
-    maximum-likelihood covariance shrunk toward a scaled identity); ``reg_covar`` is
+    Returns a dict with ``priors`` (K,), ``means`` (K, D) and ``covariances``: (K, D)
+    for ``covariance="diag"``; for ``"full"`` a :class:`ClassCovariances`, which derives
+    each (D, D) covariance from the statistics' scatter when asked (one class at a time,
+    :func:`class_covariance`: no second (K, D, D) array; ``np.asarray`` gives them all).
+    Covariances are unbiased (divided by n - 1); with ``shrinkage="oas"`` each class
+    covariance is the Oracle Approximating Shrinkage estimate (as scikit-learn's ``OAS``:
+    the maximum-likelihood covariance shrunk toward a scaled identity); ``reg_covar`` is
     then added to the diagonal.
     """
     if covariance not in ("full", "diag"):
@@ -75,23 +77,13 @@ def finalize(
         stats = to_diagonal(stats)
     counts = stats.counts.astype(np.float64)
     priors = counts / counts.sum()
-    D = stats.n_features
-    if shrinkage == "oas":
-        covs = np.empty_like(stats.scatter)
-        for k in range(len(counts)):
-            covs[k] = _oas(stats.scatter[k] / counts[k], int(counts[k]), D)
+    covs = ClassCovariances(stats.scatter, stats.counts, float(reg_covar), shrinkage)
+    if stats.diagonal:
+        covs = np.asarray(covs)  # (K, D): small
+        finite_covs = np.isfinite(covs).all(axis=1)
     else:
-        shape = (-1, 1) if stats.diagonal else (-1, 1, 1)
-        covs = stats.scatter / (counts - 1).reshape(shape)
-    if reg_covar:
-        if stats.diagonal:
-            covs = covs + reg_covar
-        else:
-            covs = covs.copy()
-            idx = np.arange(D)
-            covs[:, idx, idx] += reg_covar
-    axes = tuple(range(1, covs.ndim))
-    finite = np.isfinite(stats.means).all(axis=1) & np.isfinite(covs).all(axis=axes)
+        finite_covs = covs.finite()
+    finite = np.isfinite(stats.means).all(axis=1) & finite_covs
     if not finite.all():
         bad = stats.classes[~finite].tolist()
         raise ValueError(
@@ -99,6 +91,62 @@ def finalize(
             f"{stats.minimum:g}..{stats.maximum:g}); rescale the data (e.g. --scale)"
         )
     return {"priors": priors, "means": stats.means.copy(), "covariances": covs}
+
+
+class ClassCovariances(np.lib.mixins.NDArrayOperatorsMixin):
+    """Class covariances (K, D, D) (or (K, D)), derived one class at a time from the
+    centered scatter by :func:`class_covariance` (the same bits as all at once).
+
+    Indexing by an integer and iterating give one class (a new array each time);
+    ``np.asarray`` (and arithmetic, other indexing) gives all K at once.
+    """
+
+    def __init__(self, scatter: np.ndarray, counts: np.ndarray, reg_covar: float = 0.0, shrinkage: str = "none"):
+        self.scatter = scatter
+        self.counts = np.asarray(counts)
+        self.reg_covar = float(reg_covar)
+        self.shrinkage = shrinkage
+
+    shape = property(lambda self: self.scatter.shape)
+    ndim = property(lambda self: self.scatter.ndim)
+    dtype = np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.scatter)
+
+    def _class(self, k: int) -> np.ndarray:
+        return class_covariance(self.scatter[k], self.counts[k], self.reg_covar, self.shrinkage)
+
+    def finite(self) -> np.ndarray:
+        """(K,) whether each class's covariance is finite: one read of each scatter (its sum
+        is finite only if every entry is; dividing by n - 1 and adding ``reg_covar`` cannot
+        overflow), the covariance itself when the sum overflows or with shrinkage."""
+        ok = np.zeros(len(self), dtype=bool)
+        for k in range(len(self)):
+            quick = self.shrinkage == "none" and np.isfinite(self.scatter[k].sum())
+            ok[k] = quick or np.isfinite(self._class(k)).all()
+        return ok
+
+    def __iter__(self):
+        return (self._class(k) for k in range(len(self)))
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._class(int(key) % len(self))
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape)
+        for k in range(len(self)):
+            out[k] = self._class(k)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(np.asarray(x) if isinstance(x, ClassCovariances) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def copy(self) -> np.ndarray:
+        return np.asarray(self)
 
 
 def _oas(emp_cov: np.ndarray, n_samples: int, n_features: int) -> np.ndarray:
@@ -544,11 +592,15 @@ class GaussianClassModel(ClassModel):
         }
 
     @classmethod
-    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> GaussianClassModel:
+    def from_store(cls, group: Any, meta: dict[str, Any], classes: np.ndarray, url: str) -> ClassModel:
         """Small arrays are read (and checked) now; ``scatter``, ``cholesky`` and an older
         store's ``covariances`` (K, D, D) class by class where needed, and checked there
         (:class:`StoredClass`): a corrupted factor fails the task that reads it, with one
         line naming the store, before a command writes anything."""
+        if meta.get("tiles"):  # fitted with --tiles: the covariances stay on disk, as tiles
+            from .tiled import TiledGaussianClassModel
+
+            return TiledGaussianClassModel.from_store(group, meta, classes, url)
         names = set(group.array_keys())
         a = read_arrays(group, ("counts", "priors", "means"), url)
         K, D = a["means"].shape if a["means"].ndim == 2 else (-1, -1)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelError
 from ..kernels.estep import Components
 from ..kernels.linalg import ClassFactor, cholesky_factor, factor_covariance, logsumexp_rows
-from ..kernels.sampling import Sampler
+from ..kernels.sampling import Sampler, draw_components
 from ..kernels.weighted import WeightedStats
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
 from .registry import register
@@ -47,12 +47,7 @@ class MixtureSampler(Sampler):
         self.n_components = int(w.shape[1])
 
     def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        flat = np.empty(len(class_index), dtype=np.intp)
-        M = self.n_components
-        for k in np.unique(class_index):
-            rows = np.flatnonzero(class_index == k)
-            flat[rows] = k * M + rng.choice(M, size=len(rows), p=self.component_weights[k])
-        return super().draw(flat, rng)
+        return super().draw(draw_components(class_index, self.component_weights, rng), rng)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,9 +74,54 @@ class MixtureScorer:
         return logsumexp_rows(lp.reshape(n * K, M)).reshape(n, K)
 
 
+class PerClassMixture:
+    """What every per-class mixture kind shares, given its ``priors`` (K,), ``weights`` (K, M),
+    ``means`` (K, M, D), ``fingerprint`` and ``components`` (what an E-step needs: log-weights,
+    means and ``component_log_prob``): shape, class means, component means, and scoring
+    through a :class:`MixtureScorer`."""
+
+    priors: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    fingerprint: str
+    components: Any
+
+    @property
+    def n_components(self) -> int:
+        return int(self.weights.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.means.shape[2])
+
+    @property
+    def class_means(self) -> np.ndarray:
+        """Mean of each class's mixture, (K, D)."""
+        return np.einsum("km,kmd->kd", self.weights, self.means)
+
+    def component_means(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.means, self.weights
+
+    def display_range(self) -> tuple[float, float]:
+        """The range of the component means (model units)."""
+        return float(self.means.min()), float(self.means.max())
+
+    def scorer(self) -> MixtureScorer:
+        """The priors and :attr:`components` (no covariances): small to ship to tasks."""
+        return MixtureScorer(self.priors, self.components, self.fingerprint)
+
+    def component_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """log w[k, m] + log p_m(x) for every row, class and component, shape (n, K, M)."""
+        return self.scorer().component_log_likelihood(X)
+
+    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+        """log p(x | y = k) for every row and class, shape (n, K) (log-sum-exp over components)."""
+        return self.scorer().class_log_likelihood(X)
+
+
 @register
 @dataclass(repr=False)
-class GaussianMixtureClassModel(ClassModel):
+class GaussianMixtureClassModel(PerClassMixture, ClassModel):
     """A prior over classes and a mixture of Gaussians per class.
 
     The interface of :class:`~daskgen.models.base.ClassModel` with, per class k and
@@ -134,14 +174,6 @@ class GaussianMixtureClassModel(ClassModel):
 
     # -- shape -------------------------------------------------------------
     @property
-    def n_components(self) -> int:
-        return int(self.weights.shape[1])
-
-    @property
-    def n_features(self) -> int:
-        return int(self.means.shape[2])
-
-    @property
     def covariance_type(self) -> str:
         return "diag" if self.covariances.ndim == 3 else "full"
 
@@ -151,11 +183,6 @@ class GaussianMixtureClassModel(ClassModel):
                                   *self.transform.fingerprint_parts())
 
     # -- derived -----------------------------------------------------------
-    @property
-    def class_means(self) -> np.ndarray:
-        """Mean of each class's mixture, (K, D)."""
-        return np.einsum("km,kmd->kd", self.weights, self.means)
-
     @property
     def class_covariances(self) -> np.ndarray:
         """Covariance of each class's mixture (K, D, D) or (K, D): within plus between components."""
@@ -195,26 +222,7 @@ class GaussianMixtureClassModel(ClassModel):
     def spectra(self) -> list[np.ndarray]:
         return [f.eigvals for f in self.factors]
 
-    def component_means(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.means, self.weights
-
-    def display_range(self) -> tuple[float, float]:
-        """The range of the component means (model units)."""
-        return float(self.means.min()), float(self.means.max())
-
     # -- scoring -----------------------------------------------------------
-    def scorer(self) -> MixtureScorer:
-        """The priors and :attr:`components` (no covariances): small to ship to tasks."""
-        return MixtureScorer(self.priors, self.components, self.fingerprint)
-
-    def component_log_likelihood(self, X: np.ndarray) -> np.ndarray:
-        """log w[k, m] + log N(x; mu[k, m], Sigma[k, m]) for every row, shape (n, K, M)."""
-        return self.scorer().component_log_likelihood(X)
-
-    def class_log_likelihood(self, X: np.ndarray) -> np.ndarray:
-        """log p(x | y = k) for every row and class, shape (n, K) (log-sum-exp over components)."""
-        return self.scorer().class_log_likelihood(X)
-
     # -- sampling and persistence ------------------------------------------
     def sampler(self, dtype: Any = np.float64) -> MixtureSampler:
         return MixtureSampler(self, dtype)

@@ -173,53 +173,66 @@ def m_step(
             class_cov = _add_reg(np.ones(D) if diagonal else np.eye(D), reg_covar)
             class_prec = precision_cholesky(class_cov)
         worst = [x for s, x in zip(stats.worst_score[k], stats.worst_x[k]) if np.isfinite(s)]
-        fresh: list[int] = []
+        bad = {m: problems.get((k, m), "singular (covariance not positive definite)")
+               for m in range(M) if not dropped[k, m] and comp_factors.get((k, m)) is None}
         for m in range(M):
-            if dropped[k, m]:
-                means[k, m], covs[k, m] = class_means[k], class_cov
-                prec[k, m], log_det[k, m] = class_prec
-                continue
-            problem = problems.get((k, m))
-            factor = comp_factors.get((k, m))
-            if problem is None and factor is None:
-                problem = "singular (covariance not positive definite)"
-            if problem is None:
+            if not dropped[k, m] and m not in bad:
                 weights[k, m] = stats.mass[k, m]
                 means[k, m], covs[k, m] = stats.means[k, m], candidates[k, m]
-                prec[k, m], log_det[k, m] = factor
-                continue
-            event = {"class": plain_label(stats.classes[k]), "component": m, "problem": problem}
-            if reseeds[k, m] < max_reseeds and len(worst) > len(fresh):
-                reseeds[k, m] += 1
-                means[k, m], covs[k, m] = worst[len(fresh)], class_cov
+                prec[k, m], log_det[k, m] = comp_factors[k, m]
+        fresh, fallback = settle_degenerate(stats.classes[k], bad, weights[k], stats.mass[k], dropped[k], reseeds[k],
+                                            len(worst), max_reseeds, events)
+        for m in range(M):
+            if m in fresh or dropped[k, m] or m == fallback:
+                means[k, m] = worst[fresh.index(m)] if m in fresh else class_means[k]
+                covs[k, m] = class_cov
                 prec[k, m], log_det[k, m] = class_prec
-                fresh.append(m)
-                event["action"] = "re-seeded at the worst-explained row"
-            else:
-                dropped[k, m] = True
-                means[k, m], covs[k, m] = class_means[k], class_cov
-                prec[k, m], log_det[k, m] = class_prec
-                event["action"] = "dropped"
-            log.warning("class %r component %d %s: %s", event["class"], m, problem, event["action"])
-            events.append(event)
-        if not (weights[k] > 0).any() and not fresh:
-            # Nothing left for this class: keep one component on the class's own Gaussian.
-            m = int(np.argmax(stats.mass[k])) if stats.mass[k].any() else 0
-            dropped[k, m] = False
-            means[k, m], covs[k, m] = class_means[k], class_cov
-            prec[k, m], log_det[k, m] = class_prec
-            weights[k, m] = 1.0
-            log.warning("class %r: every component degenerated; component %d is the class's Gaussian", plain_label(stats.classes[k]), m)
-            events.append({"class": plain_label(stats.classes[k]), "component": m, "problem": "all components degenerate",
-                           "action": "reset to the class's Gaussian"})
-        total = weights[k].sum()
-        weights[k] = weights[k] / total if total > 0 else 0.0
-        if fresh:
-            share = 1.0 / (M - int(dropped[k].sum()))
-            weights[k] *= 1.0 - share * len(fresh)
-            weights[k, fresh] = share
     return Params(stats.classes, weights, means, covs, reseeds, prec, log_det), events
 
+
+
+def settle_degenerate(label: Any, bad: dict[int, str], weights: np.ndarray, mass: np.ndarray, dropped: np.ndarray,
+                      reseeds: np.ndarray, n_worst: int, max_reseeds: int, events: list[dict[str, Any]]
+                      ) -> tuple[list[int], int | None]:
+    """The rules for one class's degenerate components ``bad`` (component -> problem).
+
+    Each is re-seeded (at the class's next worst-explained row, of which there are
+    ``n_worst``) while it has been re-seeded fewer than ``max_reseeds`` times, else
+    dropped (``dropped`` set). When no component is left, the heaviest one comes back
+    with weight 1 as the class's own Gaussian (the fallback). Then ``weights`` (the
+    masses of the healthy components, in place) are normalised, each re-seeded component
+    taking an equal share. Events are logged and appended to ``events``. Returns the
+    re-seeded components (in the order of the worst rows they take) and the fallback.
+    """
+    fresh: list[int] = []
+    for m in sorted(bad):
+        event = {"class": plain_label(label), "component": m, "problem": bad[m]}
+        if reseeds[m] < max_reseeds and n_worst > len(fresh):
+            reseeds[m] += 1
+            fresh.append(m)
+            event["action"] = "re-seeded at the worst-explained row"
+        else:
+            dropped[m] = True
+            event["action"] = "dropped"
+        log.warning("class %r component %d %s: %s", event["class"], m, bad[m], event["action"])
+        events.append(event)
+    fallback = None
+    if not (weights > 0).any() and not fresh:
+        # Nothing left for this class: keep one component on the class's own Gaussian.
+        fallback = int(np.argmax(mass)) if mass.any() else 0
+        dropped[fallback] = False
+        weights[fallback] = 1.0
+        log.warning("class %r: every component degenerated; component %d is the class's Gaussian",
+                    plain_label(label), fallback)
+        events.append({"class": plain_label(label), "component": fallback, "problem": "all components degenerate",
+                       "action": "reset to the class's Gaussian"})
+    total = weights.sum()
+    weights[:] = weights / total if total > 0 else 0.0
+    if fresh:
+        share = 1.0 / (len(weights) - int(dropped.sum()))
+        weights *= 1.0 - share * len(fresh)
+        weights[fresh] = share
+    return fresh, fallback
 
 
 @dataclass
@@ -230,8 +243,24 @@ class Passes:
     """
 
     sample: Callable[[int, int], InitSample]
-    hard: Callable[[np.ndarray, np.ndarray, bool], WeightedStats]
-    estep: Callable[[Components], WeightedStats]
+    #: ``hard(classes, centers, *options)``: the statistics of hard assignments to the centres
+    hard: Callable[..., Any]
+    #: ``estep(components)``: the E-step's statistics under the components
+    estep: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class EmKernels:
+    """The per-block kernels of a kind of EM and their merge: ``hard(X, y, classes, centers,
+    *options, scale)``, ``estep(X, y, components, scale)``, ``merge(list of statistics)``."""
+
+    hard: Callable[..., Any]
+    estep: Callable[..., Any]
+    merge: Callable[[list[Any]], Any]
+
+
+#: Full or diagonal Gaussian components (:class:`~daskgen.kernels.weighted.WeightedStats`).
+GAUSSIAN_KERNELS = EmKernels(hard_stats, estep_stats, merge_weighted)
 
 
 def run_em(
@@ -274,9 +303,7 @@ def run_em(
         params = _given_params(init_params, classes, M, diagonal)
         data_range = (np.nan, np.nan)
     else:
-        sample = passes.sample(int(seed), int(init_sample))
-        _check_counts(sample.classes, sample.counts, M)
-        centers = init_centers(sample, M, init, int(seed), lloyd_iter)
+        sample, centers = initial_centers(passes, M, init, seed, init_sample, lloyd_iter)
         stats = passes.hard(sample.classes, centers, diagonal)
         unused = np.isnan(centers).any(axis=2)
         with one_blas_thread():  # many small factorizations: threads only contend
@@ -286,6 +313,33 @@ def run_em(
         data_range = (sample.minimum, sample.maximum)
         summary["init_sample_rows"] = [len(r) for r in sample.rows]
     summary["init_seconds"] = time.perf_counter() - started
+
+    def step(stats: WeightedStats, params: Params) -> tuple[Params, list[dict[str, Any]]]:
+        return m_step(stats, reg_covar, params, min_mass=min_mass, collapse_rtol=collapse_rtol,
+                      max_reseeds=max_reseeds, prior_rows=prior_rows)
+
+    params, stats = iterate(passes.estep, step, params, max_iter, tol, data_range, summary, events, callback)
+    return params, stats, summary
+
+
+def initial_centers(passes: Passes, M: int, init: str, seed: int, init_sample: int, lloyd_iter: int
+                    ) -> tuple[InitSample, np.ndarray]:
+    """The initial sample of each class (one pass) and M centres per class from it
+    (k-means++ then Lloyd, or random rows): (sample, centres (K, M, D), NaN rows unused)."""
+    sample = passes.sample(int(seed), int(init_sample))
+    _check_counts(sample.classes, sample.counts, M)
+    return sample, init_centers(sample, M, init, int(seed), lloyd_iter)
+
+
+def iterate(estep: Callable[[Any], Any], step: Callable[[Any, Any], tuple[Any, list[dict[str, Any]]]], params: Any,
+            max_iter: int, tol: float, data_range: tuple[float, float], summary: dict[str, Any],
+            events: list[dict[str, Any]], callback: Callable[[dict[str, Any]], None] | None = None
+            ) -> tuple[Any, Any]:
+    """EM's iterations: E-step pass ``estep(params.components())``, then ``step(stats, params)``
+    (the M-step: new parameters and events), until ``max_iter`` or a change of the mean
+    log-likelihood below ``tol`` in an iteration without events. Returns the last
+    parameters and statistics; fills ``summary`` (``n_iter``, ``converged``,
+    ``log_likelihood``, ``iteration_seconds``, ``events`` after ``events``, ``data_range``)."""
     history: list[float] = []
     seconds: list[float] = []
     converged = False
@@ -293,13 +347,12 @@ def run_em(
     n_iter = 0
     for it in range(1, int(max_iter) + 1):
         start = time.perf_counter()
-        stats = passes.estep(params.components())
+        stats = estep(params.components())
         if not np.isfinite(data_range[0]):
             data_range = (stats.minimum, stats.maximum)
         ll = float(stats.loglik.sum() / max(stats.n_rows, 1))
         with one_blas_thread():
-            params, ev = m_step(stats, reg_covar, params, min_mass=min_mass, collapse_rtol=collapse_rtol,
-                                max_reseeds=max_reseeds, prior_rows=prior_rows)
+            params, ev = step(stats, params)
         events += [dict(e, iteration=it) for e in ev]
         change = ll - history[-1] if history else np.inf
         history.append(ll)
@@ -312,7 +365,7 @@ def run_em(
             break
     summary.update(n_iter=n_iter, converged=converged, log_likelihood=history, iteration_seconds=seconds, events=events,
                    data_range=[float(data_range[0]), float(data_range[1])])
-    return params, stats, summary
+    return params, stats
 
 
 def check_options(n_components, covariance, reg_covar, max_iter, tol, init) -> None:
@@ -358,16 +411,18 @@ def _given_params(p: dict[str, np.ndarray], classes, M: int, diagonal: bool) -> 
 
 
 # ============================================================================ in memory
-def memory_passes(X: np.ndarray, y: np.ndarray, scale: float = 1.0, block_rows: int | None = None) -> Passes:
-    """Passes over in-memory rows (X in pixel units), cut in blocks of ``block_rows``."""
+def memory_passes(X: np.ndarray, y: np.ndarray, scale: float = 1.0, block_rows: int | None = None,
+                  kernels: EmKernels = GAUSSIAN_KERNELS) -> Passes:
+    """Passes over in-memory rows (X in pixel units), cut in blocks of ``block_rows``, with ``kernels``."""
     X, y = np.asarray(X), np.asarray(y)
     step = int(block_rows or max(len(y), 1))
     blocks = [(X[a : a + step], y[a : a + step]) for a in range(0, max(len(y), 1), step)]
 
     return Passes(
         sample=lambda seed, size: merge_samples([sample_chunk(x, t, seed, size, scale) for x, t in blocks]),
-        hard=lambda classes, centers, diag: merge_weighted([hard_stats(x, t, classes, centers, diag, scale) for x, t in blocks]),
-        estep=lambda comps: merge_weighted([estep_stats(x, t, comps, scale) for x, t in blocks]),
+        hard=lambda classes, centers, *opts: kernels.merge([kernels.hard(x, t, classes, centers, *opts, scale)
+                                                            for x, t in blocks]),
+        estep=lambda comps: kernels.merge([kernels.estep(x, t, comps, scale) for x, t in blocks]),
     )
 
 

@@ -19,7 +19,7 @@ T = TypeVar("T", bound=type)
 
 #: Built-in kinds: name -> the module that registers it when imported.
 BUILTIN = {"gaussian": "daskgen.models.gaussian", "mixture": "daskgen.models.mixture",
-           "ppca": "daskgen.models.lowrank", "fa": "daskgen.models.lowrank"}
+           "ppca": "daskgen.models.lowrank", "fa": "daskgen.models.lowrank", "mfa": "daskgen.models.mfa"}
 _KINDS: dict[str, Any] = {}
 
 
