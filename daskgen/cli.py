@@ -20,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import DaskgenError, one_line
-from .options import CLUSTER, EVALUATE, GAUSSIAN_FIT, MIXTURE_FIT, NDB, READ, SAMPLE, Group, pairs, to_bytes
+from .options import CLUSTER, EVALUATE, GAUSSIAN_FIT, MIXTURE_FIT, NDB, PLAN, READ, SAMPLE, Group, pairs, to_bytes
 
 
 def cluster_options(func: Callable) -> Callable:
@@ -124,6 +124,14 @@ def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
         raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
 
 
+def _planned(plan, dry_run: bool) -> bool:
+    """Apply a memory plan (:func:`daskgen.planning.enforce`): True when the command stops
+    here (a dry run, its plan printed); a plan that does not fit is one line, exit 2."""
+    from .planning import enforce
+
+    return enforce(plan, dry_run, echo=click.echo)
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         click.echo(text, err=True)
@@ -161,10 +169,11 @@ class _UserErrorFilter(logging.Filter):
 @READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace an existing model at --out.")
 @cluster_options
+@PLAN.click()
 @handle_errors
 def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, scale, covariance, reg_covar, shrinkage,
         rank, oversampling, power_iterations, split_every, components, max_iter, tol, init, seed, prior_rows, transform,
-        logit_lambda, tiles, storage, overwrite, **kw):
+        logit_lambda, tiles, storage, overwrite, dry_run, **kw):
     """Fit one Gaussian per class to INPUTS (CSV, Parquet or Zarr; files, globs, directories, URLs).
 
     With --components K > 1, fit a mixture of K Gaussians per class by EM instead.
@@ -176,10 +185,11 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     from .fitting import fit_transform, prepare
     from .io.fs import remove_tree
     from .io.store import output_exists, read_model, scratch_beside
+    from .planning import plan_fit
 
     cluster = _cluster_kwargs(kw)
     so = pairs(storage)
-    if not out and not update_path:
+    if not out and not update_path and not dry_run:
         raise InputError("--out is required (or --update MODEL to fold new data into MODEL)")
     out = out or update_path
     if components > 1 and update_path:
@@ -192,9 +202,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
         raise InputError("--logit-lambda applies to --transform logit")
     transform = fit_transform(transform, logit_lambda)  # checked before anything is read
     replacing_update = update_path is not None and out == update_path
-    if output_exists(out, so) and not (overwrite or replacing_update):
+    if out and output_exists(out, so) and not (overwrite or replacing_update):
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-    _check_output(out, so)
+    if out and not dry_run:
+        _check_output(out, so)
     previous = read_model(update_path, so) if update_path else None
     if previous is not None and previous.covariance_type in ("ppca", "fa"):
         raise InputError(f"{update_path} is a {previous.covariance_type} model: it keeps sketches' results, not the "
@@ -209,6 +220,11 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     # Inputs are checked (headers, metadata) before a cluster is started.
     dataset = prepare(list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
                       image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
+    # ... and the memory plan, before anything is read or written.
+    if _planned(plan_fit(dataset, covariance=covariance, components=components, split_every=split_every,
+                         transform=transform.name, cluster=cluster, previous=previous, rank=rank, tiles=tiles),
+                dry_run):
+        return
     with connect(**cluster):
         if components > 1:
             from .distributed.em import fit_mixture
@@ -266,8 +282,10 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
 @READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace evaluation.json and confusion-matrix.png in --out.")
 @cluster_options
+@PLAN.click()
 @handle_errors
-def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, overwrite, **kw):
+def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, seed, split_every, storage, overwrite,
+             dry_run, **kw):
     """Score MODEL on labelled held-out INPUT: log-likelihood (nats/image, bits/dim) and the Bayes classifier.
 
     Integer pixels are dequantized as RealNVP/Glow/MAF do, x~ = (x + u)/256 with u in
@@ -277,18 +295,24 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     from .distributed.cluster import connect
     from .evaluation.heldout import FILES, format_table, open_for_model, write_outputs
     from .evaluation.heldout import evaluate as evaluate_model
-    from .io.store import read_model
+    from .io.store import read_model, read_model_header
+    from .planning import evaluate_workload, plan_model
 
     cluster = _cluster_kwargs(kw)
     so = pairs(storage)
     if out:
         _refuse_existing(out, list(FILES.values()), overwrite)
-        _check_output(f"{out.rstrip('/')}/{FILES['json']}")
-    model = read_model(model_path, so)
+        if not dry_run:
+            _check_output(f"{out.rstrip('/')}/{FILES['json']}")
+    header = read_model_header(model_path, so)
     start = time.perf_counter()
-    # Inputs are checked against the model (features, scale) before a cluster is started.
-    dataset = open_for_model(model, list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
+    # Inputs are checked against the model (features, scale) before a cluster is started,
+    # and the memory plan before the model's arrays or the inputs' rows are read.
+    dataset = open_for_model(header, list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
                              fmt=fmt, storage_options=so)
+    if _planned(plan_model(header, evaluate_workload(dataset, split_every), cluster), dry_run):
+        return
+    model = read_model(model_path, so)
     with connect(**cluster):
         rep = evaluate_model(model, dataset, dequantize=dequantize, seed=seed, split_every=split_every,
                              progress=not cluster["quiet"])
@@ -356,16 +380,22 @@ def evaluate_samples(samples, reference, train, bins, alpha, seed, max_iter, out
 @READ.click(only=("storage_options",))
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @cluster_options
+@PLAN.click()
 @handle_errors
-def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrite, **kw):
+def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrite, dry_run, **kw):
     """Generate N samples of MODEL into a Zarr store; rerunning resumes an interrupted run."""
     from .distributed.cluster import connect
     from .distributed.generation import generate
-    from .io.store import read_model
+    from .io.store import read_model, read_model_header
+    from .planning import plan_model, sample_workload
 
     cluster = _cluster_kwargs(kw)
     so = pairs(storage)
-    _check_output(out, so)
+    if not dry_run:
+        _check_output(out, so)
+    header = read_model_header(model_path, so)
+    if _planned(plan_model(header, sample_workload(n, chunk_size, dtype), cluster), dry_run):
+        return
     model = read_model(model_path, so)
     start = time.perf_counter()
     with connect(**cluster), _writing(out):
@@ -388,8 +418,9 @@ def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrit
 @click.option("--report", "report_html", metavar="FILE.html", help="Save distributed's performance report of the run.")
 @click.option("--overwrite", is_flag=True, help="Redo every stage, replacing earlier outputs.")
 @cluster_options
+@PLAN.click()
 @handle_errors
-def run(job_file, out, report_html, overwrite, **kw):
+def run(job_file, out, report_html, overwrite, dry_run, **kw):
     """Fit, sample, draw the figures and write run-report.json, as a job file says.
 
     Without JOB.yaml: the tutorial's data/train.csv if the current folder has one,
@@ -398,7 +429,7 @@ def run(job_file, out, report_html, overwrite, **kw):
     A rerun skips a fit that is up to date and resumes sampling.
     """
     from .job import REPORT_FILE, load_job
-    from .run import run_job
+    from .run import plan_run, run_job
 
     cluster = _cluster_kwargs(kw)
     quiet = cluster.pop("quiet")
@@ -411,6 +442,8 @@ def run(job_file, out, report_html, overwrite, **kw):
         "cluster": cluster,
     }
     job = load_job(job_file, overrides=overrides)
+    if _planned(plan_run(job), dry_run):
+        return
     _check_output(f"{str(job.out).rstrip('/')}/{REPORT_FILE}")
     _say(quiet, f"daskgen: job {job.origin} -> {job.out}")
     with _writing(job.out):

@@ -1,7 +1,7 @@
 """Every user option, defined once: its name, type, default, range or choices and help.
 
 An option group (:data:`READ`, :data:`GAUSSIAN_FIT`, :data:`MIXTURE_FIT`, :data:`SAMPLE`,
-:data:`EVALUATE`, :data:`NDB`, :data:`CLUSTER`) is a :class:`Group` of :class:`Option`
+:data:`EVALUATE`, :data:`NDB`, :data:`CLUSTER`, :data:`PLAN`) is a :class:`Group` of :class:`Option`
 objects (frozen dataclasses); an option two groups share (:data:`SPLIT_EVERY`) is one
 object. Three edges derive from them, so a bad value reads the same wherever it is given:
 
@@ -33,7 +33,7 @@ from typing import Any
 from .errors import InputError
 
 __all__ = [
-    "CLUSTER", "EVALUATE", "GAUSSIAN_FIT", "MIXTURE_FIT", "NDB", "READ", "SAMPLE", "SPLIT_EVERY",
+    "CLUSTER", "EVALUATE", "GAUSSIAN_FIT", "MIXTURE_FIT", "NDB", "PLAN", "READ", "SAMPLE", "SPLIT_EVERY",
     "Group", "Option", "OptionError", "suggest",
 ]
 
@@ -596,5 +596,11 @@ CLUSTER = Group("cluster", (
     Option("quiet", "flag", False, "No progress bars or dashboard link.", short="-q", job=False),
 ), section="cluster")
 
+#: The memory plan (``daskgen.planning``) of fit, sample, evaluate and run.
+PLAN = Group("plan", (
+    Option("dry_run", "flag", False, "Print the memory plan (peak per worker and on the client, per stage) and exit, "
+           "reading only the inputs' headers and metadata: exit code 0 when it fits, 2 when it does not.", job=False),
+))
+
 #: Every group, for the README's tables and the tests.
-GROUPS: tuple[Group, ...] = (READ, GAUSSIAN_FIT, MIXTURE_FIT, SAMPLE, EVALUATE, NDB, CLUSTER)
+GROUPS: tuple[Group, ...] = (READ, GAUSSIAN_FIT, MIXTURE_FIT, SAMPLE, EVALUATE, NDB, CLUSTER, PLAN)

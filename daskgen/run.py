@@ -97,7 +97,7 @@ def _data_stage(job: Job, overwrite: bool, say: Callable[[str], None]) -> tuple[
 
     cfg = job.dataset or {}
     name, split = cfg["name"], cfg["split"]
-    target = _join(job.out, "data", f"{name}.zarr" if split == "train" else f"{name}-{split}.zarr")
+    target = dataset_target(job)
     t = time.perf_counter()
     if not overwrite and _dataset_matches(target, cfg):
         say(f"daskgen: data: {target} is up to date")
@@ -111,6 +111,33 @@ def _data_stage(job: Job, overwrite: bool, say: Callable[[str], None]) -> tuple[
     say(f"daskgen: data: wrote {name} ({summary['n']:,} images, {len(summary['classes'])} classes, "
         f"scale {_fraction(summary['scale'])}) in {took:.1f}s -> {target}")
     return [target], {"status": "done", "skipped": False, "path": target, "n": summary["n"], "seconds": took}
+
+
+def dataset_target(job: Job) -> str:
+    """Where the job's named dataset is converted to: ``OUT/data/NAME[-SPLIT].zarr``."""
+    name, split = job.dataset["name"], job.dataset["split"]
+    return _join(job.out, "data", f"{name}.zarr" if split == "train" else f"{name}-{split}.zarr")
+
+
+def plan_run(job: Job):
+    """The memory plan of the job's fit and sample (:mod:`daskgen.planning`), from the
+    inputs' headers; None when the job's dataset is not converted yet (its data stage
+    runs first) or the kind has no plan."""
+    from .fitting import prepare
+    from .planning import plan_fit, sample_workload
+
+    inputs = list(job.inputs)
+    if job.dataset:
+        target = dataset_target(job)
+        if not _dataset_matches(target, job.dataset):
+            return None
+        inputs = [target]
+    options = _fit_options(job)
+    dataset = prepare(inputs, **{k: options[k] for k in ("label_column", "blocksize", "image_shape", "scale", "fmt")})
+    return plan_fit(dataset, covariance=options["covariance"], components=int(job.fit["components"]),
+                    split_every=options["split_every"], transform=options["transform"].name, cluster=job.cluster,
+                    then=sample_workload(job.sample["n"], job.sample["chunk_size"], job.sample["dtype"]),
+                    rank=job.fit.get("rank"), tiles=options.get("tiles"))
 
 
 def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:

@@ -35,6 +35,7 @@ import functools
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -207,8 +208,44 @@ def _publish_model(model, url: str, overwrite: bool, storage_options: dict | Non
     publish_local(path, exists, lambda tmp: _write_model_group(model, tmp, None, run))
 
 
-def read_model(url: str, storage_options: dict | None = None):
-    """Load a model store written by :func:`write_model`, as the class registered for its kind."""
+@dataclass(frozen=True)
+class ModelHeader:
+    """What a model store's metadata says, its arrays unread: the kind, K classes, D
+    features, components per class, the tile size (``--tiles``) and the attributes
+    held-out data is checked against (``label_column``, ``image_shape``, ``scale``,
+    ``feature_names``, ``config``)."""
+
+    kind: str
+    covariance_type: str
+    n_classes: int
+    n_features: int
+    n_components: int
+    label_column: str
+    image_shape: tuple[int, ...] | None
+    scale: float
+    feature_names: list[str] | None
+    config: dict[str, Any]
+    tiles: int | None = None
+
+
+def read_model_header(url: str, storage_options: dict | None = None) -> ModelHeader:
+    """The metadata of a model store (refused as :func:`read_model` refuses it), reading
+    no array's data: K from ``classes``' shape, D from ``means``' last axis."""
+    group, meta = _open_model(url, storage_options)
+    try:
+        K = int(group["classes"].shape[0])
+        D = int(group["means"].shape[-1])
+    except Exception as exc:
+        raise ModelError(f"{url}: corrupted model store: {first_line(exc)}") from None
+    shape = meta.get("image_shape")
+    return ModelHeader(registry.stored_kind(meta), str(meta.get("covariance_type", "full")), K, D,
+                       int(meta.get("components") or 1), meta.get("label_column", "label"),
+                       tuple(shape) if shape else None, float(meta.get("scale", 1.0)), meta.get("feature_names"),
+                       dict(meta.get("config") or {}), int(meta["tiles"]) if meta.get("tiles") else None)
+
+
+def _open_model(url: str, storage_options: dict | None) -> tuple[Any, dict]:
+    """The group and ``daskgen`` attributes of a complete model store of a supported format."""
     fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         raise ModelError(f"{url}: no such model store")
@@ -226,6 +263,12 @@ def read_model(url: str, storage_options: dict | None = None):
         )
     if not meta.get("complete"):
         raise ModelError(f"{url}: incomplete model store (a fit was interrupted); refit the model")
+    return group, meta
+
+
+def read_model(url: str, storage_options: dict | None = None):
+    """Load a model store written by :func:`write_model`, as the class registered for its kind."""
+    group, meta = _open_model(url, storage_options)
     try:
         kind = registry.get(registry.stored_kind(meta))
     except ModelError as exc:

@@ -24,6 +24,7 @@ from ..errors import ModelError, first_line
 from ..kernels.class_stats import plain_label
 from ..kernels.linalg import factor_covariance, logsumexp_rows
 from ..kernels.transform import NONE, Transform
+from .memory import StageMemory, Workload
 
 
 def fingerprint_arrays(*arrays: np.ndarray | Iterator[np.ndarray]) -> str:
@@ -268,6 +269,21 @@ class ClassModel(ABC):
         ``meta`` are the attributes of :data:`META_FIELDS`.
         """
         raise ValueError(f"a {cls.kind} model is not fitted from per-class statistics")
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory] | None:
+        """The peak memory of each stage of ``options.command`` (``fit``, ``sample`` or
+        ``evaluate``) for K = ``n_classes`` classes of D = ``n_features`` features.
+
+        Returns ``{stage name: StageMemory(worker bytes, client bytes, what dominates)}``
+        in the order the stages run (:mod:`daskgen.models.memory` has the workload's
+        fields and :func:`~daskgen.models.memory.stage`, which counts copies of a unit
+        such as one statistic, K * D**2 * 8 bytes). Bytes are beyond each process's
+        baseline (interpreter and libraries). :mod:`daskgen.planning` refuses a command
+        whose peak does not fit the cluster, and prints the plan for ``--dry-run``.
+        None (the default): the kind has no plan, and commands run unchecked.
+        """
+        return None
 
     @property
     def n_components(self) -> int:

@@ -35,6 +35,7 @@ from .base import (
     read_arrays,
     stored_data_range,
 )
+from .memory import Copies, StageMemory, Workload, class_memory_plan
 from .registry import register
 
 
@@ -310,6 +311,37 @@ class GaussianScorer:
         return out
 
 
+#: The memory plan of one Gaussian per class, in copies of one statistic (K * D**2 * 8
+#: bytes for full covariances, K * D * 8 for diagonal ones) per stage of each command
+#: (:class:`~daskgen.models.memory.Copies`: in a worker, per running task, on the
+#: client, class-sized temporaries); the 8-bit path of the fit (exact sums merged as
+#: blocks finish). What each stage holds today (measured at D = 1,024 and 4,096:
+#: benchmarks/memory.py, README "The memory plan"):
+#:
+#: fit: statistics — each running task folds its blocks into its lane's total in place
+#:   (one statistic per task); on worker processes a merge also holds a total received
+#:   from another worker and the buffer it arrived in (two more); to_class_stats — the
+#:   8-bit sums become the scatter class by class, in a copy when the gathered total is
+#:   read-only (as measured at D = 4,096: two statistics), with a D x D buffer (and
+#:   three more of slack);
+#:   finalize — covariances are derived per class (two D x D); write — the scatter, the
+#:   Cholesky factor of one class per running task (two D x D each), and zarr's buffers
+#:   of up to ten (1, D, D) chunks being written at once.
+#: sample: load — nothing (a stored model's arrays are read class by class when needed);
+#:   draw — a worker reads each class's stored Cholesky factor in a task of its own and
+#:   keeps its triangular factor (float32: half a copy in all), assembles the sampler
+#:   (another half copy when the factors come from other workers), and a factoring task
+#:   holds three D x D (the stored factor, its transpose, the float32 copy); its chunks.
+#: evaluate: load — nothing; score — a worker holds every class's Cholesky factor
+#:   (float64: one copy), another when they come from other workers, three D x D per
+#:   factoring task, and its blocks.
+GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
+    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=4),
+            "finalize": Copies(client=1, classes=2), "write": Copies(client=1, classes=10, task_classes=2)},
+    "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
+    "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
+}
+
 @dataclass(frozen=True, eq=False)
 class GaussianFactoring:
     """How the distributed layer factors a model's classes: one task per class runs
@@ -434,6 +466,23 @@ class GaussianClassModel(ClassModel):
             **params,
             **meta,
         )
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory] | None:
+        """See :data:`GAUSSIAN_COPIES`; float data (and diagonal statistics) merge by a
+        fixed tree, whose merges hold up to ``split_every`` statistics on a worker. Tiled
+        models (``--tiles``) have no plan yet (None: they run unchecked)."""
+        if options.tiles:
+            return None
+        table = GAUSSIAN_COPIES
+        if options.in_process:  # nothing is received from another worker: no second copy
+            table = {**table, "fit": {**table["fit"], "statistics": Copies(per_task=1)},
+                     "sample": {**table["sample"], "draw": Copies(worker=0.5, task_classes=3)},
+                     "evaluate": {**table["evaluate"], "score": Copies(worker=1, task_classes=3)}}
+        if options.command == "fit" and not (options.exact and options.covariance != "diag"):
+            fit = {k: v for k, v in table["fit"].items() if k != "to_class_stats"}
+            table = {**table, "fit": {**fit, "statistics": Copies(worker=options.split_every + 1, per_task=1)}}
+        return class_memory_plan(n_classes, n_features, options, table)
 
     # -- derived on demand -------------------------------------------------
     def _given(self, name: str) -> Any:

@@ -9,7 +9,7 @@ in memory, :mod:`daskgen.distributed.em` on Dask). Pure numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from ..kernels.linalg import ClassFactor, cholesky_factor, factor_covariance, lo
 from ..kernels.sampling import Sampler, draw_components
 from ..kernels.weighted import WeightedStats
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
+from .memory import F8, Copies, StageMemory, Workload, class_memory_plan
 from .registry import register
 
 if TYPE_CHECKING:
@@ -72,6 +73,22 @@ class MixtureScorer:
         lp = self.component_log_likelihood(X)
         n, K, M = lp.shape
         return logsumexp_rows(lp.reshape(n * K, M)).reshape(n, K)
+
+
+#: The memory plan of a mixture per class, in copies of its statistic (K * M * D**2 * 8
+#: bytes for full covariances) per stage (see ``daskgen.models.gaussian.GAUSSIAN_COPIES``).
+#: fit: em — a pass's fixed tree holds up to ``split_every`` statistics and their total on
+#: a worker, plus the precision factors every task reads (shipped), and one statistic per running
+#: task; the client holds the parameters, the precision factors and the merged statistic
+#: (plus the initial sample, and the persisted blocks on the workers: see
+#: :meth:`GaussianMixtureClassModel.memory_plan`); write — covariances and factors.
+#: sample: Cholesky factors (and the float32 sampler); evaluate: the precision factors.
+MIXTURE_COPIES: dict[str, dict[str, Copies]] = {
+    "fit": {"em": Copies(worker=2, per_task=1, client=3, shipped=1), "write": Copies(client=2, classes=10)},
+    "sample": {"load": Copies(client=1), "factor": Copies(client=2.5),
+               "draw": Copies(worker=0.5, client=2.5, shipped=0.5)},
+    "evaluate": {"load": Copies(client=1), "factor": Copies(client=2), "score": Copies(worker=1, client=2, shipped=1)},
+}
 
 
 class PerClassMixture:
@@ -171,6 +188,25 @@ class GaussianMixtureClassModel(PerClassMixture, ClassModel):
             config=config,
             **meta,
         )
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
+        """See :data:`MIXTURE_COPIES`. The fit's tree holds ``split_every`` statistics per
+        merge; the workers keep the input's rows (persisted, as read) between passes; the
+        client holds the initial sample (``extra["init_sample"]`` rows per class, float64)."""
+        table = MIXTURE_COPIES
+        if options.command != "fit":
+            return class_memory_plan(n_classes, n_features, options, table)
+        table = {"fit": {**table["fit"], "em": Copies(worker=options.split_every + 2, per_task=1, client=3, shipped=1)}}
+        plan = class_memory_plan(n_classes, n_features, options, table)
+        D = int(n_features)
+        rows = options.rows or 0
+        persisted = rows * D * options.itemsize // max(options.workers, 1)
+        init = min(rows or n_classes * 10_000, n_classes * int(options.extra.get("init_sample", 10_000))) * D * F8
+        em = plan["em"]
+        plan["em"] = replace(em, worker=em.worker + persisted, client=em.client + init,
+                             dominant=em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
+        return plan
 
     # -- shape -------------------------------------------------------------
     @property
