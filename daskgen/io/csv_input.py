@@ -150,7 +150,9 @@ def read_csv_block(block: Block, storage_options: dict | None, pixels: bool) -> 
     if buf.size == 0 or (buf.size < 4096 and buf.to_pybytes().isspace()):
         return np.empty((0, D), dtype=np.uint8 if pixels else np.float64), np.empty(0, dtype=_label_dtype(label_kind))
     types = {label_column: {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[label_kind]}
-    convert: dict[str, Any] = {"strings_can_be_null": label_kind == "str"}
+    # No booleans: Arrow would infer a column of "true"/"false" as one (1/0) in a block
+    # that holds no numbers, where pandas and the other blocks see text.
+    convert: dict[str, Any] = {"strings_can_be_null": label_kind == "str", "true_values": [], "false_values": []}
     if pixels:
         # 8-bit pixels parse straight into uint8: 2.5x faster than inferring each
         # column's type, and the parser itself rejects values outside 0..255.

@@ -414,3 +414,13 @@ def test_hexadecimal_looking_text_inside_a_string_label_is_fine(tmp_path):
     result = run("fit", path, "--out", tmp_path / "m.zarr")
     assert result.exit_code == 0, result.output
     assert list(daskgen.load_model(str(tmp_path / "m.zarr")).classes) == ["c", "x,0x1"]
+
+
+def test_true_in_a_pixel_column_of_a_small_block_is_text(tmp_path):
+    """Arrow infers "true" as a boolean in a block with no numbers in that column; pandas
+    (and every other block) sees text: refused, naming the column."""
+    path = tmp_path / "b.csv"
+    path.write_text("label,p0,p1\n0,1,2\n0,3,4\n1,5,6\n1,7,8\n2,true,3\n")
+    result = run("fit", path, "--out", tmp_path / "m.zarr", "--blocksize", "20B")
+    assert result.exit_code == 2 and "column 'p0': non-numeric feature value 'true'" in result.output
+    assert not (tmp_path / "m.zarr").exists()
