@@ -60,7 +60,7 @@ NUMPY_SCORE = textwrap.dedent(
     model = daskgen.load_model(sys.argv[1])
     covs = model.covariances  # loaded before the clock starts
     g = zarr.open_group(sys.argv[2], mode="r")
-    X = g["images"][...].reshape(len(g["labels"]), -1) * model.scale
+    X = g["images"][...].reshape(g["labels"].shape[0], -1) * model.scale
     t = time.perf_counter()
     ll = np.empty((len(X), model.n_classes))
     for k in range(model.n_classes):
