@@ -297,7 +297,7 @@ def alternatives(plan: Plan, workloads: list[Workload]) -> list[str]:
         if diag is not None and diag.fits:
             out.append(f"--covariance diag (~{gib(diag.worker_need[0])})")
         out.append(low_rank_alternative(plan, workloads))
-        if plan.kind == "gaussian":
+        if plan.kind == "gaussian" and not workloads[0].tiles:
             out.append("--tiles T (statistics in tiles across workers)")
     r = plan.resources
     need = plan.worker_need[0]
@@ -418,10 +418,10 @@ def plan_model(header: Any, workload: Workload, cluster: Mapping[str, Any]) -> P
 
 def fit_kind(covariance: str, components: int) -> str:
     """The model kind a fit's options make: a kind registered under the ``covariance``
-    name itself (a low-rank kind), else a mixture for several components, else one
-    Gaussian per class."""
+    name itself (a low-rank kind; with several components, a mixture of low-rank
+    Gaussians, ``mfa``), else a mixture for several components, else one Gaussian per class."""
     if covariance not in ("full", "diag") and covariance in registry.kinds():
-        return covariance
+        return "mfa" if components > 1 else covariance
     return "mixture" if components > 1 else "gaussian"
 
 

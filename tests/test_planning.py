@@ -174,10 +174,16 @@ def test_mfa_units_are_per_class_and_component_statistics():
     plan = registry.get("mfa").memory_plan(K, D, Workload("fit", covariance="ppca", components=M, rank=q, threads=1,
                                                           workers=2, block_rows=1000, rows=rows, split_every=4))
     assert plan["em"].worker == (4 + 2 + 1) * U + 1000 * D * (1 + 1.5 * 8) + per_worker
-    assert plan["em"].client == 4 * U + rows * D * 8  # parameters x 4 and the initial sample (6,000 a class)
+    assert plan["em"].client == 4 * U + 2 * rows * D * 8  # parameters x 4, the initial sample (6,000 a class) x 2
     V = K * M * D * q * 8
     s = registry.get("mfa").memory_plan(K, D, Workload("sample", covariance="ppca", components=M, rank=q))
     assert s["factor"].client == int(2.5 * V)
+
+
+def test_fit_kind_of_several_low_rank_components_is_mfa():
+    from daskgen.planning import fit_kind
+
+    assert fit_kind("ppca", 4) == "mfa" and fit_kind("fa", 1) == "fa" and fit_kind("full", 3) == "mixture"
 
 
 def test_tiled_fit_holds_tiles_never_a_class_matrix():
@@ -299,6 +305,18 @@ def test_sample_and_evaluate_plan_from_the_model_metadata(tmp_path, stored_model
     r = invoke(["sample", stored_model, "--out", str(out), "--n", "1000", "--memory-limit", "1MiB"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "memory plan: sample" in r.output
     assert not out.exists()
+
+
+def test_a_stored_low_rank_model_plans_in_its_own_rank(tmp_path, digits):
+    from daskgen import GaussianClassifier
+
+    X, y = digits
+    path = tmp_path / "ppca.zarr"
+    GaussianClassifier(covariance="ppca", rank=4, reg_covar=0.01, scale=1 / 16).fit(X[:300], y[:300]).model_.save(
+        str(path))
+    r = invoke(["sample", str(path), "--out", str(tmp_path / "s.zarr"), "--n", "100", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "fit of" not in r.output and "loadings (K·D·q·8, q = 4: " in r.output and "sample/draw" in r.output
 
 
 def test_run_dry_run_plans_fit_and_sample(tmp_path):

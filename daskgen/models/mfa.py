@@ -92,7 +92,9 @@ class LowRankMixtureClassModel(PerClassMixture, ClassModel):
         statistics, O(K·M·D·q): fit — K·M·D·ℓ·8 (the initial pass's sketches of ℓ = q +
         10 columns; the E-steps' projections have q); the client holds the parameters,
         the prepared components, the merged statistics and the M-step's new loadings (4);
-        sample/evaluate — the loadings, K·M·D·q·8. Nothing is D×D."""
+        sample/evaluate — the loadings, K·M·D·q·8. Nothing is D×D. The initial sample
+        counts twice: with one copy the plan was 1% below the peak measured at D = 784
+        (``benchmarks/memory.py --kinds mfa28``), where the sample dominates."""
         K, M, D = int(n_classes), int(options.components), int(n_features)
         q = int(options.rank or DEFAULT_RANK)
         if options.command != "fit":
@@ -104,7 +106,7 @@ class LowRankMixtureClassModel(PerClassMixture, ClassModel):
         name = f"statistics (K·M·D·ℓ·8, ℓ = {width}: {size_text(unit)})"
         table = {"fit": {**MIXTURE_COPIES["fit"], "em": Copies(worker=options.split_every + 2, per_task=1, client=4,
                                                               shipped=1)}}
-        return with_em_rows(copies_plan(unit, name, K * M, D, options, table), K, D, options)
+        return with_em_rows(copies_plan(unit, name, K * M, D, options, table), K, D, options, sample_copies=2)
 
     @classmethod
     def from_params(cls, params: LowRankParams, stats: LowRankStats, summary: dict[str, Any],

@@ -92,14 +92,16 @@ MIXTURE_COPIES: dict[str, dict[str, Copies]] = {
 
 
 def with_em_rows(plan: dict[str, StageMemory], n_classes: int, n_features: int,
-                 options: Workload) -> dict[str, StageMemory]:
+                 options: Workload, sample_copies: float = 1) -> dict[str, StageMemory]:
     """A mixture fit's plan with what its ``em`` stage holds beside the statistics: the
     input's rows, persisted as read across the workers between passes, and the initial
-    sample on the client (``options.extra["init_sample"]`` rows per class, float64)."""
+    sample on the client (``options.extra["init_sample"]`` rows per class, float64;
+    ``sample_copies`` of it)."""
     D = int(n_features)
     rows = options.rows or 0
     persisted = rows * D * options.itemsize // max(options.workers, 1)
     init = min(rows or n_classes * 10_000, n_classes * int(options.extra.get("init_sample", 10_000))) * D * F8
+    init = int(init * sample_copies)
     em = plan["em"]
     plan["em"] = replace(em, worker=em.worker + persisted, client=em.client + init,
                          dominant=em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
