@@ -317,13 +317,14 @@ RANKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 def low_rank_alternative(plan: Plan, workloads: list[Workload]) -> str:
     """``--covariance ppca|fa --rank q`` with the largest rank of :data:`RANKS` whose
-    ``fa`` plan (the larger of the two) fits, and its peak (as ``--covariance diag``'s:
-    per worker, or of the process); ``q`` when none does."""
+    ``fa`` plan (the larger of the two; ``mfa`` for several components) fits, and its
+    peak (as ``--covariance diag``'s: per worker, or of the process); ``q`` when none does."""
+    kind = fit_kind("fa", workloads[0].components)
     for q in RANKS:
         if q + 10 > plan.n_features:
             continue
-        low = make_plan("fa", plan.n_classes, plan.n_features,
-                        [replace(w, covariance="fa", rank=q, components=1) for w in workloads], plan.resources)
+        low = make_plan(kind, plan.n_classes, plan.n_features,
+                        [replace(w, covariance="fa", rank=q) for w in workloads], plan.resources)
         if low is not None and low.fits:
             return f"--covariance ppca|fa --rank {q} (~{gib(low.worker_need[0])})"
     return "--covariance ppca|fa --rank q (low-rank kinds)"

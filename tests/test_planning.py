@@ -184,6 +184,13 @@ def test_fit_kind_of_several_low_rank_components_is_mfa():
     from daskgen.planning import fit_kind
 
     assert fit_kind("ppca", 4) == "mfa" and fit_kind("fa", 1) == "fa" and fit_kind("full", 3) == "mixture"
+    # a refused full mixture suggests the rank whose mixture of low-rank Gaussians fits
+    w = Workload("fit", components=4, rows=20_000, block_rows=1000)
+    plan = make_plan("mixture", 10, 16_384, [w], on(workers=2, memory=4 * GiB))
+    q = int(plan.refusal().split("--covariance ppca|fa --rank ")[1].split()[0])
+    assert make_plan("mfa", 10, 16_384, [replace(w, covariance="fa", rank=q)], on(workers=2, memory=4 * GiB)).fits
+    assert not make_plan("mfa", 10, 16_384, [replace(w, covariance="fa", rank=2 * q)],
+                         on(workers=2, memory=4 * GiB)).fits
 
 
 def test_tiled_fit_holds_tiles_never_a_class_matrix():
