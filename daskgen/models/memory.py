@@ -25,7 +25,7 @@ from typing import Any
 GIB = 2**30
 #: Bytes of one float64.
 F8 = 8
-#: The rank a low-rank kind's plan assumes when the workload does not say (``--rank``'s default).
+#: q of the low-rank kinds (ppca, fa, mfa) when ``--rank`` is not given: fits and plans alike.
 DEFAULT_RANK = 16
 
 
