@@ -124,12 +124,14 @@ def _refuse_existing(out: str, names: list[str], overwrite: bool) -> None:
         raise OutputExistsError(f"{out} already holds {', '.join(found)}; pass --overwrite to replace them")
 
 
-def _planned(plan, dry_run: bool) -> bool:
+def _planned(plan, dry_run: bool, kw: dict[str, Any]) -> bool:
     """Apply a memory plan (:func:`daskgen.planning.enforce`): True when the command stops
-    here (a dry run, its plan printed); a plan that does not fit is one line, exit 2."""
+    here (a dry run, its plan printed); a plan that does not fit is one line, exit 2 —
+    or, with ``--ignore-plan`` (taken from the command's ``kw``), a warning on stderr."""
     from .planning import enforce
 
-    return enforce(plan, dry_run, echo=click.echo)
+    ignore = bool(kw.pop("ignore_plan", False))
+    return enforce(plan, dry_run, echo=click.echo, warn=(lambda text: click.echo(text, err=True)) if ignore else None)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -223,7 +225,7 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
     # ... and the memory plan, before anything is read or written.
     if _planned(plan_fit(dataset, covariance=covariance, components=components, split_every=split_every,
                          transform=transform.name, cluster=cluster, previous=previous, rank=rank, tiles=tiles),
-                dry_run):
+                dry_run, kw):
         return
     with connect(**cluster):
         if components > 1:
@@ -310,7 +312,7 @@ def evaluate(model_path, inputs, out, label_column, fmt, blocksize, dequantize, 
     # and the memory plan before the model's arrays or the inputs' rows are read.
     dataset = open_for_model(header, list(inputs), label_column=label_column, blocksize=to_bytes(blocksize),
                              fmt=fmt, storage_options=so)
-    if _planned(plan_model(header, evaluate_workload(dataset, split_every), cluster), dry_run):
+    if _planned(plan_model(header, evaluate_workload(dataset, split_every), cluster), dry_run, kw):
         return
     model = read_model(model_path, so)
     with connect(**cluster):
@@ -394,7 +396,7 @@ def sample(model_path, out, n, seed, chunk_size, dtype, label, storage, overwrit
     if not dry_run:
         _check_output(out, so)
     header = read_model_header(model_path, so)
-    if _planned(plan_model(header, sample_workload(n, chunk_size, dtype), cluster), dry_run):
+    if _planned(plan_model(header, sample_workload(n, chunk_size, dtype), cluster), dry_run, kw):
         return
     model = read_model(model_path, so)
     start = time.perf_counter()
@@ -442,7 +444,7 @@ def run(job_file, out, report_html, overwrite, dry_run, **kw):
         "cluster": cluster,
     }
     job = load_job(job_file, overrides=overrides)
-    if _planned(plan_run(job), dry_run):
+    if _planned(plan_run(job), dry_run, kw):
         return
     _check_output(f"{str(job.out).rstrip('/')}/{REPORT_FILE}")
     _say(quiet, f"daskgen: job {job.origin} -> {job.out}")

@@ -600,6 +600,9 @@ CLUSTER = Group("cluster", (
 PLAN = Group("plan", (
     Option("dry_run", "flag", False, "Print the memory plan (peak per worker and on the client, per stage) and exit, "
            "reading only the inputs' headers and metadata: exit code 0 when it fits, 2 when it does not.", job=False),
+    Option("ignore_plan", "flag", False, "Run even when the memory plan says a stage will not fit (the plan is an "
+           "estimate, at or above the measured peaks): a warning instead of the refusal; workers may then be killed.",
+           job=False),
 ))
 
 #: Every group, for the README's tables and the tests.

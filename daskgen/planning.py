@@ -290,7 +290,19 @@ def alternatives(plan: Plan, workloads: list[Workload]) -> list[str]:
     """What would fit instead: diagonal covariances (when they do), low-rank kinds,
     tiles, or more memory per worker (how much)."""
     out = []
-    full = plan.covariance not in ("diag",) and plan.covariance in ("full",)
+    sampling = [w for w in workloads if w.command == "sample"]
+    if sampling and sampling[0].chunk_size > 1:  # smaller chunks of samples: the first size that fits
+        size = sampling[0].chunk_size
+        while size > 1:
+            size //= 2
+            smaller = make_plan(plan.kind, plan.n_classes, plan.n_features,
+                                [replace(w, chunk_size=size) if w.command == "sample" else w for w in workloads],
+                                plan.resources)
+            if smaller is not None and smaller.fits:
+                out.append(f"--chunk-size {size} (~{gib(smaller.worker_need[0])})")
+                break
+    refit = any(w.command == "fit" for w in workloads)  # a fitted model's kind is what it is
+    full = refit and plan.covariance == "full"
     if full:
         diag = make_plan(plan.kind, plan.n_classes, plan.n_features,
                          [replace(w, covariance="diag") for w in workloads], plan.resources)
@@ -445,10 +457,12 @@ def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, spl
     return make_plan(kind, max(len(labels), 1), dataset.n_features, workloads, cluster_resources(**cluster))
 
 
-def enforce(plan: Plan | None, dry_run: bool, echo: Any = print) -> bool:
+def enforce(plan: Plan | None, dry_run: bool, echo: Any = print, warn: Any = None) -> bool:
     """Apply a plan: with ``dry_run`` echo its table and return True (the command stops
     there); raise :class:`MemoryPlanError` when it does not fit (after the table on a
-    dry run). A kind without a plan: dry runs say so, other runs go on unchecked."""
+    dry run) — unless ``warn`` is given (``--ignore-plan``): then ``warn`` gets the
+    refusal as a warning and the command goes on. A kind without a plan: dry runs say
+    so, other runs go on unchecked."""
     if plan is None:
         if dry_run:
             echo("memory plan: none (the model kind has no memory plan, or the data is not converted yet); "
@@ -456,5 +470,8 @@ def enforce(plan: Plan | None, dry_run: bool, echo: Any = print) -> bool:
         return dry_run
     if dry_run:
         echo(plan.table())
+    if warn is not None and not plan.fits:
+        warn("daskgen: warning: " + plan.refusal() + "; going on (--ignore-plan)")
+        return dry_run
     plan.check()
     return dry_run

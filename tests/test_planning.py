@@ -339,3 +339,26 @@ def test_run_dry_run_plans_fit_and_sample(tmp_path):
 def test_a_scheduler_reports_its_workers_memory(cluster):
     r = cluster_resources(scheduler=cluster.scheduler_address)
     assert (r.workers, r.threads, r.worker_memory, r.in_process, r.local) == (2, 1, 3 * GiB, False, False)
+
+
+def test_a_sample_refusal_names_a_chunk_size_that_fits_and_no_refit():
+    work = [Workload("sample", n=400_000, chunk_size=400_000, dtype="float64")]
+    plan = make_plan("gaussian", 10, 196, work, on(workers=2, memory=400 * 10**6))
+    assert not plan.fits
+    (suggested,) = [a for a in plan.alternatives if a.startswith("--chunk-size ")]
+    size = int(suggested.split()[1])
+    assert make_plan("gaussian", 10, 196, [replace(work[0], chunk_size=size)], on(workers=2, memory=400 * 10**6)).fits
+    assert not make_plan("gaussian", 10, 196, [replace(work[0], chunk_size=2 * size)],
+                         on(workers=2, memory=400 * 10**6)).fits
+    assert not any(a.startswith(("--covariance", "--tiles")) for a in plan.alternatives)  # sample does not refit
+
+
+def test_ignore_plan_warns_and_goes_on(tmp_path):
+    from daskgen.planning import enforce
+
+    plan = make_plan("gaussian", 10, 16_384, [Workload("fit")], on(memory=2 * GiB))
+    warnings: list[str] = []
+    assert enforce(plan, False, warn=warnings.append) is False  # the command goes on
+    assert len(warnings) == 1 and warnings[0].startswith("daskgen: warning: memory plan: fit")
+    with pytest.raises(Exception, match="memory plan: fit"):
+        enforce(plan, False)

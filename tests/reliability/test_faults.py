@@ -198,10 +198,20 @@ def test_task_that_kills_every_worker_is_a_one_line_error_not_a_hang(start_clust
     way out, well within the test's deadline."""
     cluster = start_cluster(nanny=True, memory_limit="400MB")
     out = tmp_path / "s.zarr"
+    args = ("sample", fashion_model, "--n", 400_000, "--chunk-size", 400_000, "--dtype", "float64", "--seed", 1,
+            "--out", out)
+    # The memory plan sees it coming: one line, exit 2, nothing written, a chunk size that fits.
+    p = cluster.daskgen(*args, timeout=120)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("daskgen: error: memory plan: sample") and "--chunk-size " in line, line
+    assert "--covariance" not in line and "--tiles" not in line  # a fitted model is not refitted by sample
+    assert not out.exists()
+    # Told to go on anyway, the workers die: distributed gives up and daskgen says so.
     start = time.monotonic()
-    p = cluster.daskgen("sample", fashion_model, "--n", 400_000, "--chunk-size", 400_000, "--dtype", "float64",
-                        "--seed", 1, "--out", out, timeout=180)
+    p = cluster.daskgen(*args, "--ignore-plan", timeout=180)
     took = time.monotonic() - start
+    assert "daskgen: warning: memory plan: sample" in p.stderr
     assert p.returncode == 1, p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("daskgen: error: ")]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
