@@ -76,3 +76,18 @@ def test_dataset_writers_remove_what_killed_writers_left(tmp_path, writer):
     write(str(target), images, labels, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
     assert daskgen.fit(str(target)).n_classes == 2
+
+
+def test_a_zarr_chunk_of_many_blocks_is_read_in_equal_parts(tmp_path):
+    """Wide rows in big chunks: a chunk of more than 8 blocks' worth (and 256 MiB as float64)
+    makes equal parts, so two threads share three chunks; a small chunk stays whole."""
+    from daskgen.fitting import prepare
+
+    N = 9000  # 9,000 rows x 4,096 pixels x 8 bytes = 295 MB as float64: two parts
+    path = str(tmp_path / "wide.zarr")
+    write_zarr_dataset(path, np.zeros((N, 64, 64), dtype=np.uint8), np.arange(N) % 3, chunk_rows=N)
+    blocks = prepare([path]).blocks
+    assert [(b.start, b.stop) for b in blocks] == [(0, 4500), (4500, 9000)]
+    small = str(tmp_path / "small.zarr")
+    write_zarr_dataset(small, np.zeros((300, 8, 8), dtype=np.uint8), np.arange(300) % 3, chunk_rows=100)
+    assert [(b.start, b.stop) for b in prepare([small], blocksize=64).blocks] == [(0, 100), (100, 200), (200, 300)]

@@ -39,13 +39,14 @@ def test_gaussian_fit_in_copies_of_the_statistic():
     assert U == 1_342_177_280  # 1.25 GiB: one statistic
     plan = registry.get("gaussian").memory_plan(K, D, Workload("fit", threads=2, block_rows=1000, itemsize=1))
     assert list(plan) == ["statistics", "to_class_stats", "finalize", "write"]
-    # statistics: 2 + 1 per running task = 4 statistics; each task's block: 1,000 rows of
+    # statistics: 1 per running task = 2 statistics; each task's block: 1,000 rows of
     # 4,096 uint8 values plus 0.75 float64 copies (float32 rows): 7 bytes a value
-    assert plan["statistics"].worker == 4 * U + 2 * 1000 * 4096 * 7 == 5_426_053_120
-    assert plan["statistics"].client == 0
+    assert plan["statistics"].worker == 2 * U + 2 * 1000 * 4096 * 7 == 2_741_698_560
     C = D * D * 8  # one class's D x D
-    # the sums turned into the scatter (in a copy: the gathered total is read-only), and four D x D buffers
-    assert plan["to_class_stats"].client == 2 * U + 4 * C == 3_221_225_472 and plan["to_class_stats"].worker == 0
+    # the client's total, filled class by class (two D x D received at a time)
+    assert plan["statistics"].client == U + 2 * C
+    # the sums turned into the scatter in place, and four D x D buffers
+    assert plan["to_class_stats"].client == U + 4 * C == 1_879_048_192 and plan["to_class_stats"].worker == 0
     assert plan["finalize"].client == U + 2 * C  # covariances derived class by class
     # the scatter, and up to ten chunks in zarr's buffers: every class here; two D x D per Cholesky task
     assert plan["write"].client == U + 10 * C == 2 * U and plan["write"].worker == 2 * 2 * C
@@ -54,7 +55,7 @@ def test_gaussian_fit_in_copies_of_the_statistic():
     # one worker in the client's process: each lane folds into its own total, nothing is received
     lanes = registry.get("gaussian").memory_plan(K, D, Workload("fit", threads=2, block_rows=1000, in_process=True))
     assert lanes["statistics"].worker == 2 * U + 2 * 1000 * 4096 * 7
-    assert "4 x statistic (K·D²·8 = 1.25 GiB)" in plan["statistics"].dominant
+    assert "2 x statistic (K·D²·8 = 1.25 GiB)" in plan["statistics"].dominant
 
 
 def test_float_data_merge_by_a_tree_of_split_every():
@@ -104,7 +105,7 @@ def test_process_peaks_add_the_baselines_and_share_a_process_in_process():
                        on(threads=2, memory=64 * GiB, in_process=True))
     lanes = registry.get("gaussian").memory_plan(10, 1024, Workload("fit", threads=2, block_rows=100, in_process=True))
     assert shared.worker_peak(shared.stages["fit/statistics"]) == lanes["statistics"].worker + CLIENT_BASELINE
-    assert lanes["statistics"].worker == stages["statistics"].worker - 2 * U  # nothing received in one process
+    assert lanes["statistics"].worker == stages["statistics"].worker  # no worker receives a total either way
     assert shared.fits and separate.fits
     # a worker in the client's process shares what the client holds (here: a mixture's
     # precision factors, shipped to its E-step tasks)
@@ -119,7 +120,7 @@ def test_d16384_on_a_2gib_worker_is_refused_with_what_would_fit():
     line = plan.refusal()
     assert "\n" not in line
     U = 10 * 16_384**2 * 8  # 20 GiB a statistic
-    need = 3 * U + 1000 * 16_384 * 7 + WORKER_BASELINE  # one task per worker: 2 + 1 statistics
+    need = U + 1000 * 16_384 * 7 + WORKER_BASELINE  # one task per worker: its lane's statistic
     assert f"needs ~{need / GiB:.1f} GiB per worker" in line
     assert "1.60 GiB usable (80% of its 2.00 GiB limit)" in line
     # fa's range passes: 2 + 1 + 2 x 8 + 1 sketches of K·D·(q + 10)·8, a block of 1,000 rows
@@ -228,8 +229,8 @@ def test_d65536_low_rank_fits_where_full_is_refused(tmp_path):
 
 
 def test_the_client_counts_against_the_machine():
-    plan = make_plan("gaussian", 10, 4096, [Workload("fit")], on(memory=None, machine=4 * GiB))
-    assert not plan.fits and "on this machine" in plan.refusal() and "4.00 GiB" in plan.refusal()
+    plan = make_plan("gaussian", 10, 4096, [Workload("fit")], on(memory=None, machine=2 * GiB))
+    assert not plan.fits and "on this machine" in plan.refusal() and "2.00 GiB" in plan.refusal()
 
 
 def test_local_resources_follow_the_options():

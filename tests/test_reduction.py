@@ -302,3 +302,26 @@ def test_statistics_cross_the_network_as_numpy_buffers():
                 assert getattr(back, f).dtype == getattr(stats, f).dtype
         assert (back.minimum, back.maximum, getattr(back, "offset", 0)) == (stats.minimum, stats.maximum,
                                                                             getattr(stats, "offset", 0))
+
+
+def test_8_bit_lanes_on_worker_processes_merge_on_the_client_class_by_class(client):
+    """Worker processes: the lanes' sums are gathered class by class on the client
+    (a class missing from a lane included), bit-equal to the synchronous fit and to numpy."""
+    from daskgen.distributed.fit import compute_stats
+    from daskgen.io.arrays import from_arrays
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, size=(240, 12), dtype=np.uint8)
+    y = np.repeat([0, 1, 2, 5], 60)  # sorted: class 0 only in the first lane, 5 only in the last
+    ds = from_arrays(X, y, blocksize=30)
+    with client.as_current():
+        on_workers = compute_stats(ds, split_every=3)
+    with dask.config.set(scheduler="synchronous"):
+        local = compute_stats(ds, split_every=2)
+    np.testing.assert_array_equal(on_workers.classes, [0, 1, 2, 5])
+    for name in ("counts", "means", "scatter"):
+        np.testing.assert_array_equal(getattr(on_workers, name), getattr(local, name))
+    for k, c in enumerate([0, 1, 2, 5]):
+        rows = X[y == c].astype(np.float64) * ds.scale
+        ref = np.cov(rows, rowvar=False) * (len(rows) - 1)
+        np.testing.assert_allclose(on_workers.scatter[k], ref, rtol=0, atol=1e-9 * np.abs(ref).max())

@@ -30,7 +30,17 @@ from distributed.protocol import dask_deserialize, dask_serialize, deserialize, 
 
 from ..errors import InputError
 from ..io.inputs import Dataset
-from ..kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, fold_stats, merge, pixel_sums
+from ..kernels.class_stats import (
+    ClassStats,
+    PixelSums,
+    add_sums,
+    chunk_stats,
+    fold_stats,
+    merge,
+    pixel_sums,
+    union_classes,
+    value_range,
+)
 from ..kernels.transform import NONE, Transform
 from .reduction import DEFAULT_SPLIT_EVERY, Reduction, reduce_blocks
 
@@ -110,6 +120,45 @@ def _finalize_sums(sums: PixelSums, scale: float) -> ClassStats:
     return sums.to_class_stats(scale, in_place=True)  # the reduction's own total: spent here
 
 
+def _sums_header(sums: PixelSums) -> PixelSums:
+    """A lane's sums without their Gram matrices (small: what the client merges first)."""
+    return dataclasses.replace(sums, gram=sums.gram[:0])
+
+
+def _class_gram(sums: PixelSums, j: int) -> np.ndarray:
+    return sums.gram[j]
+
+
+def gather_sums(client, lanes: list) -> PixelSums:
+    """The sum of the lanes' PixelSums (futures on worker processes), on the client, class
+    by class: one (K, D, D) total here, filled from one class of each lane at a time, and
+    nothing but its own lane on a worker. Merged by the worker that ran the other lane, a
+    received total costs that worker two more statistics in buffers; gathered whole, it
+    arrives read-only and ``to_class_stats`` would copy it. Exact: the bits of any merge."""
+    heads = client.gather([client.submit(_sums_header, lane, pure=False) for lane in lanes])
+    classes = union_classes(heads)
+    K, D = len(classes), heads[0].sums.shape[1]
+    total = PixelSums(classes, np.zeros(K, dtype=np.int64), np.zeros((K, D)), np.zeros((K, D, D)),
+                      offset=heads[0].offset)
+    where: list[list] = [[] for _ in range(K)]  # per class: (lane, its index there)
+    for lane, head in zip(lanes, heads):
+        if head.offset != total.offset or head.sums.shape[1] != D:
+            raise ValueError("cannot add sums of different shapes or offsets")
+        idx = np.searchsorted(classes, head.classes)
+        total.counts[idx] += head.counts
+        total.sums[idx] += head.sums
+        for j, k in enumerate(idx):
+            where[k].append((lane, j))
+    total.minimum, total.maximum = value_range(heads)
+    for k in range(K):  # the lanes' shares of class k, fetched together
+        parts = [client.submit(_class_gram, lane, j, pure=False) for lane, j in where[k]]
+        for part in parts:
+            total.gram[k] += part.result()
+            part.release()
+        del parts
+    return total
+
+
 def stats_reduction(dataset: Dataset, diagonal: bool = False, transform: Transform = NONE, seed: int = 0) -> Reduction:
     """The fit's statistic over ``dataset``: exact 8-bit sums, or Chan-merged ClassStats
     (in logit space: of the blocks' logit features, dequantization noise from ``seed``)."""
@@ -121,7 +170,7 @@ def stats_reduction(dataset: Dataset, diagonal: bool = False, transform: Transfo
                          fold=partial(_fold_features, **features))
     if exact_sums(dataset, diagonal):
         return Reduction("chunk-stats", pixel_sums, add_sums, finalize=partial(_finalize_sums, scale=dataset.scale),
-                         exact=True, combine_name="combine", fold=_fold_pixels)
+                         exact=True, combine_name="combine", fold=_fold_pixels, gather=gather_sums)
     return Reduction("chunk-stats", partial(chunk_stats, diagonal=diagonal, scale=dataset.scale), combine,
                      combine_name="combine", fold=partial(fold_stats, diagonal=diagonal, scale=dataset.scale))
 

@@ -101,6 +101,9 @@ class Reduction:
     indexed: bool = False
     combine_name: str | None = None
     fold: Callable[..., Any] | None = None
+    #: ``gather(client, lanes) -> total``: how the client merges the lanes' totals (futures
+    #: on worker processes) piece by piece instead of by ``combine`` tasks (exact only)
+    gather: Callable[[Any, list], Any] | None = None
 
     @property
     def combine_prefix(self) -> str:
@@ -337,11 +340,54 @@ def reduce_blocks(
             # exact: any grouping gives the same bits, so one lane per thread of the cluster
             threads = sum(client.nthreads().values()) or 1
             leaves = fold_tasks(reduction, source, threads, params, token)
+            if reduction.gather is not None and workers_elsewhere(client):
+                total = gather_lanes(client, reduction, leaves, stage, progress)
+                return total if reduction.finalize is None else reduction.finalize(total)
         else:
             leaves = chunk_tasks(reduction, source, params, token)
         total = merge_as_completed(client, reduction, leaves, split_every, f"{reduction.combine_prefix}-{token}",
                                    stage, progress)
     return total if reduction.finalize is None else reduction.finalize(total)
+
+
+def workers_elsewhere(client) -> bool:
+    """Whether the cluster's workers are processes of their own (results travel)."""
+    import os
+
+    try:
+        pids = client.run(os.getpid)
+    except Exception:
+        return True
+    return any(pid != os.getpid() for pid in pids.values())
+
+
+def gather_lanes(client, reduction: Reduction, leaves: list[Delayed], stage: str, progress: bool = False) -> Any:
+    """The lanes' totals (Delayed) computed on worker processes and merged on the client
+    by ``reduction.gather`` (piece by piece: no process ever holds a second total); on an
+    error or interruption the lanes are cancelled."""
+    from distributed import span, wait
+
+    from .cluster import TextBar
+
+    bar = TextBar(len(leaves), reduction.name) if progress else None
+    futures: list = []
+    try:
+        with span(stage):
+            futures = client.compute(list(leaves))
+            wait(futures)
+            for future in futures:
+                if future.status != "finished":
+                    future.result()  # raises the task's error here
+            if bar is not None:
+                for _ in leaves:
+                    bar.step()
+            return reduction.gather(client, futures)
+    finally:
+        if futures:
+            client.cancel(futures)
+        futures.clear()
+        if bar is not None:
+            bar.close()
 
 
 def merge_as_completed(client, reduction: Reduction, leaves: list[Delayed], split_every: int, prefix: str,

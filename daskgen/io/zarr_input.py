@@ -17,6 +17,11 @@ from .blocks import Block, Opened, ZarrOptions, checked_rows
 from .fs import open_zarr_group, unstrip
 from .labels import as_labels
 
+#: A chunk is cut into parts when it holds more than this many blocks' worth of rows, and
+#: more than CHUNK_PART_BYTES (as float64): a tiny ``blocksize`` still reads whole chunks.
+CHUNK_PARTS = 8
+CHUNK_PART_BYTES = 256 * 2**20
+
 
 def open_zarr(entries: list, label_column: str, blocksize: int, storage_options: dict | None) -> Opened:
     """Plan the blocks of Zarr ``entries`` (``[(format, fs, path)]``): whole chunks of rows."""
@@ -67,6 +72,13 @@ def open_zarr(entries: list, label_column: str, blocksize: int, storage_options:
         rows_per_chunk = images.chunks[0]
         row_bytes = max(D * 8, 1)
         step = max(rows_per_chunk, (max(blocksize // row_bytes, 1) // rows_per_chunk) * rows_per_chunk)
+        if step == rows_per_chunk:
+            # A chunk far larger than a block (wide images in chunks of 10,000 rows, say) is
+            # read in a few equal parts: otherwise three chunks make three tasks, and one of
+            # two workers' threads does two of them while the other waits. Each part
+            # decompresses the whole chunk, cheap next to its statistics.
+            part = max(CHUNK_PARTS * blocksize, CHUNK_PART_BYTES)
+            step = -(-rows_per_chunk // -(-rows_per_chunk * row_bytes // part))
         label_name = label_column if label_column in names else "labels"
         options = ZarrOptions(label_name)
         blocks.extend(Block("zarr", url, a, min(a + step, N), options=options) for a in range(0, N, step))

@@ -320,11 +320,11 @@ class GaussianScorer:
 #: benchmarks/memory.py, README "The memory plan"):
 #:
 #: fit: statistics — each running task folds its blocks into its lane's total in place
-#:   (one statistic per task); on worker processes a merge also holds a total received
-#:   from another worker and the buffer it arrived in (two more); to_class_stats — the
-#:   8-bit sums become the scatter class by class, in a copy when the gathered total is
-#:   read-only (as measured at D = 4,096: two statistics), with a D x D buffer (and
-#:   three more of slack);
+#:   (one statistic per task); on worker processes the client then fills the total (one
+#:   statistic) class by class from the lanes (two D x D received at a time), so no
+#:   worker receives a total; to_class_stats — the 8-bit sums become the scatter class
+#:   by class in place (the client's own total), with a D x D buffer (and three more of
+#:   slack);
 #:   finalize — covariances are derived per class (two D x D); write — the scatter, the
 #:   Cholesky factor of one class per running task (two D x D each), and zarr's buffers
 #:   of up to ten (1, D, D) chunks being written at once.
@@ -337,7 +337,7 @@ class GaussianScorer:
 #:   (float64: one copy), another when they come from other workers, three D x D per
 #:   factoring task, and its blocks.
 GAUSSIAN_COPIES: dict[str, dict[str, Copies]] = {
-    "fit": {"statistics": Copies(worker=2, per_task=1), "to_class_stats": Copies(client=2, classes=4),
+    "fit": {"statistics": Copies(per_task=1, client=1, classes=2), "to_class_stats": Copies(client=1, classes=4),
             "finalize": Copies(client=1, classes=2), "write": Copies(client=1, classes=10, task_classes=2)},
     "sample": {"load": Copies(), "draw": Copies(worker=1, task_classes=3)},
     "evaluate": {"load": Copies(), "score": Copies(worker=2, task_classes=3)},
