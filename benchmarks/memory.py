@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py --data DIR [--sizes 32 64] [--work DIR]
     python benchmarks/memory.py --data DIR --work DIR --replan   # the stored runs against today's plan
+    python benchmarks/memory.py --data DIR --kinds ppca64 ppca256 tiled32 tiled64 mfa28  # other kinds
 
 For each size S (Fashion-MNIST upsampled to S x S: ``DIR/fmnistS-train.zarr``, and
 ``DIR/fmnistS-test.zarr`` when there is one), every command runs in a process of its
@@ -11,6 +12,12 @@ resident memory (VmHWM, reset before each stage through /proc/self/clear_refs) i
 recorded per stage next to the plan's estimate of that stage (worker and client
 together: they share the process). The whole command line's peak (``wait4``) is
 recorded too. Results: benchmarks/results/memory.json and a markdown table.
+
+``--kinds``: whole ``daskgen fit`` command lines of the kinds whose plan is counted in
+other units (low-rank sketches, mixtures of low-rank Gaussians, tiles; :data:`KINDS`),
+each process's peak polled every 20 ms (the client, and the largest worker process when
+there are some), next to the plan of the same options: its largest stage per worker and
+on the client. Results: the ``kinds`` entries of memory.json (other entries are kept).
 
 Run it alone on the machine: peaks at D = 4,096 reach ~7 GiB.
 """
@@ -163,6 +170,63 @@ def plan_workers(data: str, workers: int) -> dict:
             "plan_client": max(plan.stages[n].client for n in plan.stages) + planning.CLIENT_BASELINE}
 
 
+#: ``--kinds`` runs: (data file in --data, fit options, local cluster options). ``mfa28``
+#: reads ``fmnist28-train.zarr`` (``daskgen data fashion-mnist --out DIR/fmnist28-train.zarr``).
+TWO_WORKERS = {"workers": 2, "threads_per_worker": 1}
+KINDS: dict[str, tuple[str, dict, dict]] = {
+    "ppca64": ("fmnist64-train.zarr", {"covariance": "ppca", "rank": 64}, {}),
+    "ppca64-workers": ("fmnist64-train.zarr", {"covariance": "ppca", "rank": 64}, TWO_WORKERS),
+    "fa64": ("fmnist64-train.zarr", {"covariance": "fa", "rank": 64}, {}),
+    "ppca256": ("fmnist256-train.zarr", {"covariance": "ppca", "rank": 64, "blocksize": "64MiB", "split_every": 2},
+                {**TWO_WORKERS, "memory_limit": "5GiB"}),
+    "tiled32": ("fmnist32-train.zarr", {"tiles": 256, "reg_covar": 0.01}, {}),
+    "tiled64": ("fmnist64-train.zarr", {"tiles": 1024, "reg_covar": 0.01}, TWO_WORKERS),
+    "mfa28": ("fmnist28-train.zarr", {"covariance": "ppca", "rank": 16, "components": 4, "max_iter": 10}, {}),
+}
+
+
+def flags(options: dict) -> list[str]:
+    return [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def plan_kind(data: str, options: dict, cluster: dict) -> dict:
+    """The plan of ``daskgen fit`` with ``options`` on ``cluster``: its largest stage per
+    worker process (None: the worker runs in the client's process) and on the client."""
+    from daskgen import planning
+    from daskgen.fitting import prepare
+
+    dataset = prepare([data], **({"blocksize": options["blocksize"]} if "blocksize" in options else {}))
+    plan = planning.plan_fit(dataset, covariance=options.get("covariance", "full"),
+                             components=int(options.get("components", 1)),
+                             split_every=int(options.get("split_every", 8)), cluster=cluster,
+                             rank=options.get("rank"), tiles=options.get("tiles"))
+    worker, worker_stage = (None, None) if plan.resources.in_process else plan.worker_need
+    need, where = plan.worker_need if plan.resources.in_process else (
+        max((plan.client_peak(s), n) for n, s in plan.stages.items()))
+    return {"kind": plan.kind, "K": plan.n_classes, "D": plan.n_features, "plan_worker": worker,
+            "plan_client": need, "plan_stage": where, "dominant": plan.stages[where].dominant,
+            "worker_stage": worker_stage, "worker_dominant": plan.stages[worker_stage].dominant if worker_stage else None,
+            "stages": {n: [s.worker, s.client] for n, s in plan.stages.items()}}
+
+
+def measure_kinds(names: list[str], data_dir: str, work: str) -> list[dict]:
+    os.makedirs(work, exist_ok=True)
+    out = []
+    for name in names:
+        data, options, cluster = KINDS[name]
+        data = f"{data_dir}/{data}"
+        cmd = [str(Path(sys.executable).parent / "daskgen"), "fit", data, "--out", f"{work}/{name}.zarr",
+               "--overwrite", "--quiet", *flags(options), *flags(cluster)]
+        start = time.perf_counter()
+        client, worker = tree_peaks(cmd)
+        entry = {"run": name, "data": Path(data).name, "options": options, "cluster": cluster or "default",
+                 "seconds": round(time.perf_counter() - start, 1), "client_peak": client,
+                 "worker_peak": worker or None, "load_average": os.getloadavg(), **plan_kind(data, options, cluster)}
+        out.append(entry)
+        print(json.dumps(entry), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="folder of fmnistS-train.zarr (and fmnistS-test.zarr), as `daskgen data "
@@ -173,6 +237,7 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=2_000)
     ap.add_argument("--stages", nargs=5, metavar=("COMMAND", "DATA", "MODEL", "OUT", "ROWS"), help=argparse.SUPPRESS)
     ap.add_argument("--replan", action="store_true", help="recompute the plan of the stored runs (no measurement)")
+    ap.add_argument("--kinds", nargs="+", choices=sorted(KINDS), help="measure these fits of other kinds (only)")
     args = ap.parse_args()
     if args.stages:
         command, data, model, out, rows = args.stages
@@ -180,8 +245,17 @@ def main() -> None:
         return
     if not args.data:
         ap.error("--data is required")
+    if args.kinds:
+        results = json.loads((RESULTS / "memory.json").read_text())
+        kept = [e for e in results.get("kinds", []) if e["run"] not in args.kinds]
+        results["kinds"] = kept + measure_kinds(args.kinds, args.data, args.work)
+        report(results)
+        return
     if args.replan:
         results = json.loads((RESULTS / "memory.json").read_text())
+        for e in results.get("kinds", []):
+            e.update(plan_kind(f"{args.data}/{e['data']}", e["options"],
+                               {} if e["cluster"] == "default" else e["cluster"]))
         for e in results["runs"]:
             e.update(plan_of(e["command"], f"{args.data}/{e['data']}", f"{args.work}/{e['model']}", e["rows"]))
         for e in results.get("workers", []):
@@ -230,6 +304,17 @@ def report(results: dict) -> None:
         for role in ("worker", "client"):
             plan, measured = e[f"plan_{role}"], e[f"{role}_peak"]
             print(f"| {e['D']:,} | {role} | {plan / 2**30:.2f} | {measured / 2**30:.2f} | {plan / measured:.2f} |")
+    if results.get("kinds"):
+        print("\n| run | kind, D | process | plan (GiB) | measured peak (GiB) | plan / measured | plan's peak |")
+        print("|---|---|---|---|---|---|---|")
+    for e in results.get("kinds", []):
+        roles = [("client", "client")] if e["plan_worker"] is None else [("worker", "worker"), ("client", "client")]
+        for role, key in roles:
+            plan, measured = e[f"plan_{key}"], e[f"{key}_peak"]
+            what = f"{e['plan_stage']}: {e['dominant']}" if role == "client" else \
+                f"{e['worker_stage']}: {e['worker_dominant']}"
+            print(f"| {e['run']} | {e['kind']}, {e['D']:,} | {role if e['plan_worker'] else 'the process'} | "
+                  f"{plan / 2**30:.2f} | {measured / 2**30:.2f} | {plan / measured:.2f} | {what} |")
     print("\n| D | command | stage | plan (GiB) | measured peak (GiB) | plan / measured |")
     print("|---|---|---|---|---|---|")
     for e in results["runs"]:

@@ -19,6 +19,7 @@ from .models import registry
 from .models.base import ClassModel
 from .models.gaussian import GaussianClassModel
 from .models.lowrank import LOW_RANK
+from .models.memory import DEFAULT_RANK
 from .options import GAUSSIAN_FIT
 
 
@@ -188,10 +189,6 @@ def fit(
             inputs=previous + dataset.files,
             **common(dataset),
         )
-
-
-#: q of a ppca/fa fit when --rank is not given.
-DEFAULT_RANK = 16
 
 
 def fit_low_rank(model_class, dataset: Dataset, *, rank: int | None, oversampling: int, power_iterations: int,

@@ -296,8 +296,8 @@ def alternatives(plan: Plan, workloads: list[Workload]) -> list[str]:
                          [replace(w, covariance="diag") for w in workloads], plan.resources)
         if diag is not None and diag.fits:
             out.append(f"--covariance diag (~{gib(diag.worker_need[0])})")
-        out.append("--covariance ppca|fa --rank q (low-rank kinds)")
-        if plan.kind == "gaussian":
+        out.append(low_rank_alternative(plan, workloads))
+        if plan.kind == "gaussian" and not workloads[0].tiles:
             out.append("--tiles T (statistics in tiles across workers)")
     r = plan.resources
     need = plan.worker_need[0]
@@ -309,6 +309,25 @@ def alternatives(plan: Plan, workloads: list[Workload]) -> list[str]:
     elif plan.machine_need[0] > r.machine:
         out.append(f"a machine with at least {gib(plan.machine_need[0])}")
     return out
+
+
+#: Ranks a refusal tries for the low-rank kinds, largest first.
+RANKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def low_rank_alternative(plan: Plan, workloads: list[Workload]) -> str:
+    """``--covariance ppca|fa --rank q`` with the largest rank of :data:`RANKS` whose
+    ``fa`` plan (the larger of the two; ``mfa`` for several components) fits, and its
+    peak (as ``--covariance diag``'s: per worker, or of the process); ``q`` when none does."""
+    kind = fit_kind("fa", workloads[0].components)
+    for q in RANKS:
+        if q + 10 > plan.n_features:
+            continue
+        low = make_plan(kind, plan.n_classes, plan.n_features,
+                        [replace(w, covariance="fa", rank=q) for w in workloads], plan.resources)
+        if low is not None and low.fits:
+            return f"--covariance ppca|fa --rank {q} (~{gib(low.worker_need[0])})"
+    return "--covariance ppca|fa --rank q (low-rank kinds)"
 
 
 # ---------------------------------------------------------------------------- the inputs' side
@@ -387,8 +406,9 @@ def evaluate_workload(dataset: Any, split_every: int = 8) -> Workload:
 
 def model_workload(header: Any, workload: Workload) -> Workload:
     """``workload`` with a stored model's covariance and components."""
+    rank = (header.config or {}).get("rank")
     return replace(workload, covariance=header.covariance_type, components=int(header.n_components),
-                   tiles=header.tiles)
+                   tiles=header.tiles, rank=int(rank) if rank else workload.rank)
 
 
 def plan_model(header: Any, workload: Workload, cluster: Mapping[str, Any]) -> Plan | None:
@@ -399,10 +419,10 @@ def plan_model(header: Any, workload: Workload, cluster: Mapping[str, Any]) -> P
 
 def fit_kind(covariance: str, components: int) -> str:
     """The model kind a fit's options make: a kind registered under the ``covariance``
-    name itself (a low-rank kind), else a mixture for several components, else one
-    Gaussian per class."""
+    name itself (a low-rank kind; with several components, a mixture of low-rank
+    Gaussians, ``mfa``), else a mixture for several components, else one Gaussian per class."""
     if covariance not in ("full", "diag") and covariance in registry.kinds():
-        return covariance
+        return "mfa" if components > 1 else covariance
     return "mixture" if components > 1 else "gaussian"
 
 

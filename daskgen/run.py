@@ -204,8 +204,9 @@ def _stale(model, options: dict[str, Any], inputs: list[str], incremental: bool,
     ``components`` and the EM options of a mixture fit). The tree's fan-in and the
     block size do not: they change how, not what, is computed.
     """
-    from .fitting import DEFAULT_RANK, default_reg_covar
+    from .fitting import default_reg_covar
     from .io.inputs import open_inputs
+    from .models.memory import DEFAULT_RANK
 
     dataset = open_inputs(
         inputs, label_column=options["label_column"], blocksize=options["blocksize"],

@@ -4,6 +4,7 @@ command line's ``--dry-run`` (exit codes, one line, nothing written, no data rea
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,109 @@ def test_d16384_on_a_2gib_worker_is_refused_with_what_would_fit():
     need = 3 * U + 1000 * 16_384 * 7 + WORKER_BASELINE  # one task per worker: 2 + 1 statistics
     assert f"needs ~{need / GiB:.1f} GiB per worker" in line
     assert "1.60 GiB usable (80% of its 2.00 GiB limit)" in line
-    assert "--covariance ppca|fa --rank q (low-rank kinds)" in line and "--tiles T" in line
+    # fa's range passes: 2 + 1 + 2 x 8 + 1 sketches of K·D·(q + 10)·8, a block of 1,000 rows
+    # (1 + 2/K x 8 bytes a value)
+    fa = (20 * 10 * 16_384 * (32 + 10) * 8) + int(1000 * 16_384 * 2.6) + WORKER_BASELINE
+    assert fa <= 0.8 * 2 * GiB < 20 * 10 * 16_384 * (64 + 10) * 8  # rank 32 fits, 64 does not
+    assert f"--covariance ppca|fa --rank 32 (~{fa / GiB:.2f} GiB)" in line and "--tiles T" in line
     assert "--covariance diag (~" in line  # diagonal statistics fit
     assert f"workers of at least {need / 0.8 / GiB:.1f} GiB" in line
     with pytest.raises(MemoryPlanError, match="memory plan: fit of a gaussian"):
         plan.check()
+
+
+def test_low_rank_fit_in_copies_of_one_sketch():
+    K, D, q, ell = 10, 65_536, 64, 74  # ell = rank + the default oversampling
+    U = K * D * ell * 8  # every class's (D, ell) sketch: 0.36 GiB
+    assert U == 387_973_120
+    for kind, workspace in (("ppca", 1), ("fa", 8)):
+        plan = registry.get(kind).memory_plan(K, D, Workload("fit", covariance=kind, rank=q, threads=2,
+                                                             block_rows=256, split_every=8))
+        assert list(plan) == ["sketch", "range", "factor"]
+        # a block: 256 rows as read (uint8) and one class's rows at a time in float64 (twice 1/K of them)
+        block = 256 * D * (1 + 2 / K * 8)
+        # sketch: the merge's total, 8 partials of its own and 8 of the next merge, one per running
+        # task, and each task's regenerated Omega (one class's share)
+        assert plan["sketch"].worker == int((1 + 2 * 8 + 2 + 2 / K) * U) + 2 * int(block)
+        assert plan["sketch"].client == 3 * U  # the merged sketch received (frames and array) and its Q
+        # range: Q received (frames and array), the total, 2 x 8 partials, one per task
+        assert plan["range"].worker == int((2 + 1 + 2 * 8 + 2) * U) + 2 * int(block) and plan["range"].shared == U
+        assert plan["range"].client == 5 * U  # Q, S·Q received (frames and array), the products, the next Q
+        assert plan["factor"].client == int((4 + workspace / K) * U) and plan["factor"].worker == 0
+        assert "sketch (K·D·ℓ·8, ℓ = 74: 0.36 GiB)" in plan["sketch"].dominant
+        assert all(max(s.worker, s.client) < D * D * 8 for s in plan.values())  # less than one D x D
+    # 10 blocks, fan-in 2, two workers (the measured run of benchmarks/memory.py): 2 x 2 partials
+    few = registry.get("ppca").memory_plan(K, D, Workload("fit", covariance="ppca", rank=q, rows=10_000,
+                                                          block_rows=1024, split_every=2))
+    assert few["range"].worker == int((2 + 1 + 4 + 1) * U) + int(1024 * D * 2.6)
+    # 3 blocks, fan-in 8 (N = 30,000 in blocks of 10,000): 3 partials a merge; Q in the process once
+    lanes = registry.get("ppca").memory_plan(K, D, Workload("fit", covariance="ppca", rank=q, rows=30_000,
+                                                            block_rows=10_000, in_process=True))
+    assert lanes["range"].worker == int((1 + 1 + 6 + 1) * U) + int(10_000 * D * 2.6)
+    V = K * D * q * 8  # sample and evaluate: the loadings
+    ev = registry.get("ppca").memory_plan(K, D, Workload("evaluate", covariance="ppca", rank=q, threads=1,
+                                                         block_rows=100))
+    assert ev["score"].worker == V + 100 * D * (1 + 4 * 8) and ev["score"].client == 2 * V
+
+
+def test_mfa_units_are_per_class_and_component_statistics():
+    K, M, D, q = 10, 5, 784, 16
+    U = K * M * D * (q + 10) * 8  # the initial pass's sketches: l = q + 10 columns
+    rows, per_worker = 60_000, 60_000 * 784 // 2  # the persisted uint8 rows, over 2 workers
+    plan = registry.get("mfa").memory_plan(K, D, Workload("fit", covariance="ppca", components=M, rank=q, threads=1,
+                                                          workers=2, block_rows=1000, rows=rows, split_every=4))
+    assert plan["em"].worker == (4 + 2 + 1) * U + 1000 * D * (1 + 1.5 * 8) + per_worker
+    assert plan["em"].client == 4 * U + 2 * rows * D * 8  # parameters x 4, the initial sample (6,000 a class) x 2
+    V = K * M * D * q * 8
+    s = registry.get("mfa").memory_plan(K, D, Workload("sample", covariance="ppca", components=M, rank=q))
+    assert s["factor"].client == int(2.5 * V)
+
+
+def test_fit_kind_of_several_low_rank_components_is_mfa():
+    from daskgen.planning import fit_kind
+
+    assert fit_kind("ppca", 4) == "mfa" and fit_kind("fa", 1) == "fa" and fit_kind("full", 3) == "mixture"
+    # a refused full mixture suggests the rank whose mixture of low-rank Gaussians fits
+    w = Workload("fit", components=4, rows=20_000, block_rows=1000)
+    plan = make_plan("mixture", 10, 16_384, [w], on(workers=2, memory=4 * GiB))
+    q = int(plan.refusal().split("--covariance ppca|fa --rank ")[1].split()[0])
+    assert make_plan("mfa", 10, 16_384, [replace(w, covariance="fa", rank=q)], on(workers=2, memory=4 * GiB)).fits
+    assert not make_plan("mfa", 10, 16_384, [replace(w, covariance="fa", rank=2 * q)],
+                         on(workers=2, memory=4 * GiB)).fits
+
+
+def test_tiled_fit_holds_tiles_never_a_class_matrix():
+    K, D, T = 10, 4096, 1024
+    U = K * T * T * 8  # one tile of every class: 80 MiB
+    plan = registry.get("gaussian").memory_plan(K, D, Workload("fit", tiles=T, threads=2, block_rows=1000,
+                                                               split_every=8))
+    assert list(plan) == ["moments", "scatter", "cholesky"]
+    # scatter: per running task its (K, T, T) total and a block's part, plus one class's
+    # mirrored tile per task; a block as read and two float32 spans of T columns
+    assert plan["scatter"].worker == int((2 * 2 + 2 / K) * U) + 2 * int(1000 * D * (1 + 2 * T / D * 8))
+    assert plan["scatter"].client == 0
+    assert plan["cholesky"].worker == int(min(5 * 2, K) / K * U)  # five tiles of one class per task
+    assert plan["moments"].client == int(2 * D / T**2 * U) == 2 * K * D * 8
+    ev = registry.get("gaussian").memory_plan(K, D, Workload("evaluate", tiles=T, threads=1, block_rows=100))
+    assert ev["score"].worker == int(U / K) + 100 * D * 33  # one tile and the block's deviations
+    assert registry.get("gaussian").memory_plan(K, D, Workload("fit", threads=1))["write"].client > 10 * U
+
+
+def test_d65536_low_rank_fits_where_full_is_refused(tmp_path):
+    data = unreadable_zarr(tmp_path / "wide.zarr", 20, 256)  # D = 65,536: its metadata only
+    out = tmp_path / "m.zarr"
+    limit = ["--memory-limit", "8GiB", "--workers", "2", "--threads-per-worker", "1"]
+    full = invoke(["fit", data, "--out", str(out), *limit])
+    assert full.exit_code == 2 and "D=65,536" in full.output and not out.exists()
+    suggested = int(full.output.split("--covariance ppca|fa --rank ")[1].split()[0])
+    low = invoke(["fit", data, "--out", str(out), "--covariance", "ppca", "--rank", "64", "--dry-run", *limit])
+    assert low.exit_code == 0, low.output
+    assert "fit/sketch" in low.output and "fits: peak" in low.output and not out.exists()
+    # the suggestion is a rank whose plan fits (fa's, the larger), and twice it does not
+    on8 = on(workers=2, threads=1, memory=8 * GiB)
+    w = Workload("fit", rows=20, block_rows=10)  # the synthetic input: 20 rows in blocks of 10
+    assert make_plan("fa", 10, 65_536, [replace(w, covariance="fa", rank=suggested)], on8).fits
+    assert not make_plan("fa", 10, 65_536, [replace(w, covariance="fa", rank=2 * suggested)], on8).fits
 
 
 def test_the_client_counts_against_the_machine():
@@ -178,7 +277,7 @@ def test_a_fit_that_does_not_fit_stops_in_one_line_before_reading(tmp_path):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("daskgen: error: memory plan: fit of a gaussian (full), K=10, "
                                                    "D=16,384 needs ~")
-    assert "--covariance ppca|fa --rank q (low-rank kinds)" in lines[0] and "--tiles T" in lines[0]
+    assert "--covariance ppca|fa --rank " in lines[0] and "--tiles T" in lines[0]
     assert not out.exists()
     dry = invoke(["fit", data, "--out", str(out), "--memory-limit", "2GiB", "--workers", "2", "--dry-run"])
     assert dry.exit_code == 2 and "fit/statistics" in dry.output
@@ -213,6 +312,18 @@ def test_sample_and_evaluate_plan_from_the_model_metadata(tmp_path, stored_model
     r = invoke(["sample", stored_model, "--out", str(out), "--n", "1000", "--memory-limit", "1MiB"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "memory plan: sample" in r.output
     assert not out.exists()
+
+
+def test_a_stored_low_rank_model_plans_in_its_own_rank(tmp_path, digits):
+    from daskgen import GaussianClassifier
+
+    X, y = digits
+    path = tmp_path / "ppca.zarr"
+    GaussianClassifier(covariance="ppca", rank=4, reg_covar=0.01, scale=1 / 16).fit(X[:300], y[:300]).model_.save(
+        str(path))
+    r = invoke(["sample", str(path), "--out", str(tmp_path / "s.zarr"), "--n", "100", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "fit of" not in r.output and "loadings (K·D·q·8, q = 4: " in r.output and "sample/draw" in r.output
 
 
 def test_run_dry_run_plans_fit_and_sample(tmp_path):

@@ -37,6 +37,7 @@ from .base import (
 )
 from .memory import Copies, StageMemory, Workload, class_memory_plan
 from .registry import register
+from .tiled import tiled_memory_plan
 
 
 def finalize(
@@ -471,9 +472,9 @@ class GaussianClassModel(ClassModel):
     def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory] | None:
         """See :data:`GAUSSIAN_COPIES`; float data (and diagonal statistics) merge by a
         fixed tree, whose merges hold up to ``split_every`` statistics on a worker. Tiled
-        models (``--tiles``) have no plan yet (None: they run unchecked)."""
+        models (``--tiles``): :data:`daskgen.models.tiled.TILED_COPIES`."""
         if options.tiles:
-            return None
+            return tiled_memory_plan(n_classes, n_features, options)
         table = GAUSSIAN_COPIES
         if options.in_process:  # nothing is received from another worker: no second copy
             table = {**table, "fit": {**table["fit"], "statistics": Copies(per_task=1)},

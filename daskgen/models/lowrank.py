@@ -21,7 +21,7 @@ per-feature variances. Nothing here forms a D×D matrix; scoring and sampling go
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from ..errors import ModelError
 from ..kernels import lowrank
 from ..kernels.class_stats import ClassStats
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
+from .memory import DEFAULT_RANK, F8, Copies, StageMemory, Workload, copies_plan, merge_fan_in, size_text
 from .registry import register
 
 #: The covariance options of the low-rank kinds (also their kind names).
@@ -40,6 +41,31 @@ LOW_RANK = ("ppca", "fa")
 #: Fashion-MNIST (q = 64) 1e-3 took 2.5x the iterations for 0.0002 bits/dim.
 FA_MAX_ITER = 500
 FA_TOL = 1e-2
+#: Columns of the sketch beyond the rank when the workload does not say (``--oversampling``'s default).
+OVERSAMPLING = 10
+
+#: The memory plan of the low-rank kinds, in copies of their unit: for ``fit`` one
+#: sketch, K·D·ℓ·8 bytes (ℓ = rank + oversampling: every class's (D, ℓ) S·Ω, S·Q or Q);
+#: for ``sample``/``evaluate`` the loadings, K·D·q·8 (:mod:`daskgen.distributed.lowrank`).
+#: fit: sketch — the merge's total and one partial per running task (with its Ω,
+#: regenerated: one class's share), plus the partials of the fixed tree (see
+#: :meth:`LowRankClassModel.memory_plan`); the client receives the merged sketch (its
+#: frames and the array) and orthonormalizes it into Q. range — the 1 + power_iterations
+#: passes of S·Q: every worker receives Q (frames and array: 2; 1 in the client's
+#: process), and holds a total, one partial per task and the tree's partials; the
+#: client holds Q, the received S·Q (frames and array), the products and the next Q.
+#: factor — Rayleigh–Ritz on the client (Q, S·Q, the Ritz vectors, and the loadings,
+#: K·D·q), then each class's W from its spectrum (``fa``: its EM workspace).
+#: sample: the loadings and the sampler (its copy in the working dtype), shipped to the
+#: workers; evaluate: the loadings and the prepared factors (B = Ψ^-½ W L^-ᵀ per class), shipped.
+#: Calibrated by benchmarks/memory.py (``--kinds``): at D = 65,536 the tree's waiting
+#: partials are what a worker process's peak is made of.
+LOWRANK_COPIES: dict[str, dict[str, Copies]] = {
+    "fit": {"sketch": Copies(worker=1, per_task=1, client=3, task_classes=1),
+            "range": Copies(worker=3, per_task=1, client=5, shipped=1), "factor": Copies(client=4)},
+    "sample": {"load": Copies(client=1), "draw": Copies(worker=1, client=2, shipped=1)},
+    "evaluate": {"load": Copies(client=1), "score": Copies(worker=1, client=2, shipped=1)},
+}
 
 
 def ppca_parameters(eigvals: np.ndarray, basis: np.ndarray, total_variance: float, rank: int,
@@ -150,6 +176,37 @@ class LowRankClassModel(ClassModel):
                    reg_covar: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """``(W, ψ (D,), info)`` of one class from its spectrum (a kind implements it)."""
         raise NotImplementedError
+
+    #: per-class (D, ℓ)-sized arrays the client holds while one class's parameters are made
+    #: (beyond the sketch's copies): ppca's W; fa's EM workspace, see :func:`fa_parameters`
+    PARAMETER_WORKSPACE: ClassVar[float] = 1
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
+        """See :data:`LOWRANK_COPIES`; nothing is D×D. A worker holds the partials of the
+        merge it runs, ``split_every`` (or as many as there are blocks: every block holds
+        most classes), and as many again of the next merge (finished meanwhile, or
+        arriving from another worker): 2 x fan-in sketches. A task's block stays as read
+        (uint8) and one class's rows at a time become float64 (centered in place; twice
+        a class's share of the rows, for unbalanced classes). ``options.extra`` may say ``oversampling``."""
+        K, D = int(n_classes), int(n_features)
+        q = int(options.rank or DEFAULT_RANK)
+        width = min(q + int(options.extra.get("oversampling", OVERSAMPLING)), D)
+        table = LOWRANK_COPIES
+        if options.command == "fit":
+            merge = 2 * merge_fan_in(options)
+            ship = -1 if options.in_process else 0  # Q arrives by no network: one copy
+            fit = table["fit"]
+            table = {"fit": {"sketch": replace(fit["sketch"], worker=fit["sketch"].worker + merge),
+                             "range": replace(fit["range"], worker=fit["range"].worker + merge + ship),
+                             "factor": replace(fit["factor"], classes=cls.PARAMETER_WORKSPACE)}}
+            unit = K * D * width * F8
+            name = f"sketch (K·D·ℓ·8, ℓ = {width}: {size_text(unit)})"
+            # a task converts one class's rows at a time: twice a class's share of a block, say
+            return copies_plan(unit, name, K, D, options, table, per_row=min(1.0, 2 / K))
+        unit = K * D * q * F8
+        name = f"loadings (K·D·q·8, q = {q}: {size_text(unit)})"
+        return copies_plan(unit, name, K, D, options, table)
 
     @classmethod
     def from_spectra(cls, stats: ClassStats, eigvals: np.ndarray, bases: np.ndarray, rank: int,
@@ -303,6 +360,10 @@ class FAClassModel(LowRankClassModel):
     """Factor analysis per class: ``W Wᵀ + diag ψ``, ψ ≥ reg_covar (see the module docstring)."""
 
     kind: ClassVar[str] = "fa"
+
+    #: fa_parameters' workspace for one class: W, Ψ⁻¹W, ŜA, βᵀ, ŜB, the new W and
+    #: Ŝ·B's two temporaries, each (D, q) ≤ (D, ℓ)
+    PARAMETER_WORKSPACE: ClassVar[float] = 8
 
     @classmethod
     def parameters(cls, eigvals, basis, variances, rank, reg_covar):

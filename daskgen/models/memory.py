@@ -25,6 +25,8 @@ from typing import Any
 GIB = 2**30
 #: Bytes of one float64.
 F8 = 8
+#: q of the low-rank kinds (ppca, fa, mfa) when ``--rank`` is not given: fits and plans alike.
+DEFAULT_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,14 @@ def stage(unit: int, unit_name: str, *, worker: float = 0, client: float = 0, wo
     return StageMemory(w, c, " + ".join(parts) or "small", int(shared * unit))
 
 
+def merge_fan_in(options: Workload) -> int:
+    """Parts a merge of the fixed tree holds: ``split_every``, or fewer when the input has
+    fewer blocks (its rows known)."""
+    if not options.rows:
+        return int(options.split_every)
+    return max(1, min(int(options.split_every), -(-int(options.rows) // max(int(options.block_rows), 1))))
+
+
 def block_bytes(rows: int, n_features: int, itemsize: int, copies: float) -> int:
     """Bytes of ``rows`` rows held as read (``itemsize`` per value) plus ``copies``
     float64 copies of them (converted, centered, scored)."""
@@ -146,7 +156,7 @@ def block_bytes(rows: int, n_features: int, itemsize: int, copies: float) -> int
 
 
 #: Stages whose tasks hold blocks of rows (on workers).
-BLOCK_STAGES = ("statistics", "em", "draw", "score")
+BLOCK_STAGES = ("statistics", "em", "draw", "score", "sketch", "range", "scatter", "moments")
 #: float64 copies of a block's rows a running task makes (fit: 8-bit sums use float32
 #: rows; the float path centers them; evaluate: deviations, projections and residuals;
 #: sample: normals, the draw and its output, in float32 when that is the output).
@@ -159,23 +169,41 @@ def class_memory_plan(n_classes: int, n_features: int, options: Workload, table:
     covariances, M components per class) or K * M * D * 8 (diagonal), holding the copies
     of ``table`` per stage (e.g. ``daskgen.models.gaussian.GAUSSIAN_COPIES``) and, in the stages of
     :data:`BLOCK_STAGES`, a block of rows per running task."""
-    K, D, M, cmd = int(n_classes), int(n_features), int(options.components), options.command
+    K, D, M = int(n_classes), int(n_features), int(options.components)
     full = options.covariance != "diag"
     unit = K * M * (D * D if full else D) * F8
-    size = f"{unit / GIB:.2f} GiB" if unit >= 0.01 * GIB else f"{unit / 2**20:.1f} MiB"
-    name = f"{unit_name} ({'K·M·D²·8' if M > 1 else 'K·D²·8'} = {size})" if full else f"{unit_name} (K·D·8 = {size})"
+    formula = ("K·M·D²·8" if M > 1 else "K·D²·8") if full else "K·D·8"
+    exact = options.exact and full
+    return copies_plan(unit, f"{unit_name} ({formula} = {size_text(unit)})", K * M, D, options, table, exact)
+
+
+def size_text(n: int) -> str:
+    """``"0.08 GiB"``, or MiB below 0.01 GiB (a unit's size in its name)."""
+    return f"{n / GIB:.2f} GiB" if n >= 0.01 * GIB else f"{n / 2**20:.1f} MiB"
+
+
+def copies_plan(unit: int, name: str, n_arrays: int, n_features: int, options: Workload,
+                table: dict[str, dict[str, Copies]], exact: bool = False,
+                per_row: float | None = None) -> dict[str, StageMemory]:
+    """The stages of ``table[options.command]``, each holding its copies of ``unit`` bytes
+    (``name`` in words; ``n_arrays`` per-class arrays make up a unit) and, in the stages of
+    :data:`BLOCK_STAGES`, a block of rows per running task (``exact``: the 8-bit path's
+    float32 rows; ``per_row``: float64 copies of the rows a task makes, when not those
+    of :data:`BLOCK_COPIES`)."""
+    D, cmd = int(n_features), options.command
     if cmd == "sample":
         rows, itemsize = min(options.chunk_size, options.n), 0
-        per_row = BLOCK_COPIES["sample-float32" if options.dtype == "float32" else "sample"]
+        copies = BLOCK_COPIES["sample-float32" if options.dtype == "float32" else "sample"]
     else:
         rows, itemsize = options.block_rows, options.itemsize
-        per_row = BLOCK_COPIES["evaluate" if cmd == "evaluate" else "fit-exact" if options.exact and full else "fit"]
+        copies = BLOCK_COPIES["evaluate" if cmd == "evaluate" else "fit-exact" if exact else "fit"]
+    per_row = copies if per_row is None else per_row
     blocks = options.threads * block_bytes(rows, D, itemsize, per_row)
     what = f"{options.threads} block{'s' if options.threads > 1 else ''} of {rows:,} rows"
     plan = {}
     for stage_name, n in table[cmd].items():
         rows_here = stage_name in BLOCK_STAGES
-        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads, K * M), client=n.on_client(K * M),
-                                 worker_extra=blocks if rows_here else 0, extra_name=what if rows_here else "",
-                                 shared=n.shipped)
+        plan[stage_name] = stage(unit, name, worker=n.on_worker(options.threads, n_arrays),
+                                 client=n.on_client(n_arrays), worker_extra=blocks if rows_here else 0,
+                                 extra_name=what if rows_here else "", shared=n.shipped)
     return plan

@@ -25,7 +25,8 @@ from ..kernels.mfa import LowRankComponents, LowRankStats, mixture_covariance_fa
 from ..kernels.sampling import draw_components
 from .base import ClassModel, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
 from .lowrank import LOW_RANK
-from .mixture import PerClassMixture
+from .memory import DEFAULT_RANK, F8, Copies, StageMemory, Workload, copies_plan, size_text
+from .mixture import MIXTURE_COPIES, PerClassMixture, with_em_rows
 from .registry import register
 
 if TYPE_CHECKING:
@@ -83,6 +84,29 @@ class LowRankMixtureClassModel(PerClassMixture, ClassModel):
     data_range: tuple[float, float] = (np.nan, np.nan)
 
     ARRAYS: ClassVar[tuple[str, ...]] = ("counts", "priors", "weights", "mass", "means", "loadings", "noise")
+
+    @classmethod
+    def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
+        """The mixtures' plan (:data:`~daskgen.models.mixture.MIXTURE_COPIES`, with the
+        persisted rows and the initial sample) in copies of the per-(class, component)
+        statistics, O(K·M·D·q): fit — K·M·D·ℓ·8 (the initial pass's sketches of ℓ = q +
+        10 columns; the E-steps' projections have q); the client holds the parameters,
+        the prepared components, the merged statistics and the M-step's new loadings (4);
+        sample/evaluate — the loadings, K·M·D·q·8. Nothing is D×D. The initial sample
+        counts twice: with one copy the plan was 1% below the peak measured at D = 784
+        (``benchmarks/memory.py --kinds mfa28``), where the sample dominates."""
+        K, M, D = int(n_classes), int(options.components), int(n_features)
+        q = int(options.rank or DEFAULT_RANK)
+        if options.command != "fit":
+            unit = K * M * D * q * F8
+            name = f"loadings (K·M·D·q·8, q = {q}: {size_text(unit)})"
+            return copies_plan(unit, name, K * M, D, options, MIXTURE_COPIES)
+        width = min(q + 10, D)
+        unit = K * M * D * width * F8
+        name = f"statistics (K·M·D·ℓ·8, ℓ = {width}: {size_text(unit)})"
+        table = {"fit": {**MIXTURE_COPIES["fit"], "em": Copies(worker=options.split_every + 2, per_task=1, client=4,
+                                                              shipped=1)}}
+        return with_em_rows(copies_plan(unit, name, K * M, D, options, table), K, D, options, sample_copies=2)
 
     @classmethod
     def from_params(cls, params: LowRankParams, stats: LowRankStats, summary: dict[str, Any],

@@ -50,6 +50,7 @@ from ..kernels.mfa import (
     sketch_columns,
     sketch_matrix,
 )
+from .memory import DEFAULT_RANK
 from .mfa import LOW_RANK, LowRankMixtureClassModel
 from .mixture_em import (
     DEFAULTS,
@@ -64,8 +65,6 @@ from .mixture_em import (
 
 #: Low-rank components (:class:`~daskgen.kernels.mfa.LowRankStats`).
 LOW_RANK_KERNELS = EmKernels(hard_lowrank, estep_lowrank, merge_lowrank)
-#: q when no rank is given.
-DEFAULT_RANK = 16
 
 
 @dataclass

@@ -91,6 +91,23 @@ MIXTURE_COPIES: dict[str, dict[str, Copies]] = {
 }
 
 
+def with_em_rows(plan: dict[str, StageMemory], n_classes: int, n_features: int,
+                 options: Workload, sample_copies: float = 1) -> dict[str, StageMemory]:
+    """A mixture fit's plan with what its ``em`` stage holds beside the statistics: the
+    input's rows, persisted as read across the workers between passes, and the initial
+    sample on the client (``options.extra["init_sample"]`` rows per class, float64;
+    ``sample_copies`` of it)."""
+    D = int(n_features)
+    rows = options.rows or 0
+    persisted = rows * D * options.itemsize // max(options.workers, 1)
+    init = min(rows or n_classes * 10_000, n_classes * int(options.extra.get("init_sample", 10_000))) * D * F8
+    init = int(init * sample_copies)
+    em = plan["em"]
+    plan["em"] = replace(em, worker=em.worker + persisted, client=em.client + init,
+                         dominant=em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
+    return plan
+
+
 class PerClassMixture:
     """What every per-class mixture kind shares, given its ``priors`` (K,), ``weights`` (K, M),
     ``means`` (K, M, D), ``fingerprint`` and ``components`` (what an E-step needs: log-weights,
@@ -198,15 +215,7 @@ class GaussianMixtureClassModel(PerClassMixture, ClassModel):
         if options.command != "fit":
             return class_memory_plan(n_classes, n_features, options, table)
         table = {"fit": {**table["fit"], "em": Copies(worker=options.split_every + 2, per_task=1, client=3, shipped=1)}}
-        plan = class_memory_plan(n_classes, n_features, options, table)
-        D = int(n_features)
-        rows = options.rows or 0
-        persisted = rows * D * options.itemsize // max(options.workers, 1)
-        init = min(rows or n_classes * 10_000, n_classes * int(options.extra.get("init_sample", 10_000))) * D * F8
-        em = plan["em"]
-        plan["em"] = replace(em, worker=em.worker + persisted, client=em.client + init,
-                             dominant=em.dominant + (" + the persisted rows" if persisted > 0.1 * em.worker else ""))
-        return plan
+        return with_em_rows(class_memory_plan(n_classes, n_features, options, table), n_classes, n_features, options)
 
     # -- shape -------------------------------------------------------------
     @property

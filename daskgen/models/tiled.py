@@ -25,9 +25,39 @@ import numpy as np
 from ..errors import ModelError
 from ..kernels.tiles import Span, gaussian_log_likelihood, tile_spans, tiled_colour
 from .base import ClassModel, check_features, fingerprint_arrays, meta_fields, read_arrays, stored_data_range
+from .memory import F8, Copies, StageMemory, Workload, copies_plan, size_text
 
 #: The tiled (K, D, D) arrays of the store.
 TILE_ARRAYS = ("scatter", "cholesky")
+
+#: The memory plan of a tiled model (:mod:`daskgen.distributed.tiled`), in copies of one
+#: tile of every class, K·T²·8 bytes; nothing holds a class's D x D matrix, the client
+#: holds only (K, D) moments. fit: scatter — each running task holds its (K, T, T) total
+#: and one block's part, and a class's mirrored tile while writing it, and reads one
+#: block of rows at a time; cholesky — a task (one class) holds the covariance tile,
+#: a pair of the factor's tiles to its left, their product and its result. sample and
+#: evaluate read one tile of the factor at a time per task (with the rows: normals and
+#: the draw; deviations and whitened rows).
+TILED_COPIES: dict[str, dict[str, Copies]] = {
+    "fit": {"moments": Copies(), "scatter": Copies(per_task=2, task_classes=1), "cholesky": Copies(task_classes=5)},
+    "sample": {"load": Copies(), "draw": Copies(task_classes=1)},
+    "evaluate": {"load": Copies(), "score": Copies(task_classes=1)},
+}
+
+
+def tiled_memory_plan(n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
+    """See :data:`TILED_COPIES` (``options.tiles`` = T). A scatter task converts only two
+    spans of T columns of a block's rows (float32 Gram or float64 centred), not all D."""
+    K, D = int(n_classes), int(n_features)
+    T = min(int(options.tiles), D)
+    unit = K * T * T * F8
+    name = f"tile (K·T²·8, T = {T:,}: {size_text(unit)})"
+    table = TILED_COPIES
+    moments = (options.split_every + 1) * D / (T * T)  # the moments' tree: (K, D) sums per merge
+    if options.command == "fit":
+        table = {"fit": {**table["fit"], "moments": Copies(worker=moments, client=2 * D / (T * T))}}
+    per_row = 2 * T / D if options.command == "fit" else None
+    return copies_plan(unit, name, K, D, options, table, per_row=per_row)
 
 
 class TileSource:
