@@ -253,7 +253,7 @@ def wide(args) -> None:
     speedup = {s: med["full"][s] / med["ppca"][s] for s in ("fit", "sample", "evaluate")}
     marginal = {k: med[k]["sample"] - med[k]["sample-100"] for k in med}  # 19,900 samples beyond the fixed cost
     speedup["sample_beyond_fixed_cost"] = marginal["full"] / marginal["ppca"]
-    out = {"machine": machine(), "repeat": args.repeat, "seconds": med, "peak_rss_client": peak, "speedup": speedup,
+    out = {"machine": machine(), "repeat": args.repeat, "memory_limit": args.memory_limit, "seconds": med, "peak_rss_client": peak, "speedup": speedup,
            "samples_per_s": {k: 20000 / med[k]["sample"] for k in med},
            "samples_per_s_beyond_fixed_cost": {k: 19900 / marginal[k] for k in med},
            "rows_per_s": {k: 2000 / med[k]["evaluate"] for k in med},

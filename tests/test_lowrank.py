@@ -232,3 +232,21 @@ def test_estimator_fits_ppca_in_data_units(digits, sync):
     assert (est.predict(X) == y).mean() > 0.9
     with pytest.raises(ValueError, match="rank"):
         GaussianClassifier(covariance="ppca", rank=0).fit(X, y)
+
+
+def test_uint8_samples_same_bytes_on_one_process_and_on_a_two_process_cluster(digits, tmp_path, client):
+    """The float32 draw of 8-bit samples is a function of (seed, chunk) only, and a cluster
+    runs the chunks on every worker (the small plan is copied to each)."""
+    from _helpers import store_bytes
+    from distributed import get_task_stream
+
+    from daskgen.distributed.generation import generate
+
+    with dask.config.set(scheduler="synchronous"):
+        model = _digits_fit(digits, "ppca", rank=4)
+        generate(model, 8000, str(tmp_path / "a.zarr"), seed=5, chunk_size=4000, dtype="uint8")
+    with get_task_stream() as ts:
+        generate(model, 8000, str(tmp_path / "b.zarr"), seed=5, chunk_size=4000, dtype="uint8")
+    assert store_bytes(tmp_path / "a.zarr") == store_bytes(tmp_path / "b.zarr")
+    workers = {t["worker"] for t in ts.data if str(t["key"]).startswith("generate-")}
+    assert len(workers) == len(client.scheduler_info()["workers"]) == 2

@@ -57,10 +57,49 @@ def test_sample_moments_and_determinism():
     C = W @ W.T + np.diag(psi)
     np.testing.assert_allclose(a.mean(0), mean, atol=0.02)
     np.testing.assert_allclose(np.cov(a.T), C, atol=0.05 * np.abs(C).max())
-    f32 = lowrank.sample(10, mean, W, psi, np.random.default_rng(1), dtype=np.float32)
-    assert f32.dtype == np.float32 and f32.shape == (10, 6)
     iso = lowrank.sample(100_000, mean, np.zeros((6, 0)), 0.25, np.random.default_rng(2))
     np.testing.assert_allclose(iso.var(0), 0.25, rtol=0.03)
+
+
+def _reference_draw(class_index, means, loadings, noise, rng, dtype):
+    """mean + W z + √ψ ε row by row in float64 from the documented stream: ε (n, D) then z (n, q)."""
+    n, (D, q) = len(class_index), loadings.shape[1:]
+    eps = rng.standard_normal((n, D), dtype=dtype).astype(np.float64)
+    z = rng.standard_normal((n, q), dtype=dtype).astype(np.float64)
+    return np.stack([means[k] + loadings[k] @ z[i] + np.sqrt(noise[k]) * eps[i] for i, k in enumerate(class_index)])
+
+
+@pytest.mark.parametrize("out_dtype, work, rtol", [(np.float64, np.float64, 1e-12), (np.float32, np.float32, 1e-5),
+                                                   ("uint8", np.float32, 1e-5)])
+def test_sampler_draws_the_documented_stream_in_its_working_precision(out_dtype, work, rtol):
+    # float64 output keeps float64 normals and arithmetic; float32 and 8-bit output draw in float32
+    rng = np.random.default_rng(7)
+    G, D, q = 3, 9, 2
+    means, loadings, noise = rng.normal(size=(G, D)) * 50, rng.normal(size=(G, D, q)), rng.uniform(0.1, 2, (G, D))
+    sampler = lowrank.LowRankSampler(np.full(G, 1 / G), means, loadings, noise, out_dtype)
+    assert lowrank.working_dtype(out_dtype) == work
+    idx = np.array([2, 0, 0, 1, 2, 2, 1, 0])
+    X = sampler.draw(idx, np.random.default_rng(3))
+    assert X.dtype == work and X.shape == (8, D)
+    ref = _reference_draw(idx, means, loadings, noise, np.random.default_rng(3), work)
+    np.testing.assert_allclose(X, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    one = sampler.draw(np.full(5, 1), np.random.default_rng(3))  # a single class: drawn in place
+    np.testing.assert_allclose(one, _reference_draw([1] * 5, means, loadings, noise, np.random.default_rng(3), work),
+                               rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_float32_samples_have_the_model_covariance_per_class():
+    rng = np.random.default_rng(11)
+    G, D, q = 2, 5, 2
+    means, loadings, noise = rng.normal(size=(G, D)), rng.normal(size=(G, D, q)), rng.uniform(0.1, 1, (G, D))
+    sampler = lowrank.LowRankSampler(np.array([0.3, 0.7]), means, loadings, noise, np.float32)
+    gen = np.random.default_rng(4)
+    idx = sampler.draw_classes(300_000, gen)
+    X = sampler.draw(idx, gen).astype(np.float64)
+    for k in range(G):
+        C = lowrank.dense_covariance(loadings[k], noise[k])
+        np.testing.assert_allclose(X[idx == k].mean(0), means[k], atol=0.02)
+        np.testing.assert_allclose(np.cov(X[idx == k].T), C, atol=0.03 * np.abs(C).max())
 
 
 def test_prepare_rejects_bad_psi():

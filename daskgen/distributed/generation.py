@@ -72,6 +72,40 @@ class _Plan:
     shape: tuple[int, ...]
     transform: Transform = NONE
 
+    def __sizeof__(self) -> int:
+        # what the scheduler counts for this key (dask's sizeof falls back to
+        # sys.getsizeof): the sampler's arrays
+        return _array_bytes(vars(self.sampler)) + self.classes.nbytes
+
+
+def _array_bytes(value: Any) -> int:
+    """Bytes of the numpy arrays in ``value`` (a dict, list or tuple of them, nested)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_array_bytes(v) for v in value)
+    return 0
+
+
+def _spread(plan_key: Any, budget: int) -> None:
+    """Copy the plan to every worker of the active cluster when it is no bigger than
+    ``budget`` bytes (one chunk's working array). Distributed runs a task only where its
+    dependencies are, so a plan held by one worker would draw every chunk on that worker
+    while the others idle; a large plan (a full covariance's factors at large D) stays put,
+    its chunks moving to another worker only by work stealing."""
+    from distributed import futures_of
+
+    from .cluster import active_client
+
+    client = active_client()
+    futures = futures_of(plan_key) if client is not None else []
+    if not futures or len(client.scheduler_info()["workers"]) < 2:
+        return
+    if sum(client.nbytes([f.key for f in futures], summary=False).values()) <= budget:
+        client.replicate(futures)
+
 
 def generate_chunk(plan: _Plan, seed: int, index: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw output chunk ``index`` (``rows`` samples): images in the output dtype and labels.
@@ -232,6 +266,8 @@ def generate(
         group = _create_store(out, storage_options, identity, n, shape, chunk_size, dtype, model.classes, float(model.scale))
         done = np.zeros(n_chunks, dtype=bool)
     todo = np.flatnonzero(~done)
+    if len(todo) > 1:
+        _spread(plan_key, chunk_size * int(np.prod(shape)) * 8)
     if len(todo):
         writes = []
         for i in todo.tolist():

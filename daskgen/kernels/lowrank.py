@@ -19,11 +19,12 @@ Stable API (the mixtures of these Gaussians build on it):
 * :func:`latent_posterior` ``(X, mean, W, factor) -> (E[z|x] (n, q), Cov[z|x] (q, q))`` —
   ``z | x ~ N(M⁻¹ Wᵀ Ψ⁻¹ (x − mean), M⁻¹)``, what EM for factor analysers needs.
 * :func:`sample` ``(n, mean, W, psi, rng, dtype=float64) -> (n, D)`` —
-  ``x = mean + W z + √ψ · ε`` with ``z ~ N(0, I_q)`` drawn first as one (n, q) block and
-  then ``ε ~ N(0, I_D)`` as one (n, D) block from ``rng``: the result depends only on
-  ``rng``'s state and the inputs.
+  ``x = mean + W z + √ψ · ε`` with ``ε ~ N(0, I_D)`` drawn first as one (n, D) block and
+  then ``z ~ N(0, I_q)`` as one (n, q) block from ``rng``: the result depends only on
+  ``rng``'s state and the inputs. Drawn in :func:`working_dtype` of ``dtype`` (float32
+  unless the output is float64).
 * :class:`LowRankSampler` ``(priors, means, loadings, noise, dtype)`` — a model sampler
-  (``draw_classes``, ``draw``) of G such Gaussians, each drawn with :func:`sample`.
+  (``draw_classes``, ``draw``) of G such Gaussians.
 * :func:`dense_covariance` ``(W, psi)`` — ``W Wᵀ + diag(ψ)`` as a D×D array: for tests
   and references at small D only, never on a fitting, scoring or sampling path.
 """
@@ -129,20 +130,20 @@ def latent_posterior(X: np.ndarray, mean: np.ndarray, W: np.ndarray, factor: Low
     return R @ Minv, Minv
 
 
+def working_dtype(dtype: Any) -> np.dtype:
+    """The dtype low-rank samples are drawn in for output ``dtype``: float64 for float64
+    output, float32 otherwise (float32 or 8-bit pixels, where a float32 draw's ~1e-7
+    relative error is far below one pixel level; numpy's float32 normals and single-precision
+    BLAS are faster and the chunk's working arrays half the size)."""
+    return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+
+
 def sample(n: int, mean: np.ndarray, W: np.ndarray, psi, rng: np.random.Generator,
            dtype: Any = np.float64) -> np.ndarray:
-    """``n`` rows of ``mean + W z + √ψ ε`` in ``dtype`` (float32 or float64); z then ε."""
-    work = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+    """``n`` rows of ``mean + W z + √ψ ε`` in :func:`working_dtype` of ``dtype``: ε then z."""
     W = np.asarray(W)
-    D, q = W.shape
-    sd = np.sqrt(_psi_vector(psi, D)).astype(work)
-    z = rng.standard_normal((n, q), dtype=work) if q else None
-    out = rng.standard_normal((n, D), dtype=work)
-    out *= sd
-    if q:
-        out += z @ np.ascontiguousarray(W.T, dtype=work)
-    out += np.asarray(mean, dtype=work)
-    return out
+    sampler = LowRankSampler(np.ones(1), np.asarray(mean)[None], W[None], _psi_vector(psi, W.shape[0])[None], dtype)
+    return sampler.draw(np.zeros(n, dtype=np.intp), rng)
 
 
 def dense_covariance(W: np.ndarray, psi) -> np.ndarray:
@@ -157,28 +158,48 @@ class LowRankSampler(Sampler):
     """Draws rows of G low-rank Gaussians (the model sampler of the ``ppca``/``fa`` kinds).
 
     ``priors`` (G,), ``means`` (G, D), ``loadings`` (G, D, q), ``noise`` (G, D) variances.
-    :meth:`draw` visits the Gaussians in increasing index order and draws each one's rows
-    with :func:`sample`, so the result depends only on the generator's state and the
-    inputs. Parameters are kept in the working dtype (float32 when the output is float32).
+    :meth:`draw` draws, from the generator, ε for all n rows as one (n, D) block into the
+    output, then z for all rows as one (n, q) block, and turns each Gaussian's rows (in
+    increasing index order) into ``mean + W z + √ψ ε`` in place: the result depends only on
+    the generator's state and the inputs, and a chunk costs one block of normals, one
+    (n, q)·(q, D) product and no (n, D) temporary beyond one Gaussian's rows. Parameters
+    are kept in :func:`working_dtype` (float32 unless the output is float64).
     Picklable: generation ships it to each worker once. ``draw_classes`` is
     :class:`~daskgen.kernels.sampling.Sampler`'s.
     """
 
     def __init__(self, priors: np.ndarray, means: np.ndarray, loadings: np.ndarray, noise: np.ndarray,
                  dtype: Any = np.float64):
-        self.work = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+        self.work = working_dtype(dtype)
         self.priors = np.asarray(priors, dtype=np.float64)
         #: p(y) of draw_classes
         self.class_priors = self.priors
         self.n_features = int(np.shape(means)[1])
         self.means = np.ascontiguousarray(means, dtype=self.work)
-        self.loadings = np.ascontiguousarray(loadings, dtype=self.work)
-        self.noise = np.asarray(noise, dtype=np.float64)
+        # Wᵀ per Gaussian (G, q, D), so z (n, q) @ Wᵀ writes rows of the output's layout
+        self.loadings_t = np.ascontiguousarray(np.swapaxes(np.asarray(loadings), 1, 2), dtype=self.work)
+        self.noise_sd = np.sqrt(np.asarray(noise, dtype=np.float64)).astype(self.work)
+
+    @property
+    def rank(self) -> int:
+        return int(self.loadings_t.shape[1])
 
     def draw(self, class_index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One sample per entry of ``class_index``, shape (n, D), in the working dtype."""
-        out = np.empty((len(class_index), self.n_features), dtype=self.work)
-        for k in np.unique(class_index):
-            rows = np.flatnonzero(class_index == k)
-            out[rows] = sample(len(rows), self.means[k], self.loadings[k], self.noise[k], rng, self.work)
+        class_index = np.asarray(class_index)
+        n = len(class_index)
+        out = np.empty((n, self.n_features), dtype=self.work)
+        rng.standard_normal(dtype=self.work, out=out)  # ε of every row
+        z = rng.standard_normal((n, self.rank), dtype=self.work)
+        ks = np.unique(class_index)
+        whole = len(ks) == 1  # one Gaussian: work on the output itself, no gather/scatter
+        for k in ks:
+            rows = slice(None) if whole else np.flatnonzero(class_index == k)
+            x = out if whole else out[rows]
+            x *= self.noise_sd[k]
+            x += self.means[k]
+            if self.rank:
+                x += z[rows] @ self.loadings_t[k]
+            if not whole:
+                out[rows] = x
         return out
