@@ -277,8 +277,12 @@ def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
     out = tmp_path / "s.zarr"
     # 4·10^8 four-pixel samples: chunks spread over every worker draw 10^8 of them in seconds,
     # so the run must be long enough to be interrupted after its first chunk is written.
+    # A shell gives daskgen the default SIGINT, whatever this test process inherited (a child
+    # started with SIGINT ignored keeps ignoring it: Python installs its handler only over
+    # the default).
     p = subprocess.Popen([exe, "sample", str(model), "--n", "400000000", "--chunk-size", "100000", "--out", str(out),
-                          "--quiet", *workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--quiet", *workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # interrupt once chunks are being written
         time.sleep(0.5)
@@ -287,7 +291,7 @@ def test_ctrl_c_while_sampling_prints_one_line(small_model, tmp_path, workers):
             break
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.splitlines()[0] == "daskgen: interrupted", err
+    assert p.returncode == 130 and err.splitlines()[0] == "daskgen: interrupted", (p.returncode, err)
     assert "Traceback" not in err and "CancelledError" not in err and "WARNING" not in err, err
 
 
