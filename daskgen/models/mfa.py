@@ -112,14 +112,9 @@ class LowRankMixtureClassModel(PerClassMixture, ClassModel):
     def from_params(cls, params: LowRankParams, stats: LowRankStats, summary: dict[str, Any],
                     **meta: Any) -> LowRankMixtureClassModel:
         """The model of EM's last parameters and statistics; ``summary`` goes to ``config["em"]``."""
-        counts = stats.counts.astype(np.int64)
-        config = dict(meta.pop("config", {}))
-        config["em"] = summary
-        lo, hi = summary.get("data_range", [np.nan, np.nan])
-        return cls(classes=params.classes, counts=counts, priors=counts / counts.sum(), weights=params.weights,
-                   means=params.means, loadings=params.loadings, noise=params.noise, mass=stats.mass.copy(),
-                   noise_model=config.get("covariance", "fa"), data_range=(float(lo), float(hi)), config=config,
-                   **meta)
+        fields = cls.em_fields(stats, summary, dict(meta))
+        return cls(classes=params.classes, weights=params.weights, means=params.means, loadings=params.loadings,
+                   noise=params.noise, noise_model=fields["config"].get("covariance", "fa"), **fields)
 
     # -- shape -------------------------------------------------------------
     @property

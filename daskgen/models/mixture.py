@@ -114,6 +114,16 @@ class PerClassMixture:
     means and ``component_log_prob``): shape, class means, component means, and scoring
     through a :class:`MixtureScorer`."""
 
+    @staticmethod
+    def em_fields(stats: Any, summary: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        """The fields every mixture kind takes from EM's last statistics and ``summary``
+        (counts, priors, mass, data range; ``config["em"]`` = ``summary``), with ``meta``."""
+        counts = stats.counts.astype(np.int64)
+        config = {**meta.pop("config", {}), "em": summary}
+        lo, hi = summary.get("data_range", [np.nan, np.nan])
+        return {"counts": counts, "priors": counts / counts.sum(), "mass": stats.mass.copy(),
+                "data_range": (float(lo), float(hi)), "config": config, **meta}
+
     priors: np.ndarray
     weights: np.ndarray
     means: np.ndarray
@@ -189,22 +199,8 @@ class GaussianMixtureClassModel(PerClassMixture, ClassModel):
     def from_params(cls, params: Params, stats: WeightedStats, summary: dict[str, Any],
                     **meta: Any) -> GaussianMixtureClassModel:
         """The model of EM's last parameters and statistics; ``summary`` goes to ``config["em"]``."""
-        counts = stats.counts.astype(np.int64)
-        config = dict(meta.pop("config", {}))
-        config["em"] = summary
-        lo, hi = summary.get("data_range", [np.nan, np.nan])
-        return cls(
-            classes=params.classes,
-            counts=counts,
-            priors=counts / counts.sum(),
-            weights=params.weights,
-            means=params.means,
-            covariances=params.covariances,
-            mass=stats.mass.copy(),
-            data_range=(float(lo), float(hi)),
-            config=config,
-            **meta,
-        )
+        return cls(classes=params.classes, weights=params.weights, means=params.means,
+                   covariances=params.covariances, **cls.em_fields(stats, summary, dict(meta)))
 
     @classmethod
     def memory_plan(cls, n_classes: int, n_features: int, options: Workload) -> dict[str, StageMemory]:
