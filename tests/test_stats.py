@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daskgen.kernels import class_stats
 from daskgen.kernels.class_stats import ClassStats, PixelSums, add_sums, chunk_stats, fold_stats, merge, pixel_sums
 from daskgen.models.gaussian import finalize
 
@@ -298,3 +300,36 @@ def test_full_covariances_are_derived_class_by_class_with_the_eager_bits():
                                      means=model.means, covariances=np.asarray(model.covariances), stats=stats)
     assert model.fingerprint == eager_model.fingerprint
     np.testing.assert_array_equal(model.covariances - eager_model.covariances, 0.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 70), D=st.integers(1, 40), panel=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_gram_by_panels_is_exactly_symmetric_and_matches_numpy(n, D, panel, seed):
+    """Wide blocks form C.T @ C by panels of gemm (upper triangle, mirrored): any width and
+    panel size gives an exactly symmetric sum, equal to numpy's float64 product, and on
+    shifted 8-bit pixels the exact integers."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((n, D))
+    X = rng.integers(0, 256, (n, D)).astype(np.uint8)
+    y = rng.integers(0, 3, n)
+    with patch.multiple(class_stats, GRAM_PANEL_FROM=1, GRAM_PANEL=panel):
+        G = class_stats.add_gram(np.ones((D, D)), C)
+        sums = pixel_sums(X, y)
+    assert np.array_equal(G, G.T)
+    np.testing.assert_allclose(G - 1.0, C.T @ C, rtol=1e-12, atol=1e-12 * n)
+    for j, k in enumerate(sums.classes):
+        R = X[y == k].astype(np.int64) - 128
+        assert np.array_equal(sums.gram[j], R.T @ R)
+
+
+def test_wide_pixel_sums_by_panels_are_the_exact_integers():
+    """At the real threshold (D >= 1,024 features, 512-row panels, a width that is not a
+    multiple of them), the float32 panels added into the float64 total are exact."""
+    rng = np.random.default_rng(3)
+    D = class_stats.GRAM_PANEL_FROM + class_stats.GRAM_PANEL // 2 + 3
+    X = rng.integers(0, 256, (2100, D)).astype(np.uint8)
+    y = rng.integers(0, 2, 2100)
+    sums = pixel_sums(X, y)
+    for j, k in enumerate(sums.classes):
+        R = X[y == k].astype(np.int64) - 128
+        assert np.array_equal(sums.gram[j], R.T @ R)
