@@ -49,23 +49,29 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
     client = active_client()
     if client is None:
         return dask.compute(obj)[0]
-    from distributed import progress as show_progress
     from distributed import span
 
     with span(stage):
         future = client.compute(obj)
         if progress:
-            if sys.stdout.isatty():
-                show_progress(future, interval=_PROGRESS_INTERVAL)
-            else:  # a log or a pipe: a line per tenth, not a redrawn bar
-                from distributed import futures_of
-
-                _tenths_bar(stage)(futures_of(future), interval=_PROGRESS_INTERVAL)
-            # The scheduler feeds the bar every interval; let that feed see the bar's
-            # comm closed before a quickly following cluster shutdown cancels it (which
-            # distributed would log as an error).
-            time.sleep(2 * _PROGRESS_INTERVAL)
+            show_futures(future, stage)
         return client.gather(future)
+
+
+def show_futures(futures: Any, stage: str) -> None:
+    """A progress bar of ``futures`` (a future, a collection of them or one computed),
+    until they finish: redrawn on a terminal, a line per tenth in a log or a pipe."""
+    from distributed import futures_of
+    from distributed import progress as show_progress
+
+    if sys.stdout.isatty():
+        show_progress(futures, interval=_PROGRESS_INTERVAL)
+    else:
+        _tenths_bar(stage)(futures_of(futures), interval=_PROGRESS_INTERVAL)
+    # The scheduler feeds the bar every interval; let that feed see the bar's comm closed
+    # before a quickly following cluster shutdown cancels it (which distributed would log
+    # as an error).
+    time.sleep(2 * _PROGRESS_INTERVAL)
 
 
 def _tenth_line(label: str, frac: float, seconds: float) -> str:

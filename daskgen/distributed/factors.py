@@ -17,7 +17,7 @@ fit time, :meth:`daskgen.models.base.ClassModel.class_arrays`) one task per clas
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -88,12 +88,25 @@ def _one_thread_call(call: Callable[[], Any]) -> Any:
         return call()
 
 
-def run_calls(calls: Sequence[Callable[[], Any]], stage: str = "factor", progress: bool = False) -> list:
+def run_calls(calls: Iterable[Callable[[], Any]], stage: str = "factor", progress: bool = False) -> list:
     """Run each call as one task on the current scheduler (the active client, or Dask's
-    local one), with one BLAS thread each; their results in order."""
-    from .cluster import compute
+    local one), with one BLAS thread each; their results in order. On a distributed
+    client each call is submitted as soon as ``calls`` yields it, so the work that
+    produces the next one (a class of a store written on the client) overlaps the tasks
+    already running."""
+    from distributed import span
+
+    from .cluster import active_client, compute, show_futures
 
     run = uuid.uuid4().hex[:8]
-    tasks = [delayed(_one_thread_call, pure=False)(call, dask_key_name=f"{stage}-{run}-{i}")
-             for i, call in enumerate(calls)]
-    return list(compute(tasks, stage=stage, progress=progress))
+    client = active_client()
+    if client is None:
+        tasks = [delayed(_one_thread_call, pure=False)(call, dask_key_name=f"{stage}-{run}-{i}")
+                 for i, call in enumerate(calls)]
+        return list(compute(tasks, stage=stage, progress=progress))
+    with span(stage):
+        futures = [client.submit(_one_thread_call, call, key=f"{stage}-{run}-{i}", pure=False)
+                   for i, call in enumerate(calls)]
+        if progress:
+            show_futures(futures, stage)
+        return client.gather(futures)

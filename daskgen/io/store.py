@@ -139,11 +139,8 @@ def _write_model_group(model, url: str, storage_options: dict | None,
     opened = {name: group.create_array(name, shape=spec.shape, dtype="float64", compressors=None, fill_value=0.0,
                                        chunks=spec.chunks or (1, *spec.shape[1:]))
               for name, spec in specs.items()}
-    for name, spec in specs.items():
-        calls = [functools.partial(spec.write, opened, k) for k in range(spec.shape[0])]
-        if not all((run or run_in_order)(calls) if spec.parallel else run_in_order(calls)):
-            del group[name]  # e.g. a covariance that is not positive definite: no factors stored
-            del opened[name]
+    for name in _write_class_arrays(specs, opened, run or run_in_order):
+        del group[name]  # e.g. a covariance that is not positive definite: no factors stored
     model.write_large_arrays(url, storage_options)
     meta = {
         "kind": "model",
@@ -167,6 +164,29 @@ def _write_model_group(model, url: str, storage_options: dict | None,
     meta["complete"] = True  # written last: a store without it is refused
     group.attrs["daskgen"] = meta
     consolidate(group)
+
+
+def _write_class_arrays(specs: dict, opened: dict, run: Callable[[Any], list]) -> list[str]:
+    """Write a kind's per-class arrays class by class: for each class, the serial writes
+    here, then that class's parallel writes handed to ``run`` at once (the cluster factors
+    class k while class k + 1 is written here). The names of the arrays some class had
+    nothing for (to drop)."""
+    serial = [name for name, spec in specs.items() if not spec.parallel]
+    parallel = [name for name, spec in specs.items() if spec.parallel]
+    K = max((spec.shape[0] for spec in specs.values()), default=0)
+    ok = {name: True for name in specs}
+
+    def parallel_calls():
+        for k in range(K):
+            for name in serial:
+                ok[name] = specs[name].write(opened, k) and ok[name]
+            for name in parallel:
+                yield functools.partial(specs[name].write, opened, k)
+
+    results = run(parallel_calls()) if parallel else list(parallel_calls())
+    for i, name in enumerate(parallel):
+        ok[name] = all(results[i :: len(parallel)])
+    return [name for name in specs if not ok[name]]
 
 
 def _jsonable(x: float) -> float | None:
