@@ -60,7 +60,8 @@ FAMILIES: dict[str, dict] = {
     "pixel-gaussian": {"transform": "none", "criterion": "bits", "grid": [(1, DEQUANTIZATION_VARIANCE, 0.0)]},
     "logit-gaussian": {"transform": "logit", "criterion": "bits",
                        "grid": [*((1, r, 0.0) for r in (0.01, 0.03, 0.1, 0.3, 1.0)),
-                                (1, 0.1, 0.0, 1e-4), (1, 0.1, 0.0, 1e-3), (1, 0.03, 0.0, 1e-3)]},
+                                (1, 0.1, 0.0, 1e-4), (1, 0.1, 0.0, 1e-3), (1, 0.03, 0.0, 1e-3), (1, 0.03, 0.0, 3e-4),
+                                (1, 0.1, 0.0, 3e-4), (1, 0.01, 0.0, 1e-3), (1, 0.3, 0.0, 3e-4)]},
     # --logit-lambda's default, reg_covar chosen on validation at that lambda (the default's row)
     "logit-gaussian-default": {"transform": "logit", "criterion": "bits", "grid": [(1, 0.1, 0.0)]},
     "pixel-mixture": {"transform": "none", "criterion": "bits", "grid": [(5, DEQUANTIZATION_VARIANCE, 1000.0)]},
@@ -73,6 +74,18 @@ FAMILIES: dict[str, dict] = {
                            "grid": [(1, 0.1, 0.0), (1, 0.01, 0.0, 0.01), (1, 0.001, 0.0, 0.05), (1, 0.001, 0.0, 0.1),
                                     (1, 0.001, 0.0, 0.2)]},
     "logit-mixture-ndb": {"transform": "logit", "criterion": "ndb", "grid": [(5, 0.001, 1000.0, 0.1)]},
+    # Mixtures of factor analysers (--covariance fa --rank q): candidates (components, reg_covar
+    # = the floor on psi, prior_rows, lambda, rank).
+    "logit-mfa": {"transform": "logit", "criterion": "bits", "covariance": "fa",
+                  "grid": [(5, 0.03, 0.0, 1e-3, 32), (10, 0.03, 0.0, 1e-3, 32), (5, 0.03, 0.0, 1e-3, 64),
+                           (20, 0.03, 0.0, 1e-3, 32), (10, 0.03, 0.0, 1e-3, 64), (10, 0.01, 0.0, 1e-3, 32),
+                           (20, 0.03, 0.0, 1e-3, 64), (10, 0.03, 0.0, 1e-4, 32), (10, 0.01, 0.0, 1e-3, 16),
+                           (10, 0.003, 0.0, 1e-3, 32), (15, 0.01, 0.0, 1e-3, 24), (10, 0.01, 0.0, 3e-4, 32),
+                           (10, 0.01, 300.0, 3e-4, 32), (10, 0.01, 1000.0, 3e-4, 32), (15, 0.01, 1000.0, 3e-4, 32),
+                           (10, 0.01, 1000.0, 3e-4, 48), (8, 0.01, 0.0, 3e-4, 32), (12, 0.01, 0.0, 3e-4, 32),
+                           (10, 0.01, 0.0, 3e-4, 40), (10, 0.003, 0.0, 3e-4, 32), (10, 0.01, 0.0, 3e-4, 40, 20),
+                           (8, 0.01, 0.0, 3e-4, 48), (10, 0.01, 0.0, 3e-4, 48), (8, 0.01, 0.0, 3e-4, 48, 20),
+                           (6, 0.01, 0.0, 3e-4, 64), (8, 0.01, 0.0, 3e-4, 64), (6, 0.01, 0.0, 3e-4, 48)]},
     "pixel-gaussian-ndb": {"transform": "none", "criterion": "ndb",
                            "grid": [(1, DEQUANTIZATION_VARIANCE, 0.0), (1, 1e-3, 0.0)]},
 }
@@ -85,18 +98,26 @@ class Args:  # what gmm_quality.fit_one reads
     max_iter, tol, seed = MAX_ITER, TOL, SEED
 
 
+def _args(max_iter: int) -> type:
+    return type("Args", (Args,), {"max_iter": max_iter})
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _cand(cand: tuple) -> tuple[int, float, float, float]:
-    """(components, reg_covar, prior_rows, lambda), lambda defaulting to --logit-lambda's default."""
-    return (*cand, LAM0) if len(cand) == 3 else cand
+def _cand(cand: tuple) -> tuple[int, float, float, float, int | None, int]:
+    """(components, reg_covar, prior_rows, lambda, rank, max_iter): lambda defaulting to
+    --logit-lambda's default, rank to None (full covariances), max_iter to MAX_ITER."""
+    full = (*cand, LAM0) if len(cand) == 3 else cand
+    return (*full, None, MAX_ITER)[:6] if len(full) == 4 else (*full, MAX_ITER)[:6]
 
 
 def _key(family: str, cand: tuple) -> str:
-    K, reg, prior, lam = _cand(cand)
+    K, reg, prior, lam, rank, max_iter = _cand(cand)
     tail = "" if lam == LAM0 else f":lam{lam:g}"  # keys of the default lambda as before
+    tail += "" if rank is None else f":q{rank}"
+    tail += "" if max_iter == MAX_ITER else f":it{max_iter}"
     return f"{family}:K{K}:reg{reg:.3g}:prior{prior:g}{tail}"
 
 
@@ -121,14 +142,15 @@ def sweep(family: str, only: int | None, memory_limit: str | None = None) -> Non
             key = _key(family, cand)
             if (only is not None and i != only) or key in done:
                 continue
-            K, reg, prior, lam = _cand(cand)
+            K, reg, prior, lam, rank, max_iter = _cand(cand)
             logit = {"logit_lambda": lam} if spec["transform"] == "logit" else {}
-            model, info, fit_s = fit_one(K, paths["fit"], reg, prior, Args, transform=spec["transform"], **logit)
+            kind = {"covariance": spec["covariance"], "rank": rank} if rank is not None else {}
+            model, info, fit_s = fit_one(K, paths["fit"], reg, prior, _args(max_iter), transform=spec["transform"], **logit, **kind)
             model.save(_store(key), overwrite=True)
             start = time.perf_counter()
             val = evaluate(model, paths["validation"], seed=SEED)
             entry = {"family": family, "components": K, "reg_covar": reg, "prior_rows": prior,
-                     "transform": spec["transform"], **({"logit_lambda": lam} if logit else {}),
+                     "transform": spec["transform"], **({"logit_lambda": lam} if logit else {}), **kind,
                      "fit_seconds": round(fit_s, 1), "validation_seconds": round(time.perf_counter() - start, 1),
                      "validation_bits_per_dim": val["log_likelihood"]["bits_per_dim"],
                      "validation_accuracy": val["classifier"]["accuracy"], **info}

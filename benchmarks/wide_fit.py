@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,12 +148,15 @@ def main() -> None:
     }
     cmds = {k: v for k, v in cmds.items() if k not in args.skip}
     runs: dict[str, list] = {k: [] for k in cmds}
-    for _ in range(args.repeat):
-        for name, cmd in cmds.items():
-            r = watched(cmd)
-            print(name, round(r["seconds"], 2), r["stdout"], [(a, round(b / 2**30, 2)) for a, b in r["peak_rss"]],
-                  file=sys.stderr, flush=True)
-            runs[name].append(r)
+    try:  # each fit writes K·D²·8 bytes twice (2.6 GB at D = 4,096): removed after the runs
+        for _ in range(args.repeat):
+            for name, cmd in cmds.items():
+                r = watched(cmd)
+                print(name, round(r["seconds"], 2), r["stdout"], [(a, round(b / 2**30, 2)) for a, b in r["peak_rss"]],
+                      file=sys.stderr, flush=True)
+                runs[name].append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     res: dict = {"data": args.data, "N": N, "D": D, "K": K, "one_statistic_bytes": one_stat,
                  "workers": args.workers, "loadavg_at_end": os.getloadavg(), "runs": runs}
     for name, rs in runs.items():

@@ -323,7 +323,7 @@ def test_gram_by_panels_is_exactly_symmetric_and_matches_numpy(n, D, panel, seed
 
 
 def test_wide_pixel_sums_by_panels_are_the_exact_integers():
-    """At the real threshold (D >= 1,024 features, 512-row panels, a width that is not a
+    """At the real threshold (D >= 1,024 features, 256-row panels, a width that is not a
     multiple of them), the float32 panels added into the float64 total are exact."""
     rng = np.random.default_rng(3)
     D = class_stats.GRAM_PANEL_FROM + class_stats.GRAM_PANEL // 2 + 3
