@@ -213,3 +213,38 @@ def test_blocked_whitening_is_a_triangular_solve(block):
     ref = solve_triangular(L, (X - mean).T, lower=True).T
     np.testing.assert_allclose(z, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
     np.testing.assert_allclose(f.log_likelihood(X - mean), sps.multivariate_normal(mean, cov).logpdf(X), rtol=1e-11)
+
+
+def test_store_hands_class_k_to_the_cluster_before_writing_class_k_plus_1():
+    """A full model's per-class arrays: class k's factor task is handed to ``run`` as soon
+    as class k's scatter is written, so the client's serial writes overlap the factoring;
+    an array some class has nothing for is reported for dropping."""
+    from daskgen.io.store import _write_class_arrays
+    from daskgen.models.base import ClassArray
+
+    log = []
+
+    def scatter(arrays, k):
+        log.append(("scatter", k))
+        return True
+
+    def factor(arrays, k):
+        log.append(("factor", k))
+        return k != 2  # class 2: not positive definite
+
+    def run(calls):  # a scheduler that starts each call as it arrives
+        return [call() for call in calls]
+
+    specs = {"scatter": ClassArray((3, 4, 4), scatter), "cholesky": ClassArray((3, 4, 4), factor, parallel=True)}
+    assert _write_class_arrays(specs, {}, run) == ["cholesky"]
+    assert log == [("scatter", 0), ("factor", 0), ("scatter", 1), ("factor", 1), ("scatter", 2), ("factor", 2)]
+
+
+def test_run_calls_on_a_cluster_returns_results_in_order():
+    from distributed import Client, LocalCluster
+
+    from daskgen.distributed.factors import run_calls
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster):
+        assert run_calls(iter([lambda i=i: i * i for i in range(7)])) == [i * i for i in range(7)]
