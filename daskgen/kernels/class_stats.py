@@ -94,11 +94,10 @@ def add_gram(G: np.ndarray, C: np.ndarray) -> np.ndarray:
 
     Narrow blocks: NumPy recognises ``A.T @ A`` and calls BLAS syrk, mirrors the triangle
     and releases the GIL (which SciPy's f2py BLAS wrappers do not, serialising a threaded
-    worker's tasks). Wide ones (D >= :data:`GRAM_PANEL_FROM`): OpenBLAS's syrk on two threads
-    runs no faster than a full gemm, so the upper triangle is formed by panels of gemm,
-    ``C[:, i:i+P].T @ C[:, i:]`` (about half the flops of the full product, at gemm's
-    speed: at D = 4,096 on 1,000 float32 rows, 1.13x numpy's syrk on one thread and 1.7x on
-    two, where OpenBLAS's syrk parallelises poorly), added to ``G`` and mirrored from the same
+    worker's tasks). Wide ones (D >= :data:`GRAM_PANEL_FROM`): the upper triangle by panels
+    of gemm, ``C[:, i:i+P].T @ C[:, i:]``, which OpenBLAS runs faster than its syrk (at
+    D = 4,096 on 1,000 float32 rows, 0.198 s against 0.218 on one thread and 0.130 against
+    0.160 on two: ``benchmarks/gram_panels.py``), added to ``G`` and mirrored from the same
     numbers, so ``G`` stays exactly symmetric. Every entry is one BLAS dot product either
     way: sums of small integers stay exact (see :func:`pixel_sums`).
     """
