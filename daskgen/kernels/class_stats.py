@@ -101,7 +101,7 @@ def add_gram(G: np.ndarray, C: np.ndarray) -> np.ndarray:
     numbers, so ``G`` stays exactly symmetric. Every entry is one BLAS dot product either
     way: sums of small integers stay exact (see :func:`pixel_sums`).
     """
-    n, D = C.shape
+    D = C.shape[1]
     if D < GRAM_PANEL_FROM:
         G += C.T @ C
         return G
