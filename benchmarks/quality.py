@@ -1,5 +1,5 @@
 """Quality on Fashion-MNIST test under the likelihood protocol: pixel vs logit space x one
-Gaussian vs a mixture per class.
+Gaussian vs a mixture per class (full covariances, or factor analysers).
 
     python benchmarks/quality.py sweep logit-gaussian          # fit + validation score of each candidate
     python benchmarks/quality.py sweep logit-mixture --candidate 2
@@ -31,7 +31,10 @@ Each family has a criterion: ``bits`` families choose on validation bits/dim; ``
 families (``*-ndb``) on the validation NDB of 100,000 samples of each candidate (bins of
 the fitting images, the validation images as reference), ties to the lower bits/dim —
 the sample rows of the README table, whose logit lambda is chosen for the samples, not
-the likelihood. Candidates are (components, reg_covar, prior_rows[, lambda]).
+the likelihood. Candidates are (components, reg_covar, prior_rows[, lambda[, rank[,
+max_iter]]]); a rank makes the family's components low-rank (``logit-mfa``: mixtures of
+factor analysers, ``--covariance fa --rank q``, reg_covar the floor on psi). NDB needs the
+``daskgen`` command on PATH (the virtualenv's bin directory).
 Mixture fits need more than 2 GiB (run them alone); ``--memory-limit`` caps a single
 local worker instead of the default cluster.
 """
@@ -85,7 +88,9 @@ FAMILIES: dict[str, dict] = {
                            (10, 0.01, 1000.0, 3e-4, 48), (8, 0.01, 0.0, 3e-4, 32), (12, 0.01, 0.0, 3e-4, 32),
                            (10, 0.01, 0.0, 3e-4, 40), (10, 0.003, 0.0, 3e-4, 32), (10, 0.01, 0.0, 3e-4, 40, 20),
                            (8, 0.01, 0.0, 3e-4, 48), (10, 0.01, 0.0, 3e-4, 48), (8, 0.01, 0.0, 3e-4, 48, 20),
-                           (6, 0.01, 0.0, 3e-4, 64), (8, 0.01, 0.0, 3e-4, 64), (6, 0.01, 0.0, 3e-4, 48)]},
+                           (6, 0.01, 0.0, 3e-4, 64), (8, 0.01, 0.0, 3e-4, 64), (6, 0.01, 0.0, 3e-4, 48),
+                           (6, 0.01, 0.0, 3e-4, 64, 20), (5, 0.01, 0.0, 3e-4, 64), (4, 0.01, 0.0, 3e-4, 64),
+                           (5, 0.01, 0.0, 3e-4, 96)]},
     "pixel-gaussian-ndb": {"transform": "none", "criterion": "ndb",
                            "grid": [(1, DEQUANTIZATION_VARIANCE, 0.0), (1, 1e-3, 0.0)]},
 }
@@ -229,7 +234,7 @@ def test(with_ndb: bool, families: list[str], memory_limit: str | None = None) -
             ll = rep["log_likelihood"]
             row = {"family": family, "chosen": key, "criterion": FAMILIES[family]["criterion"],
                    **{k: val[k] for k in ("components", "reg_covar", "prior_rows", "transform", "validation_bits_per_dim")},
-                   **{k: val[k] for k in ("logit_lambda", "validation_ndb") if k in val},
+                   **{k: val[k] for k in ("logit_lambda", "validation_ndb", "covariance", "rank") if k in val},
                    "candidates": sum(v["family"] == family for v in done.values()),
                    "test_bits_per_dim": ll["bits_per_dim"], "test_stderr_nats": ll["stderr"],
                    "test_accuracy": rep["classifier"]["accuracy"], "evaluate_seconds": round(time.perf_counter() - start, 1),
@@ -254,7 +259,8 @@ def test(with_ndb: bool, families: list[str], memory_limit: str | None = None) -
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         space = f"logit (λ = {r.get('logit_lambda', LAM0):g})" if r["transform"] == "logit" else "pixel"
-        print(f"| {r['family']} | validation {r.get('criterion', 'bits')} | {space} | {r['components']} "
+        kind = f" ({r['covariance']}, q = {r['rank']})" if r.get("rank") else ""
+        print(f"| {r['family']} | validation {r.get('criterion', 'bits')} | {space} | {r['components']}{kind} "
               f"| {r['reg_covar']:.3g} | {r['prior_rows']:g} | {r['test_bits_per_dim']:.3f} | {r['test_accuracy']:.4f} "
               f"| {r.get('validation_ndb', '')} | {r.get('ndb', {}).get('ndb', '')} "
               f"| [grid](benchmarks/results/{r['sample_grid']}) |")

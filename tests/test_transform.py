@@ -152,6 +152,28 @@ def test_protocol_bits_per_dim_of_a_pixel_model_is_the_density_at_the_bin_centre
     assert rep["log_likelihood"]["bits_per_dim"] == pytest.approx(-log_p.mean() / (D * math.log(2)) + 8, rel=1e-9)
 
 
+def test_protocol_bits_per_dim_of_a_logit_mixture_of_factor_analysers_equal_scipy(split, sync_scheduler):
+    """The README's best logit model kind: a mixture of factor analysers per class, fitted in
+    logit space; evaluate's protocol bits/dim against scipy's dense normals of its own
+    parameters (W W^T + diag psi) on the same dequantized, transformed rows."""
+    Xtr, ytr, Xte, _, path = split
+    D, lam = Xtr.shape[1], 3e-4
+    model = daskgen.fit_mixture(from_arrays(Xtr, ytr), 2, covariance="fa", rank=3, transform="logit",
+                                logit_lambda=lam, reg_covar=0.01, max_iter=5, seed=1)
+    assert model.kind == "mfa" and model.transform == Transform("logit", lam)
+    rep = evaluate(model, path, seed=4)
+    xt = (Xte + dequantization_noise(Xte, 4, EVALUATE_STREAM)) / 256
+    p = lam + (1 - 2 * lam) * xt
+    Z = scipy_logit(p)
+    lp = [np.log(model.priors[k] * model.weights[k, m]) + multivariate_normal(
+        model.means[k, m], model.loadings[k, m] @ model.loadings[k, m].T + np.diag(model.noise[k, m])).logpdf(Z)
+        for k in range(model.n_classes) for m in range(model.weights.shape[1]) if model.weights[k, m] > 0]
+    top = np.max(lp, axis=0)
+    log_p = top + np.log(np.exp(np.array(lp) - top).sum(axis=0))
+    log_p += (np.log(1 - 2 * lam) - np.log(p) - np.log(1 - p)).sum(axis=1)
+    assert rep["log_likelihood"]["bits_per_dim"] == pytest.approx(-log_p.mean() / (D * math.log(2)) + 8, rel=1e-9)
+
+
 # ---------------------------------------------------------------------------- fits and samples
 @pytest.mark.parametrize("components", [1, 2])
 def test_a_logit_fit_does_not_depend_on_the_chunking(split, components, tmp_path, sync_scheduler):
