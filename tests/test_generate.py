@@ -16,6 +16,7 @@ from scipy import stats as sps
 
 import daskgen
 from daskgen.distributed.generation import generate
+from daskgen.errors import OutputExistsError
 from daskgen.kernels.class_stats import chunk_stats
 from daskgen.models.gaussian import GaussianClassModel
 
@@ -112,6 +113,22 @@ def test_resume_writes_only_missing_chunks_and_cleans_partials(digits_model, tmp
     assert r.resumed and r.chunks_written == 2 and r.seed == 3
     assert not partial.exists()
     assert store_bytes(out) == full
+
+
+def test_a_store_begun_by_another_draw_version_is_refused_not_finished(digits_model, tmp_path, sync_scheduler):
+    """Draws of another version of the sampler would give other bits: an unfinished store
+    begun by one is refused (naming the draw versions), and nothing in it is touched."""
+    from daskgen.distributed.generation import DRAW_VERSION
+
+    out = tmp_path / "v.zarr"
+    generate(digits_model, 4000, str(out), seed=3, chunk_size=1000)
+    g = zarr.open_group(str(out), mode="r+")
+    g["done"][2] = 0
+    g.attrs["daskgen"] = {**dict(g.attrs["daskgen"]), "complete": False, "draw": DRAW_VERSION - 1}
+    before = store_bytes(out)
+    with pytest.raises(OutputExistsError, match=f"draw {DRAW_VERSION - 1} -> {DRAW_VERSION}"):
+        generate(digits_model, 4000, str(out), seed=3, chunk_size=1000)
+    assert store_bytes(out) == before
 
 
 @pytest.mark.slow

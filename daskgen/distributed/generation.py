@@ -38,8 +38,9 @@ DEFAULT_CHUNK_SIZE = 10_000
 IDENTITY = ("model_fingerprint", "seed", "n", "dtype", "chunk_size", "class", "draw")
 #: Version of the draw (bit generator, class choice, factor, panels): a store begun by
 #: another version is refused rather than finished with different bits. 3: a mixture's
-#: components are factored by Cholesky.
-DRAW_VERSION = 3
+#: components are factored by Cholesky. 4: low-rank kinds (ppca, fa, mfa) draw in float32
+#: for uint8 and float32 output.
+DRAW_VERSION = 4
 
 
 @dataclass
