@@ -224,7 +224,8 @@ def fit(inputs, out, update_path, label_column, fmt, blocksize, image_shape, sca
                       image_shape=image_shape, scale=scale, fmt=fmt, update=previous, storage_options=so)
     # ... and the memory plan, before anything is read or written.
     if _planned(plan_fit(dataset, covariance=covariance, components=components, split_every=split_every,
-                         transform=transform.name, cluster=cluster, previous=previous, rank=rank, tiles=tiles),
+                         transform=transform.name, cluster=cluster, previous=previous, rank=rank, tiles=tiles,
+                         oversampling=oversampling),
                 dry_run, kw):
         return
     with connect(**cluster):

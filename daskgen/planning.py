@@ -440,10 +440,12 @@ def fit_kind(covariance: str, components: int) -> str:
 
 def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, split_every: int = 8,
              transform: str = "none", cluster: Mapping[str, Any], previous: Any = None,
-             then: Workload | None = None, rank: int | None = None, tiles: int | None = None) -> Plan | None:
+             then: Workload | None = None, rank: int | None = None, tiles: int | None = None,
+             oversampling: int | None = None) -> Plan | None:
     """The plan of fitting an opened (not read) dataset on the cluster the options describe
     (and of ``then``, e.g. the sample stage of a run). K counts the dataset's classes (and
-    those of the ``previous`` model of an update)."""
+    those of the ``previous`` model of an update); ``oversampling``: the low-rank sketch's
+    columns beyond the rank (its default when None)."""
     labels = set(classes_of(dataset))
     if previous is not None:
         labels |= {str(c) for c in previous.classes.tolist()}
@@ -451,7 +453,8 @@ def plan_fit(dataset: Any, *, covariance: str = "full", components: int = 1, spl
     if previous is not None:
         kind, covariance = previous.kind, previous.covariance_type
     fit = replace(fit_workload(dataset, covariance=covariance, components=components, split_every=split_every,
-                               transform=transform), rank=rank, tiles=tiles or None)
+                               transform=transform), rank=rank, tiles=tiles or None,
+                extra={} if oversampling is None else {"oversampling": int(oversampling)})
     workloads = [fit] + ([replace(then, covariance=covariance, components=components, rank=rank,
                                   tiles=tiles or None)] if then else [])
     return make_plan(kind, max(len(labels), 1), dataset.n_features, workloads, cluster_resources(**cluster))

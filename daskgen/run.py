@@ -137,7 +137,7 @@ def plan_run(job: Job):
     return plan_fit(dataset, covariance=options["covariance"], components=int(job.fit["components"]),
                     split_every=options["split_every"], transform=options["transform"].name, cluster=job.cluster,
                     then=sample_workload(job.sample["n"], job.sample["chunk_size"], job.sample["dtype"]),
-                    rank=job.fit.get("rank"), tiles=options.get("tiles"))
+                    rank=job.fit.get("rank"), tiles=options.get("tiles"), oversampling=options.get("oversampling"))
 
 
 def _dataset_matches(target: str, cfg: dict[str, Any]) -> bool:

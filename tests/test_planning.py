@@ -228,6 +228,25 @@ def test_d65536_low_rank_fits_where_full_is_refused(tmp_path):
     assert not make_plan("fa", 10, 65_536, [replace(w, covariance="fa", rank=2 * suggested)], on8).fits
 
 
+def test_the_plan_counts_the_oversampling_the_command_asks_for(tmp_path):
+    """``--oversampling`` widens every sketch (ℓ = q + oversampling columns): the plan the
+    command prints grows with it, and a width that does not fit is refused before reading."""
+    data = unreadable_zarr(tmp_path / "wide.zarr", 20, 256)  # D = 65,536: its metadata only
+    out = tmp_path / "m.zarr"
+    limit = ["--memory-limit", "8GiB", "--workers", "2", "--threads-per-worker", "1"]
+    base = ["fit", data, "--out", str(out), "--covariance", "ppca", "--rank", "64", *limit]
+
+    def peak(output: str) -> float:
+        return float(output.split("fits: peak ~")[1].split()[0])
+
+    narrow = invoke([*base, "--dry-run"])
+    wide = invoke([*base, "--oversampling", "100", "--dry-run"])
+    assert narrow.exit_code == 0 and wide.exit_code == 0, wide.output
+    assert peak(wide.output) > 1.8 * peak(narrow.output)  # ℓ = 164 columns instead of 74
+    huge = invoke([*base, "--oversampling", "6000"])
+    assert huge.exit_code == 2 and "D=65,536" in huge.output and not out.exists()
+
+
 def test_the_client_counts_against_the_machine():
     plan = make_plan("gaussian", 10, 4096, [Workload("fit")], on(memory=None, machine=2 * GiB))
     assert not plan.fits and "on this machine" in plan.refusal() and "2.00 GiB" in plan.refusal()
