@@ -91,6 +91,12 @@ FAMILIES: dict[str, dict] = {
                            (6, 0.01, 0.0, 3e-4, 64), (8, 0.01, 0.0, 3e-4, 64), (6, 0.01, 0.0, 3e-4, 48),
                            (6, 0.01, 0.0, 3e-4, 64, 20), (5, 0.01, 0.0, 3e-4, 64), (4, 0.01, 0.0, 3e-4, 64),
                            (5, 0.01, 0.0, 3e-4, 96)]},
+    # The same kind in pixel space (reg_covar: the floor on psi; the dequantization noise's
+    # variance, as the pixel-space full covariances).
+    "pixel-mfa": {"transform": "none", "criterion": "bits", "covariance": "fa",
+                  "grid": [(5, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 16), (5, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 32),
+                           (5, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 64), (5, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 128),
+                           (10, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 64), (20, DEQUANTIZATION_VARIANCE, 0.0, LAM0, 64)]},
     "pixel-gaussian-ndb": {"transform": "none", "criterion": "ndb",
                            "grid": [(1, DEQUANTIZATION_VARIANCE, 0.0), (1, 1e-3, 0.0)]},
 }
