@@ -133,8 +133,9 @@ def _write_model_group(model, url: str, storage_options: dict | None,
                                  compressors=None if big else ZstdCodec(level=1))
         arr[...] = data
     # The (K, D, D) arrays of a full model, one class at a time (never a K x D x D
-    # temporary): the statistics from the model, then the Cholesky factors, one task per
-    # class where `run` sends them (the cluster), each reading its class back from the store.
+    # temporary): class k's statistics from the model, then its Cholesky factor as one task
+    # where `run` sends it (the cluster), reading class k back from the store while the
+    # next class is written here.
     specs = model.class_arrays()
     opened = {name: group.create_array(name, shape=spec.shape, dtype="float64", compressors=None, fill_value=0.0,
                                        chunks=spec.chunks or (1, *spec.shape[1:]))

@@ -624,8 +624,9 @@ class GaussianClassModel(ClassModel):
 
     def class_arrays(self) -> dict[str, ClassArray]:
         """A full model's (K, D, D) arrays, written class by class: ``scatter`` (from the
-        statistics in memory, or the store the model was read from), then ``cholesky``,
-        one task per class reading the store's ``scatter`` (:func:`store_cholesky`;
+        statistics in memory, or the store the model was read from) and ``cholesky``,
+        one task per class reading the store's ``scatter``, started once that class is
+        written (:func:`store_cholesky`;
         dropped when a covariance is not positive definite). No ``covariances``: they
         are derived on demand."""
         if not self._full():
