@@ -203,9 +203,10 @@ class StoredClass:
 
 
 def read_checked(array: Any, url: str, name: str, index: Any = ...) -> np.ndarray:
-    """``array[index]`` as float64; ``ModelError`` naming ``url`` when it cannot be read or is not finite."""
+    """``array[index]`` as float64; ``ModelError`` naming ``url`` when it cannot be read or is not finite.
+    A ``scatter`` stored as upper tiles (:func:`write_upper`) comes back whole."""
     try:
-        out = np.asarray(array[index], dtype=np.float64)
+        out = read_class_matrix(array, index) if name == "scatter" else np.asarray(array[index], dtype=np.float64)
     except Exception as exc:
         raise ModelError(f"{url}: corrupted model store: {name}: {first_line(exc)}") from None
     if not np.isfinite(out).all():
@@ -638,9 +639,9 @@ class GaussianClassModel(ClassModel):
         shrinkage = self.config.get("shrinkage") or "none"
         fresh = tuple(ClassSource(s.count, reg, shrinkage) for s in sources)
         return {
-            "scatter": ClassArray((K, D, D), partial(_write_scatter, scatter)),
+            "scatter": ClassArray((K, D, D), partial(_write_scatter, scatter), chunks=class_matrix_chunks(D)),
             "cholesky": ClassArray((K, D, D), partial(store_cholesky, fresh), parallel=True,
-                                   chunks=factor_chunks(D)),
+                                   chunks=class_matrix_chunks(D)),
         }
 
     @classmethod
@@ -687,7 +688,7 @@ class GaussianClassModel(ClassModel):
 
 
 def _write_scatter(scatter: Any, arrays: dict[str, Any], index: int) -> bool:
-    arrays["scatter"][index] = np.asarray(scatter[index], dtype=np.float64)
+    write_upper(arrays["scatter"], index, np.asarray(scatter[index], dtype=np.float64))
     return True
 
 
@@ -696,7 +697,7 @@ def store_cholesky(sources: tuple[ClassSource, ...], arrays: dict[str, Any], ind
     the store's ``cholesky`` (:func:`write_lower`); False (nothing written) when its
     covariance is not positive definite. One task per class, at fit time."""
     source = sources[index]
-    cov = class_covariance(np.asarray(arrays["scatter"][index], dtype=np.float64), source.count, source.reg_covar,
+    cov = class_covariance(read_class_matrix(arrays["scatter"], index), source.count, source.reg_covar,
                            source.shrinkage)
     L = cholesky_lower(cov)
     del cov
@@ -706,17 +707,50 @@ def store_cholesky(sources: tuple[ClassSource, ...], arrays: dict[str, Any], ind
     return True
 
 
-#: Side of the square chunks of a wide stored Cholesky factor: the chunks above the
-#: diagonal are never written (they read as the fill value 0), so a factor costs
-#: ~(1 + 1/n)/2 of D²·8 bytes on disk (n = D / FACTOR_CHUNK): 56% at D = 4,096.
-FACTOR_CHUNK = 512
+#: Side of the square chunks of a wide model's stored (D, D) arrays: a Cholesky factor
+#: writes only the chunks on or below the diagonal, a (symmetric) scatter only those on or
+#: above it; the others are never written (they read as the fill value 0, and the
+#: scatter's are mirrored back on reading). Each costs ~(1 + 1/n)/2 of D²·8 bytes on disk
+#: (n = D / MATRIX_TILE): 56% at D = 4,096.
+MATRIX_TILE = 512
 
 
-def factor_chunks(D: int) -> tuple[int, int, int]:
-    """The chunks of a stored (K, D, D) Cholesky factor: one class per chunk up to
-    2 x :data:`FACTOR_CHUNK` features (one write and one read per class, as before),
+def class_matrix_chunks(D: int) -> tuple[int, int, int]:
+    """The chunks of a stored (K, D, D) scatter or Cholesky factor: one class per chunk up
+    to 2 x :data:`MATRIX_TILE` features (one write and one read per class, as before),
     square tiles beyond."""
-    return (1, D, D) if D <= 2 * FACTOR_CHUNK else (1, FACTOR_CHUNK, FACTOR_CHUNK)
+    return (1, D, D) if D <= 2 * MATRIX_TILE else (1, MATRIX_TILE, MATRIX_TILE)
+
+
+def write_upper(array: Any, index: int, S: np.ndarray) -> None:
+    """Write a symmetric (D, D) ``S`` as class ``index`` of a (K, D, D) zarr array: with
+    square chunks, only those on or above the diagonal (:func:`read_class_matrix` mirrors
+    the rest back); with one chunk per class, all of it."""
+    _, ci, cj = array.chunks
+    D = S.shape[0]
+    if ci >= D:
+        array[index] = S
+        return
+    for i0 in range(0, D, ci):
+        i1 = min(D, i0 + ci)
+        for j0 in range(i0 - i0 % cj, D, cj):  # chunk columns from the diagonal's
+            array[index, i0:i1, j0 : j0 + cj] = S[i0:i1, j0 : j0 + cj]
+
+
+def read_class_matrix(array: Any, index: Any = ...) -> np.ndarray:
+    """``array[index]`` (one class (D, D), or all (K, D, D)) as float64, the chunks below
+    the diagonal of a square-chunked symmetric array (:func:`write_upper`) filled from the
+    mirror of those above it; the same bits for a symmetric array stored whole."""
+    out = np.asarray(array[index], dtype=np.float64)
+    _, ci, cj = array.chunks
+    D = out.shape[-1]
+    if ci >= D:
+        return out
+    for S in out.reshape(-1, D, D):
+        for i0 in range(ci, D, ci):
+            for j0 in range(0, i0, cj):  # strictly below the diagonal: never written
+                S[i0 : i0 + ci, j0 : j0 + cj] = S[j0 : j0 + cj, i0 : i0 + ci].T
+    return out
 
 
 def write_lower(array: Any, index: int, L: np.ndarray) -> None:
