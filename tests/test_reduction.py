@@ -325,3 +325,32 @@ def test_8_bit_lanes_on_worker_processes_merge_on_the_client_class_by_class(clie
         rows = X[y == c].astype(np.float64) * ds.scale
         ref = np.cov(rows, rowvar=False) * (len(rows) - 1)
         np.testing.assert_allclose(on_workers.scatter[k], ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+
+
+def test_a_failed_computation_returns_only_once_its_running_tasks_have_stopped(tmp_path):
+    """A task that fails ends the computation at once, but the tasks already running keep
+    running after the cancel; compute waits for them before it raises, so that cleanup
+    after the error (a scratch store removed) is not undone by a task writing later."""
+    import time as _time
+
+    from dask import delayed
+    from distributed import Client, LocalCluster
+
+    from daskgen.distributed.cluster import compute
+
+    mark = tmp_path / "written"
+
+    def slow_write():
+        _time.sleep(1.5)
+        mark.write_text("late")
+        return 1
+
+    def fail():
+        _time.sleep(0.2)
+        raise ValueError("boom")
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster):
+        with pytest.raises(ValueError, match="boom"):
+            compute([delayed(slow_write, pure=False)(), delayed(fail, pure=False)()], stage="settle-test")
+        assert mark.exists()  # the writer had finished before the error reached the caller

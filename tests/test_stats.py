@@ -277,7 +277,10 @@ def test_merges_folds_and_finalizing_allocate_no_new_statistic():
     F = X.astype(np.float64)
     s, t = chunk_stats(F[:200], y[:200]), chunk_stats(F[200:], y[200:])
     assert _peak_during(lambda: merge([s, t], in_place=True)) < 0.15 * one
-    assert _peak_during(lambda: fold_stats(s, F[:50], y[:50])) < 0.25 * one
+    # A fold holds one class's scatter and its rank-one correction (0.2 statistic here);
+    # the bar leaves room for other threads of the full suite (tracemalloc sees every
+    # thread: 0.27 was once measured) and still fails on any new statistic.
+    assert _peak_during(lambda: fold_stats(s, F[:50], y[:50])) < 0.5 * one
     assert _peak_during(lambda: merge([s, t])) > 0.9 * one  # the check sees a new statistic
 
 

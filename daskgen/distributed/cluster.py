@@ -53,9 +53,50 @@ def compute(obj: Any, stage: str = "compute", progress: bool = False) -> Any:
 
     with span(stage):
         future = client.compute(obj)
-        if progress:
-            show_futures(future, stage)
-        return client.gather(future)
+        try:
+            if progress:
+                show_futures(future, stage)
+            return client.gather(future)
+        except Exception:  # not on Ctrl-C: that stops at once
+            settle(client, future)
+            raise
+
+
+#: Seconds :func:`settle` waits, at most, for the tasks of a failed computation to stop.
+SETTLE_SECONDS = 30.0
+
+
+def settle(client: Any, futures: Any, timeout: float = SETTLE_SECONDS) -> None:
+    """After a computation failed: cancel what is left of it and wait (at most
+    ``timeout`` seconds) until no worker still runs one of its tasks. Tasks that were
+    running keep running after a cancel, and one that writes (a tile into a scratch store)
+    would otherwise undo the caller's cleanup by writing after it. Best effort: a worker
+    that cannot be asked is not waited for."""
+    from distributed import futures_of
+
+    keys = {f.key for f in futures_of(futures)}
+    names = {key_name(k) for k in keys}
+    client.cancel(futures)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_running_names, names)
+        except Exception:  # a lost worker has nothing left to wait for
+            return
+        if not any(running.values()):
+            return
+        time.sleep(0.05)
+
+
+def key_name(key: Any) -> str:
+    """The name part of a Dask key (``('name', 3)`` and ``'name'`` -> ``'name'``)."""
+    return str(key[0] if isinstance(key, tuple) else key)
+
+
+def _running_names(names: set, dask_worker: Any = None) -> int:
+    """How many tasks whose key name is in ``names`` a worker still runs (executing or
+    long-running, cancelled ones included)."""
+    return sum(1 for ts in dask_worker.state.all_running_tasks if key_name(ts.key) in names)
 
 
 def show_futures(futures: Any, stage: str) -> None:

@@ -85,8 +85,9 @@ GRAM_PANEL = 256
 
 def centered_scatter(C: np.ndarray) -> np.ndarray:
     """``C.T @ C`` for a C-contiguous (n, D) float block: see :func:`add_gram`."""
-    out = np.zeros((C.shape[1], C.shape[1]), dtype=C.dtype)
-    return add_gram(out, C)
+    if C.shape[1] < GRAM_PANEL_FROM:
+        return C.T @ C
+    return add_gram(np.zeros((C.shape[1], C.shape[1]), dtype=C.dtype), C)
 
 
 def add_gram(G: np.ndarray, C: np.ndarray) -> np.ndarray:
@@ -180,8 +181,11 @@ def _class_moments(rows: np.ndarray, exact_sums: bool, diagonal: bool, out: np.n
     if diagonal:
         np.einsum("ij,ij->j", C, C, out=out)
     else:
-        out[...] = 0.0
-        add_gram(out, C)
+        if C.shape[1] < GRAM_PANEL_FROM:
+            np.matmul(C.T, C, out=out)  # syrk straight into the buffer: no (D, D) temporary
+        else:
+            out[...] = 0.0
+            add_gram(out, C)
     return m
 
 
