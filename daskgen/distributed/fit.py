@@ -138,8 +138,7 @@ def gather_sums(client, lanes: list) -> PixelSums:
     heads = client.gather([client.submit(_sums_header, lane, pure=False) for lane in lanes])
     classes = union_classes(heads)
     K, D = len(classes), heads[0].sums.shape[1]
-    total = PixelSums(classes, np.zeros(K, dtype=np.int64), np.zeros((K, D)), np.zeros((K, D, D)),
-                      offset=heads[0].offset)
+    total = PixelSums.zeros(classes, D, heads[0].offset)
     where: list[list] = [[] for _ in range(K)]  # per class: (lane, its index there)
     for lane, head in zip(lanes, heads):
         if head.offset != total.offset or head.sums.shape[1] != D:

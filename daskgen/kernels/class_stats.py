@@ -142,8 +142,7 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
     """
     X, y = _checked_block(X, y, "chunk_stats")
     exact_sums = X.dtype.kind in "iub"  # integer sums are exact in float64 (below 2**53)
-    lo = float(X.min()) if X.size else np.nan
-    hi = float(X.max()) if X.size else np.nan
+    lo, hi = block_range(X)
     if exact_sums and not diagonal and X.size and max(abs(lo), abs(hi)) <= 255:
         return pixel_sums(X, y).to_class_stats(scale)  # exact integer sums, rounded once
     classes, counts, blocks = _by_class(X, y)
@@ -157,6 +156,11 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, diagonal: bool = False, scale: flo
         scatter *= scale * scale
         lo, hi = lo * scale, hi * scale
     return ClassStats(classes, counts, means, scatter, lo, hi)
+
+
+def block_range(X: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest value of a block (NaN, NaN when it is empty)."""
+    return (float(X.min()), float(X.max())) if X.size else (np.nan, np.nan)
 
 
 def _checked_block(X: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,6 +228,14 @@ class PixelSums:
     def n_rows(self) -> int:
         return int(self.counts.sum())
 
+    @classmethod
+    def zeros(cls, classes: np.ndarray, n_features: int, offset: float, minimum: float = np.nan,
+              maximum: float = np.nan) -> PixelSums:
+        """Sums of no rows for ``classes``: the start of a running total."""
+        K, D = len(classes), n_features
+        return cls(classes, np.zeros(K, dtype=np.int64), np.zeros((K, D)), np.zeros((K, D, D)), minimum, maximum,
+                   offset)
+
     def to_class_stats(self, scale: float = 1.0, in_place: bool = False) -> ClassStats:
         """Means and centered scatter of ``x * scale``, from exact integers.
 
@@ -287,8 +299,7 @@ def pixel_sums(X: np.ndarray, y: np.ndarray, into: PixelSums | None = None) -> P
     y = np.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype.kind not in "iub":
         raise ValueError(f"pixel_sums needs integer X (n, D) and y (n,), got {X.dtype} {X.shape} and {y.shape}")
-    lo = float(X.min()) if X.size else np.nan
-    hi = float(X.max()) if X.size else np.nan
+    lo, hi = block_range(X)
     if X.size and max(abs(lo), abs(hi)) > 255:
         raise ValueError(f"pixel_sums needs values within -255..255, got {lo:g}..{hi:g}")
     classes, counts, blocks = _by_class(X, y)
@@ -297,8 +308,7 @@ def pixel_sums(X: np.ndarray, y: np.ndarray, into: PixelSums | None = None) -> P
     m = max(abs(lo - offset), abs(hi - offset), 1.0) if X.size else 1.0
     block = int(_F32_EXACT // (m * m))
     if into is None:
-        into = PixelSums(classes, np.zeros(len(classes), dtype=np.int64), np.zeros((len(classes), D)),
-                         np.zeros((len(classes), D, D)), offset=offset)
+        into = PixelSums.zeros(classes, D, offset)
     else:
         into = _with_classes(into, classes)
         if into.offset != offset or into.sums.shape[1] != D:
@@ -307,11 +317,7 @@ def pixel_sums(X: np.ndarray, y: np.ndarray, into: PixelSums | None = None) -> P
     for k, rows in zip(idx, blocks):
         G = into.gram[k]
         for i in range(0, len(rows), block):
-            b = np.subtract(rows[i : i + block], np.float32(offset), dtype=np.float32)
-            if D < GRAM_PANEL_FROM:
-                G += centered_scatter(b)
-            else:  # float32 panels added straight into the float64 total
-                add_gram(G, b)
+            add_gram(G, np.subtract(rows[i : i + block], np.float32(offset), dtype=np.float32))
         into.sums[k] += rows.sum(axis=0, dtype=np.int64)
     into.counts[idx] += counts
     into.minimum, into.maximum = value_range([into, _Range(lo, hi)])
@@ -323,9 +329,7 @@ def _with_classes(total: PixelSums, classes: np.ndarray) -> PixelSums:
     union = union_classes([total, PixelSums(classes, classes[:0], total.sums[:0], total.gram[:0])])
     if len(union) == len(total.classes):
         return total
-    K, D = len(union), total.sums.shape[1]
-    grown = PixelSums(union, np.zeros(K, dtype=np.int64), np.zeros((K, D)), np.zeros((K, D, D)),
-                      total.minimum, total.maximum, total.offset)
+    grown = PixelSums.zeros(union, total.sums.shape[1], total.offset, total.minimum, total.maximum)
     idx = np.searchsorted(union, total.classes)
     grown.counts[idx] = total.counts
     grown.sums[idx] = total.sums
@@ -471,8 +475,7 @@ def fold_stats(total: ClassStats | None, X: np.ndarray, y: np.ndarray, diagonal:
     """
     X, y = _checked_block(X, y, "fold_stats")
     exact_sums = X.dtype.kind in "iub"
-    lo = float(X.min()) if X.size else np.nan
-    hi = float(X.max()) if X.size else np.nan
+    lo, hi = block_range(X)
     pixels = exact_sums and not diagonal and X.size and max(abs(lo), abs(hi)) <= 255
     if total is None or pixels or not X.size:
         block = chunk_stats(X, y, diagonal=diagonal, scale=scale)

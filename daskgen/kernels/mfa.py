@@ -36,7 +36,7 @@ from .class_stats import union_classes, value_range
 from .estep import ClassScan, assign_nearest, responsibilities
 from .linalg import LOG_2PI
 from .lowrank import LowRankFactor, prepare
-from .weighted import RESP_FLOOR, keep_worst
+from .weighted import RESP_FLOOR, keep_worst, merge_worst
 
 #: Columns of the sketch beyond the rank in the initial pass (Halko et al.'s oversampling).
 OVERSAMPLE = 10
@@ -139,10 +139,8 @@ def merge_lowrank(parts: list[LowRankStats] | tuple[LowRankStats, ...]) -> LowRa
             out.first[k] += p.first[j]
             out.proj[k] += p.proj[j]
             out.second[k] += p.second[j]
-            s = np.concatenate([out.worst_score[k], p.worst_score[j]])
-            x = np.concatenate([out.worst_x[k], p.worst_x[j]])
-            take = np.argsort(s, kind="stable")[:M]
-            out.worst_score[k], out.worst_x[k] = s[take], x[take]
+            out.worst_score[k], out.worst_x[k] = merge_worst(out.worst_score[k], out.worst_x[k],
+                                                             p.worst_score[j], p.worst_x[j])
     out.minimum, out.maximum = value_range(parts)
     return out
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .class_stats import PixelSums, class_rows, union_classes, value_range
+from .class_stats import PixelSums, block_range, class_rows, union_classes, value_range
 
 #: float32 holds every integer below 2**24 exactly.
 F32_EXACT = 2**24
@@ -69,9 +69,7 @@ def pixel_moments(X: np.ndarray, y: np.ndarray) -> PixelSums:
     sums = np.stack([X[r].sum(axis=0, dtype=np.int64) for r in rows]).astype(np.float64) if rows else \
         np.zeros((0, X.shape[1]))
     counts = np.array([len(r) for r in rows], dtype=np.int64)
-    lo = float(X.min()) if X.size else np.nan
-    hi = float(X.max()) if X.size else np.nan
-    return PixelSums(classes, counts, sums, np.zeros((len(classes), 0, 0)), lo, hi)
+    return PixelSums(classes, counts, sums, np.zeros((len(classes), 0, 0)), *block_range(X))
 
 
 def add_moments(parts: list[PixelSums]) -> PixelSums:

@@ -147,6 +147,15 @@ def keep_worst(score: np.ndarray, X: np.ndarray, M: int) -> tuple[np.ndarray, np
     return out_s, out_x
 
 
+def merge_worst(score_a: np.ndarray, x_a: np.ndarray, score_b: np.ndarray, x_b: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The M lowest of two sets of M worst rows (:func:`keep_worst`), ties to ``a``'s."""
+    s = np.concatenate([score_a, score_b])
+    x = np.concatenate([x_a, x_b])
+    take = np.argsort(s, kind="stable")[: len(score_a)]
+    return s[take], x[take]
+
+
 def merge_weighted(parts: list[WeightedStats] | tuple[WeightedStats, ...]) -> WeightedStats:
     """Combine weighted statistics of disjoint row sets (the weighted Chan update).
 
@@ -191,10 +200,8 @@ def merge_weighted(parts: list[WeightedStats] | tuple[WeightedStats, ...]) -> We
                 else:
                     out.scatter[k, m] = p.scatter[j, m]
                 out.mass[k, m] = w
-            s = np.concatenate([out.worst_score[k], p.worst_score[j]])
-            x = np.concatenate([out.worst_x[k], p.worst_x[j]])
-            take = np.argsort(s, kind="stable")[:M]
-            out.worst_score[k], out.worst_x[k] = s[take], x[take]
+            out.worst_score[k], out.worst_x[k] = merge_worst(out.worst_score[k], out.worst_x[k],
+                                                             p.worst_score[j], p.worst_x[j])
     out.minimum, out.maximum = value_range(parts)
     return out
 

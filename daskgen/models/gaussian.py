@@ -26,6 +26,7 @@ from ..kernels.linalg import (
     triangular_factor,
 )
 from ..kernels.sampling import Sampler
+from ..kernels.tiles import tile_spans, upper_tiles
 from .base import (
     ClassArray,
     ClassModel,
@@ -722,19 +723,23 @@ def class_matrix_chunks(D: int) -> tuple[int, int, int]:
     return (1, D, D) if D <= 2 * MATRIX_TILE else (1, MATRIX_TILE, MATRIX_TILE)
 
 
+def _chunk_spans(array: Any, n_features: int) -> list[tuple[int, int]] | None:
+    """The spans of a square-chunked (K, D, D) array's tiles; None for one chunk per class."""
+    tile = array.chunks[1]
+    return None if tile >= n_features else tile_spans(n_features, tile)
+
+
 def write_upper(array: Any, index: int, S: np.ndarray) -> None:
     """Write a symmetric (D, D) ``S`` as class ``index`` of a (K, D, D) zarr array: with
     square chunks, only those on or above the diagonal (:func:`read_class_matrix` mirrors
     the rest back); with one chunk per class, all of it."""
-    _, ci, cj = array.chunks
-    D = S.shape[0]
-    if ci >= D:
+    spans = _chunk_spans(array, S.shape[0])
+    if spans is None:
         array[index] = S
         return
-    for i0 in range(0, D, ci):
-        i1 = min(D, i0 + ci)
-        for j0 in range(i0 - i0 % cj, D, cj):  # chunk columns from the diagonal's
-            array[index, i0:i1, j0 : j0 + cj] = S[i0:i1, j0 : j0 + cj]
+    for i, j in upper_tiles(len(spans)):
+        (a, b), (c, d) = spans[i], spans[j]
+        array[index, a:b, c:d] = S[a:b, c:d]
 
 
 def read_class_matrix(array: Any, index: Any = ...) -> np.ndarray:
@@ -742,14 +747,15 @@ def read_class_matrix(array: Any, index: Any = ...) -> np.ndarray:
     the diagonal of a square-chunked symmetric array (:func:`write_upper`) filled from the
     mirror of those above it; the same bits for a symmetric array stored whole."""
     out = np.asarray(array[index], dtype=np.float64)
-    _, ci, cj = array.chunks
     D = out.shape[-1]
-    if ci >= D:
+    spans = _chunk_spans(array, D)
+    if spans is None:
         return out
     for S in out.reshape(-1, D, D):
-        for i0 in range(ci, D, ci):
-            for j0 in range(0, i0, cj):  # strictly below the diagonal: never written
-                S[i0 : i0 + ci, j0 : j0 + cj] = S[j0 : j0 + cj, i0 : i0 + ci].T
+        for i, j in upper_tiles(len(spans)):
+            if i != j:  # tile (j, i), below the diagonal, was never written
+                (a, b), (c, d) = spans[i], spans[j]
+                S[c:d, a:b] = S[a:b, c:d].T
     return out
 
 
