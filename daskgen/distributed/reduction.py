@@ -222,6 +222,10 @@ def _read_and_fold(reduction: Reduction, total: Any, block, check_pixel_range: b
     return _fold_chunk(reduction, total, read_block(block, check_pixel_range, storage_options, rows), index, params)
 
 
+def _n_blocks(source: Source) -> int:
+    return len(source.blocks) if isinstance(source, Dataset) else len(source)
+
+
 def lane_bounds(n_blocks: int, n_lanes: int) -> list[tuple[int, int]]:
     """``n_lanes`` (at most ``n_blocks``) runs of consecutive blocks, as even as possible."""
     n_lanes = max(1, min(n_lanes, n_blocks))
@@ -245,7 +249,7 @@ def fold_tasks(reduction: Reduction, source: Source, n_lanes: int, params: Seque
     params = tuple(params)
     token = token or tokenize(reduction.name, _source_token(source), params)
     shared = _params_node(reduction, params, token)
-    n_blocks = len(source.blocks) if isinstance(source, Dataset) else len(source)
+    n_blocks = _n_blocks(source)
     so = source.storage_options or None if isinstance(source, Dataset) else None
     lanes = []
     for a, b in lane_bounds(n_blocks, n_lanes):
@@ -288,7 +292,7 @@ def reduction_graph(reduction: Reduction, source: Source, params: Sequence[Any] 
     params = tuple(params)
     token = token or tokenize(reduction.name, _source_token(source), params)
     if reduction.fold is not None and strategy != TREE:
-        n_blocks = len(source.blocks) if isinstance(source, Dataset) else len(source)
+        n_blocks = _n_blocks(source)
         leaves = fold_tasks(reduction, source, fixed_lanes(n_blocks, split_every), params, token)
     else:
         leaves = chunk_tasks(reduction, source, params, token)
