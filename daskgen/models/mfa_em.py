@@ -57,6 +57,7 @@ from .mixture_em import (
     EmKernels,
     Passes,
     check_options,
+    degeneracy_state,
     initial_centers,
     iterate,
     memory_passes,
@@ -129,9 +130,7 @@ def m_step_lowrank(
     """
     K, M, D = stats.first.shape
     q = int(rank)
-    reseeds = previous.reseeds.copy() if previous is not None else np.zeros((K, M), dtype=np.int64)
-    if dropped is None:
-        dropped = previous.dropped.copy() if previous is not None else np.zeros((K, M), dtype=bool)
+    reseeds, dropped = degeneracy_state(previous, K, M, dropped)
     omega = sketch_matrix(seed, D, sketch_columns(q, D)) if previous is None else None
     class_means, class_var = class_moments(stats, centres)
     weights, means = np.zeros((K, M)), np.zeros((K, M, D))

@@ -109,6 +109,15 @@ def _add_reg(cov: np.ndarray, reg: float) -> np.ndarray:
     return cov
 
 
+def degeneracy_state(previous: Any, K: int, M: int, dropped: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(reseeds, dropped), each (K, M): copies of ``previous``'s (the iteration before),
+    ``dropped`` when given, zeros at the start: what an M-step updates in place."""
+    reseeds = previous.reseeds.copy() if previous is not None else np.zeros((K, M), dtype=np.int64)
+    if dropped is None:
+        dropped = previous.dropped.copy() if previous is not None else np.zeros((K, M), dtype=bool)
+    return reseeds, dropped
+
+
 def m_step(
     stats: WeightedStats,
     reg_covar: float,
@@ -133,9 +142,7 @@ def m_step(
     """
     K, M, D = stats.means.shape
     diagonal = stats.diagonal
-    reseeds = previous.reseeds.copy() if previous is not None else np.zeros((K, M), dtype=np.int64)
-    if dropped is None:
-        dropped = previous.dropped.copy() if previous is not None else np.zeros((K, M), dtype=bool)
+    reseeds, dropped = degeneracy_state(previous, K, M, dropped)
     class_means, class_scatter = stats.class_totals()
     weights = np.zeros((K, M))
     means = np.zeros((K, M, D))
